@@ -1,0 +1,108 @@
+"""Batches from a split held as one uint8 tensor on the run's device (airbench style).
+
+Each epoch is shuffled and augmented as a whole with tensor ops (random crop with zero padding,
+horizontal flip, normalization), then cut into batches as views: no per-sample Python and no
+DataLoader in the hot loop. Randomness comes from a generator seeded by (seed, epoch), so any
+epoch can be replayed exactly, which is what makes resuming from a checkpoint exact.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def stratified_subset(labels: Tensor, size: int, num_classes: int, seed: int = 0) -> Tensor:
+    """Indices of `size` samples with classes as equal as possible, chosen by a fixed seed."""
+    generator = torch.Generator().manual_seed(seed)
+    per_class = [size // num_classes + (c < size % num_classes) for c in range(num_classes)]
+    chosen = []
+    for c, count in enumerate(per_class):
+        members = torch.nonzero(labels == c).flatten()
+        if count > members.numel():
+            raise ValueError(f"subset of {size} needs {count} images of class {c}; the split has {members.numel()}")
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:count]])
+    return torch.cat(chosen).sort().values
+
+
+def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 (N, 3, H, W) -> float32 standardized with per-channel mean/std (0..1 scale)."""
+    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+    shift = (mean / std).view(1, -1, 1, 1)
+    return images.float().mul_(scale).sub_(shift)
+
+
+def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Per-sample random crop (zero padding) and horizontal flip of a whole uint8 batch."""
+    n, _, h, w = images.shape
+    out = images
+    if padding:
+        padded = F.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+        batch = torch.arange(n, device=images.device)[:, None, None, None]
+        channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        out = padded[batch, channel, rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        out = torch.where(mask[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+class TrainBatches:
+    """Shuffled, augmented, normalized training batches; the last incomplete batch is dropped."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        mean: Tensor,
+        std: Tensor,
+        seed: int,
+        padding: int = 4,
+        flip: bool = True,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed, self.padding, self.flip = batch_size, seed, padding, flip
+        self.mean, self.std = mean.to(images.device), std.to(images.device)
+
+    def __len__(self) -> int:
+        return self.images.shape[0] // self.batch_size
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.images.shape[0], generator=generator).to(self.images.device)
+        images = random_crop_flip(self.images[order], self.padding, self.flip, generator)
+        x = normalize(images, self.mean, self.std)
+        y = self.labels[order]
+        b = self.batch_size
+        for i in range(len(self)):
+            yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
+
+
+class EvalBatches:
+    """The test split, normalized once, in fixed order and large batches."""
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Tensor, std: Tensor) -> None:
+        self.x = normalize(images, mean.to(images.device), std.to(images.device))
+        self.y = labels
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return zip(self.x.split(self.batch_size), self.y.split(self.batch_size))
+
+
+def maybe_subset(images: Tensor, labels: Tensor, size: Optional[int], num_classes: int) -> tuple[Tensor, Tensor]:
+    if size is None or size >= labels.numel():
+        return images, labels
+    index = stratified_subset(labels, size, num_classes)
+    return images[index], labels[index]

@@ -1,0 +1,77 @@
+"""The CIFAR ResNet of He et al. (2016), depth 6n+2, with an injected norm layer factory."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from normexp.norms import NormFactory
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with norms; a 1x1 projection shortcut where the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormFactory) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = norm_layer(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.norm2 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), norm_layer(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs: a 3x3 stem, three stages of n blocks at widths w, 2w, 4w."""
+
+    def __init__(
+        self,
+        norm_layer: NormFactory,
+        depth: int = 20,
+        base_width: int = 16,
+        num_classes: int = 10,
+        zero_init_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        blocks_per_stage = (depth - 2) // 6
+        widths = [base_width, 2 * base_width, 4 * base_width]
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, padding=1, bias=False), norm_layer(widths[0]), nn.ReLU(inplace=True)
+        )
+        stages: list[nn.Module] = []
+        in_planes = widths[0]
+        for index, planes in enumerate(widths):
+            blocks = []
+            for b in range(blocks_per_stage):
+                stride = 2 if index > 0 and b == 0 else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, norm_layer))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BasicBlock) and getattr(module.norm2, "weight", None) is not None:
+                    nn.init.zeros_(module.norm2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(self.pool(x).flatten(1))

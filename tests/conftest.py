@@ -1,0 +1,56 @@
+"""Shared fixtures: a small generated CIFAR-like image-folder tree and composed Hydra configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from normexp.data.sources import CLASSES
+from normexp.train import CONF_DIR
+
+
+def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, seed: int = 0) -> Path:
+    """Write train/<class>/*.png and test/<class>/*.png with class-dependent colours (learnable)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.array([25 * label, 255 - 25 * label, 128], dtype=np.float64)
+                pixels = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("cifar-folder"))
+
+
+@pytest.fixture
+def make_cfg(image_folder: Path, tmp_path: Path):
+    """Compose the real config with test overrides: tiny data, tiny model, one thread."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = [
+            f"data.folder={image_folder}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"results_root={tmp_path / 'runs'}",
+            "data.source=folder",
+            "data.batch_size=8",
+            "model.base_width=4",
+            "trainer.epochs=2",
+            "trainer.threads=1",
+            "trainer.log_every=5",
+            "trainer.progress=false",
+        ]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=base + list(overrides))
+
+    return make

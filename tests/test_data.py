@@ -1,0 +1,131 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from normexp.config import DataConfig
+from normexp.data import TrainBatches, load_cifar10, stratified_subset
+from normexp.data.loader import EvalBatches, normalize, random_crop_flip
+from normexp.data.sources import DataError
+
+
+def _folder_cfg(folder: Path, cache: Path) -> DataConfig:
+    return DataConfig(source="folder", folder=str(folder), cache_dir=str(cache))
+
+
+def test_image_folder_decodes_in_class_order_and_reuses_its_cache(image_folder, tmp_path, monkeypatch):
+    cfg = _folder_cfg(image_folder, tmp_path)
+    data = load_cifar10(cfg)
+    assert data.train_images.shape == (120, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (40, 3, 32, 32)
+    assert data.train_labels.tolist() == sorted(data.train_labels.tolist())
+    assert torch.bincount(data.train_labels).tolist() == [12] * 10
+    # class k was generated with red = 25k: the decoded colours follow the label order
+    red = data.train_images[:, 0].float().mean(dim=(1, 2))
+    per_class = torch.stack([red[data.train_labels == k].mean() for k in range(10)])
+    assert bool((per_class[1:] > per_class[:-1]).all())
+    assert len(list(tmp_path.glob("cifar10-folder-*.pt"))) == 1
+
+    import normexp.data.sources as sources
+
+    monkeypatch.setattr(sources, "_decode_folder", lambda files: pytest.fail("decoded again"))
+    again = load_cifar10(cfg)
+    assert torch.equal(again.train_images, data.train_images)
+    assert again.fingerprint == data.fingerprint
+
+
+def test_corrupt_cache_is_rebuilt(image_folder, tmp_path):
+    cfg = _folder_cfg(image_folder, tmp_path)
+    first = load_cifar10(cfg)
+    (cache,) = tmp_path.glob("cifar10-folder-*.pt")
+    cache.write_bytes(cache.read_bytes()[:1000])
+    again = load_cifar10(cfg)
+    assert torch.equal(again.train_images, first.train_images)
+
+
+def test_missing_folder_and_wrong_layout_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_cifar10(_folder_cfg(tmp_path / "nowhere", tmp_path))
+    (tmp_path / "bad" / "train" / "cats").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"bad/train must hold exactly one folder per CIFAR-10 class"):
+        load_cifar10(_folder_cfg(tmp_path / "bad", tmp_path))
+
+
+def test_torchvision_source_without_files_says_how_to_fetch(tmp_path):
+    cfg = DataConfig(source="torchvision", torchvision_root=str(tmp_path), cache_dir=str(tmp_path))
+    with pytest.raises(DataError, match="data.download=true"):
+        load_cifar10(cfg)
+
+
+def test_random_crop_flip_shifts_and_mirrors_each_sample():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    out = random_crop_flip(images, padding=2, flip=True, generator=generator)
+    replay = torch.Generator().manual_seed(0)
+    dy = torch.randint(0, 5, (2,), generator=replay)
+    dx = torch.randint(0, 5, (2,), generator=replay)
+    flips = torch.rand(2, generator=replay) < 0.5
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(2):
+        expected = padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8]
+        if flips[i]:
+            expected = expected.flip(-1)
+        assert torch.equal(out[i], expected)
+
+
+def test_train_batches_are_seeded_drop_last_and_normalized():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(50) % 10
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    a = TrainBatches(images, labels, 8, mean, std, seed=1)
+    b = TrainBatches(images, labels, 8, mean, std, seed=1)
+    c = TrainBatches(images, labels, 8, mean, std, seed=2)
+    assert len(a) == 6
+    batches_a, batches_b = list(a.epoch(3)), list(b.epoch(3))
+    assert len(batches_a) == 6 and all(x.shape == (8, 3, 32, 32) for x, _ in batches_a)
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(batches_a, batches_b))
+    assert not torch.equal(batches_a[0][0], next(iter(c.epoch(3)))[0])
+    assert not torch.equal(batches_a[0][0], next(iter(a.epoch(4)))[0])
+    # without augmentation, batches are exactly the normalized images in a permuted order
+    plain = TrainBatches(images, labels, 10, mean, std, seed=1, padding=0, flip=False)
+    x = torch.cat([xb for xb, _ in plain.epoch(0)])
+    y = torch.cat([yb for _, yb in plain.epoch(0)])
+    reference = normalize(images, mean, std)
+    for row, label in zip(x[:5], y[:5]):
+        matches = [i for i in range(50) if torch.allclose(reference[i], row)]
+        assert len(matches) == 1 and int(labels[matches[0]]) == int(label)
+
+
+def test_normalize_uses_mean_and_std_on_a_unit_scale():
+    images = torch.full((1, 3, 2, 2), 153, dtype=torch.uint8)  # 0.6
+    out = normalize(images, torch.tensor([0.5, 0.6, 0.7]), torch.tensor([0.1, 0.2, 0.5]))
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([1.0, 0.0, -0.2]))
+
+
+def test_stratified_subset_balances_classes_and_is_fixed():
+    labels = torch.arange(1000) % 10
+    subset = stratified_subset(labels, 105, 10)
+    assert subset.numel() == 105
+    counts = torch.bincount(labels[subset], minlength=10).tolist()
+    assert sorted(counts) == [10] * 5 + [11] * 5
+    assert torch.equal(subset, stratified_subset(labels, 105, 10))
+
+
+def test_eval_batches_cover_the_split_in_order():
+    images = torch.randint(0, 256, (25, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(25) % 10
+    batches = EvalBatches(images, labels, 10, torch.full((3,), 0.5), torch.full((3,), 0.25))
+    assert len(batches) == 25
+    assert torch.equal(torch.cat([y for _, y in batches]), labels)
+
+
+@pytest.mark.skipif(not Path("../shared/data/cifar10-jpeg/train").is_dir(), reason="needs ../shared/data/cifar10-jpeg")
+def test_real_cifar10_folder_loads_with_the_documented_statistics(tmp_path):
+    """Uses the real dataset when present (decodes it once into a temporary cache)."""
+    cfg = DataConfig(source="folder", folder="../shared/data/cifar10-jpeg", cache_dir="~/.cache/normexp")
+    data = load_cifar10(cfg)
+    assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
+    assert torch.bincount(data.test_labels).tolist() == [1000] * 10
+    torch.testing.assert_close(data.mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-4, rtol=0)
+    torch.testing.assert_close(data.std, torch.tensor([0.2452, 0.2428, 0.2606]), atol=2e-4, rtol=0)

@@ -1,0 +1,97 @@
+import pytest
+import torch
+from torch import nn
+
+from normexp.config import ConfigError
+from normexp.models import CifarResNet
+from normexp.norms import NORMS, build_norm, norm_tag
+
+
+def test_gn_with_one_group_equals_layer_norm_over_chw():
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8, 8)
+    gn = build_norm({"name": "ln"})(16)
+    ln = nn.LayerNorm([16, 8, 8], elementwise_affine=False)
+    torch.testing.assert_close(gn(x), ln(x), atol=1e-5, rtol=1e-5)
+
+
+def test_gn_with_one_channel_per_group_equals_instance_norm():
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8, 8)
+    gn = build_norm({"name": "in"})(16)
+    inorm = nn.InstanceNorm2d(16, affine=False)
+    torch.testing.assert_close(gn(x), inorm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_gn_groups_normalize_each_group_of_each_sample():
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 5, 5) * 3 + 2
+    y = build_norm({"name": "gn", "groups": 4})(16)(x).view(3, 4, -1)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(3, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(3, 4), atol=1e-3, rtol=0)
+
+
+def test_channels_per_group_sets_group_count_per_layer():
+    factory = build_norm({"name": "gn", "channels_per_group": 4})
+    assert factory(16).num_groups == 4
+    assert factory(64).num_groups == 16
+
+
+def test_bn_in_train_mode_normalizes_with_batch_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 4, 4) * 5 + 3
+    bn = build_norm({"name": "bn"})(8).train()
+    y = bn(x)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=(0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
+    torch.testing.assert_close(bn.running_mean, 0.1 * x.mean(dim=(0, 2, 3)))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "gn", "groups": 32}, "16 channels"),
+        ({"name": "gn", "groups": 3}, "1, 2, 4, 8, 16"),
+        ({"name": "gn", "channels_per_group": 3}, "norm.channels_per_group=3"),
+    ],
+)
+def test_group_setting_that_does_not_fit_a_layer_is_rejected_at_build(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        CifarResNet(build_norm(spec), depth=8, base_width=16)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "gn", "groups": 8, "channels_per_group": 2}, "exactly one of"),
+        ({"name": "gn"}, "exactly one of"),
+        ({"name": "gn", "groups": 0}, "norm.groups=0"),
+        ({"name": "bn", "groups": 8}, "norm.groups is not a setting of norm=bn"),
+        ({"name": "batchnorm"}, "registered norms: bn, gn, in, ln, none"),
+    ],
+)
+def test_bad_norm_config_names_the_field(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        build_norm(spec)(16)
+
+
+def test_every_registered_norm_builds_a_model_that_runs():
+    x = torch.randn(2, 3, 32, 32)
+    for name in NORMS:
+        spec = {"name": name, "groups": 4} if name == "gn" else {"name": name}
+        model = CifarResNet(build_norm(spec), depth=8, base_width=8)
+        assert model(x).shape == (2, 10), name
+
+
+def test_zero_init_residual_zeros_last_norm_scale_of_each_block():
+    model = CifarResNet(build_norm({"name": "bn"}), depth=14, base_width=8)
+    blocks = [m for m in model.modules() if m.__class__.__name__ == "BasicBlock"]
+    assert len(blocks) == 6
+    assert all(float(b.norm2.weight.detach().abs().sum()) == 0 for b in blocks)
+    assert all(float(b.norm1.weight.detach().min()) == 1 for b in blocks)
+
+
+def test_norm_tags():
+    assert norm_tag({"name": "bn"}) == "bn"
+    assert norm_tag({"name": "gn", "groups": 8}) == "gn8"
+    assert norm_tag({"name": "gn", "channels_per_group": 16}) == "gn-cpg16"

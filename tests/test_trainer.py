@@ -1,0 +1,147 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import normexp.trainer as trainer
+from normexp import records
+from normexp.config import ConfigError
+from normexp.trainer import train_run
+
+TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
+
+
+def _numbers(directory: Path) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in records.read_jsonl(directory / records.METRICS)]
+
+
+def test_tiny_run_lowers_its_loss_and_writes_a_complete_record(make_cfg):
+    cfg = make_cfg("norm=gn", "norm.groups=2", "trainer.epochs=3", "optim.lr=0.05")
+    summary = train_run(cfg)
+    directory = records.run_dir(cfg)
+    assert directory.name.startswith("gn2_b8_s0_")
+    metrics = records.read_jsonl(directory / records.METRICS)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    losses = records.read_jsonl(directory / records.TRAIN_LOSS)
+    assert losses and all(row["epoch"] in (1, 2, 3) for row in losses)
+    for name in (records.CONFIG, records.CHECKPOINT, records.LOG, records.SUMMARY):
+        assert (directory / name).is_file(), name
+    assert "epoch 3/3" in (directory / records.LOG).read_text()
+    assert summary["status"] == "finished" and summary["epochs_done"] == 3
+    assert summary["final_test_acc"] == metrics[-1]["test_acc"]
+    assert summary["best_test_acc"] == max(m["test_acc"] for m in metrics)
+    assert set(summary["epochs_to_acc"]) == {"50", "60", "70", "80"}
+    assert summary["norm"] == "gn2" and summary["batch_size"] == 8 and summary["lr"] == pytest.approx(0.05 * 8 / 32)
+
+
+def test_same_config_and_seed_reproduce_the_same_numbers(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.epochs=1")
+    train_run(cfg)
+    first = _numbers(records.run_dir(cfg))
+    other = make_cfg("trainer.epochs=1", f"results_root={tmp_path / 'other'}")
+    train_run(other)
+    assert _numbers(records.run_dir(other)) == first
+    seeded = make_cfg("trainer.epochs=1", "seed=1")
+    train_run(seeded)
+    assert _numbers(records.run_dir(seeded)) != first
+
+
+def test_interrupted_run_resumes_to_the_same_record(make_cfg, tmp_path, monkeypatch):
+    reference = make_cfg("trainer.epochs=3", f"results_root={tmp_path / 'reference'}")
+    train_run(reference)
+
+    cfg = make_cfg("trainer.epochs=3")
+    real_epoch = trainer._train_epoch
+
+    def interrupted(cfg, model, optimizer, scheduler, train, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(cfg, model, optimizer, scheduler, train, epoch)
+
+    monkeypatch.setattr(trainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    directory = records.run_dir(cfg)
+    assert not (directory / records.SUMMARY).exists()
+    assert len(_numbers(directory)) == 2
+
+    monkeypatch.setattr(trainer, "_train_epoch", real_epoch)
+    summary = train_run(cfg)
+    assert _numbers(directory) == _numbers(records.run_dir(reference))
+    assert "resuming" in (directory / records.LOG).read_text()
+    assert summary["final_test_acc"] == records.read_json(records.run_dir(reference) / records.SUMMARY)["final_test_acc"]
+
+
+def test_finished_run_is_skipped(make_cfg, monkeypatch):
+    cfg = make_cfg("trainer.epochs=1")
+    first = train_run(cfg)
+    monkeypatch.setattr(trainer, "_train", lambda *a: pytest.fail("trained again"))
+    assert train_run(cfg) == first
+
+
+def test_run_held_by_another_process_is_skipped(make_cfg):
+    cfg = make_cfg("trainer.epochs=1")
+    with records.claim(records.run_dir(cfg)) as claimed:
+        assert claimed
+        assert train_run(cfg) is None
+    assert train_run(cfg) is not None
+
+
+def test_run_name_ignores_runtime_settings_only(make_cfg, tmp_path):
+    base = records.run_name(make_cfg())
+    assert records.run_name(make_cfg("trainer.threads=2", "trainer.progress=true")) == base
+    assert records.run_name(make_cfg(f"data.cache_dir={tmp_path}/elsewhere")) == base
+    assert records.run_name(make_cfg("optim.lr=0.2")) != base
+    assert records.run_name(make_cfg("data.batch_size=4")).startswith("bn_b4_s0_")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("model.depth=10", "6n+2"),
+        ("optim.lr=-1", "optim.lr=-1"),
+        ("optim.schedule=linear", "cosine, step, constant"),
+        ("norm.groups=32", "16"),
+    ],
+)
+def test_bad_settings_fail_before_any_data_is_read(make_cfg, monkeypatch, override, message):
+    cfg = make_cfg("norm=gn", "model.base_width=16", override) if override.startswith("norm") else make_cfg(override)
+    monkeypatch.setattr(trainer, "load_cifar10", lambda *a: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_run(cfg)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "normexp.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hydra_app_runs_end_to_end(image_folder, tmp_path):
+    common = [f"data.folder={image_folder}", f"data.cache_dir={tmp_path / 'cache'}",
+              f"results_root={tmp_path / 'runs'}", "model.base_width=4", "trainer.epochs=1",
+              "data.batch_size=16", "trainer.threads=1"]
+    done = _cli(*common, "norm=gn", "norm.groups=4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (summary,) = (tmp_path / "runs").glob("gn4_b16_s0_*/summary.json")
+    assert json.loads(summary.read_text())["status"] == "finished"
+    assert "epoch 1/1" in done.stdout + done.stderr
+
+    sweep = _cli("-m", *common, "norm=bn,ln", "seed=0,1", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr
+    assert len(list((tmp_path / "runs").glob("*/summary.json"))) == 5
+
+
+def test_cli_bad_input_exits_2_with_a_one_line_reason(tmp_path):
+    bad = _cli("data.batch_size=-4", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "data.batch_size=-4 is invalid: must be an integer >= 1" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+    typo = _cli("trainer.epoch=3", cwd=tmp_path)
+    assert typo.returncode != 0 and "epoch" in typo.stderr and "Traceback" not in typo.stderr
