@@ -2,7 +2,7 @@
 
 A run directory holds `config.yaml` (resolved), `metrics.jsonl` (one record per epoch),
 `train_loss.jsonl` (training loss every `trainer.log_every` steps), `checkpoint.pt` (after every
-epoch), `train.log`, and `summary.json` once the run has finished. Every file is written
+epoch), `train.log`, `summary.json` once the run has finished, and `error.json` if it failed. Every file is written
 atomically. The directory name depends only on settings that change the numbers, so running
 the same configuration again finds its directory: finished runs are skipped, unfinished ones
 resume.
@@ -34,6 +34,7 @@ TRAIN_LOSS = "train_loss.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 LOG = "train.log"
+ERROR = "error.json"
 LOCK = ".lock"
 
 

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -115,7 +116,13 @@ def train_run(cfg: DictConfig) -> Optional[dict[str, Any]]:
             log.info("%s already finished (test acc %.2f%%); skipping it", directory.name, summary["final_test_acc"])
             return summary
         with _FileLog(directory / records.LOG):
-            return _train(cfg, model, directory)
+            try:
+                return _train(cfg, model, directory)
+            except Exception as error:
+                atomic.write_json(directory / records.ERROR, {
+                    "type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc(),
+                })
+                raise
 
 
 def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]:

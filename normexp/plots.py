@@ -1,0 +1,101 @@
+"""Figures (PNG) from the run tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from normexp import atomic  # noqa: E402
+from normexp.analysis import accuracy_table  # noqa: E402
+
+GROUP_ORDER = ["ln", "gn2", "gn4", "gn8", "gn16", "gn32", "in"]
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def error_vs_batch(runs: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Test error vs batch size (log2 axis), mean +- std over seeds: the GN paper's Figure 1."""
+    table = accuracy_table(runs)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for norm, rows in table.groupby("norm"):
+        ax.errorbar(rows["batch_size"], 100 - rows["acc_mean"], yerr=rows["acc_std"], marker="o", capsize=3,
+                    label=f"{norm} (n={int(rows['n'].min())}-{int(rows['n'].max())} seeds)")
+    ax.set_xscale("log", base=2)
+    batches = sorted(table["batch_size"].unique())
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.invert_xaxis()
+    ax.set_xlabel("batch size (images per step)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title or "Test error vs batch size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Path, title: str) -> Path:
+    batches = sorted(epochs["batch_size"].unique())
+    cols = min(3, len(batches))
+    rows = -(-len(batches) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
+    for ax, batch in zip(axes.flat, batches):
+        subset = epochs[epochs["batch_size"] == batch]
+        for norm, rows_ in subset.groupby("norm"):
+            curve = rows_.groupby(x)[y].agg(["mean", "std"]).reset_index()
+            ax.plot(curve[x], curve["mean"], label=norm)
+            ax.fill_between(curve[x], curve["mean"] - curve["std"].fillna(0),
+                            curve["mean"] + curve["std"].fillna(0), alpha=0.2)
+        ax.set_title(f"batch {batch}")
+        ax.set_xlabel(x.replace("_", " "))
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(batches):]:
+        ax.set_visible(False)
+    axes.flat[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_curves(epochs: pd.DataFrame, path: Path) -> Path:
+    """Test accuracy vs epoch, one panel per batch size, mean +- std over seeds."""
+    return _per_batch_grid(epochs, "epoch", "test_acc", "test accuracy (%)", path, "Test accuracy by epoch")
+
+
+def train_loss_curves(train_loss: pd.DataFrame, path: Path) -> Path:
+    """Training loss vs epochs elapsed, one panel per batch size."""
+    steps_per_epoch = train_loss.groupby("run")["step"].transform("max") / train_loss.groupby("run")["epoch"].transform("max")
+    curves = train_loss.assign(epochs_elapsed=(train_loss["step"] / steps_per_epoch).round(2))
+    return _per_batch_grid(curves, "epochs_elapsed", "loss", "training loss", path, "Training loss")
+
+
+def group_ablation(runs: pd.DataFrame, path: Path) -> Path:
+    """Test accuracy of each group setting (LN ... IN, channels-per-group) at each batch size."""
+    table = accuracy_table(runs)
+    order = [n for n in GROUP_ORDER if n in set(table["norm"])]
+    order += sorted(n for n in set(table["norm"]) - set(order) if n.startswith("gn"))
+    table = table[table["norm"].isin(order)]
+    batches = sorted(table["batch_size"].unique())
+    fig, ax = plt.subplots(figsize=(1.1 * len(order) + 2, 4))
+    width = 0.8 / len(batches)
+    for i, batch in enumerate(batches):
+        rows = table[table["batch_size"] == batch].set_index("norm").reindex(order)
+        positions = [k + (i - (len(batches) - 1) / 2) * width for k in range(len(order))]
+        ax.bar(positions, rows["acc_mean"], width, yerr=rows["acc_std"], capsize=2, label=f"batch {batch}")
+    ax.set_xticks(range(len(order)), order)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("GroupNorm group-count ablation")
+    low = table["acc_mean"].min() - 2 * table["acc_std"].max()
+    ax.set_ylim(bottom=max(0, low - 5))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
