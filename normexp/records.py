@@ -74,6 +74,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def remove_stale_temps(directory: Path) -> None:
+    """Delete temporary files left by a writer that was killed before its rename."""
+    for path in directory.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
 def claim(directory: Path) -> Iterator[bool]:
     """Hold an exclusive lock on a run directory; yields False if another process holds it.

@@ -44,6 +44,9 @@ def app(cfg: DictConfig) -> None:
         log.error("%s", error)
         if not multirun:
             sys.exit(2)
+    except KeyboardInterrupt:
+        log.warning("interrupted; finished epochs are kept: rerun the same command to resume")
+        sys.exit(130)
     except Exception:
         if not multirun:
             raise

@@ -76,8 +76,12 @@ def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
 def epochs_to_reach(metrics: list[dict[str, Any]], thresholds: list[float]) -> dict[str, Optional[int]]:
     """First epoch whose test accuracy reaches each threshold (None if never)."""
     return {
-        f"{t:g}": next((m["epoch"] for m in metrics if m["test_acc"] >= t), None) for t in thresholds
+        f"{t:g}": next((m["epoch"] for m in metrics if (m["test_acc"] or 0.0) >= t), None) for t in thresholds
     }
+
+
+def _fmt(value: Optional[float], pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
 
 
 class _FileLog:
@@ -111,9 +115,10 @@ def train_run(cfg: DictConfig) -> Optional[dict[str, Any]]:
         if not claimed:
             log.info("%s is being trained by another process; skipping it", directory)
             return None
+        records.remove_stale_temps(directory)
         summary = records.read_json(directory / records.SUMMARY)
         if summary is not None:
-            log.info("%s already finished (test acc %.2f%%); skipping it", directory.name, summary["final_test_acc"])
+            log.info("%s already done (%s); skipping it", directory.name, summary["status"])
             return summary
         with _FileLog(directory / records.LOG):
             try:
@@ -160,16 +165,16 @@ def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]
     for epoch in range(len(metrics) + 1, cfg.trainer.epochs + 1):
         record, losses, diverged = _train_epoch(cfg, model, optimizer, scheduler, train, epoch)
         eval_start = time.perf_counter()
-        record["test_loss"], record["test_acc"] = evaluate(model, test) if diverged is None else (math.nan, 0.0)
+        record["test_loss"], record["test_acc"] = evaluate(model, test) if diverged is None else (None, None)
         record["eval_seconds"] = time.perf_counter() - eval_start
         record["seconds"] = record["train_seconds"] + record["eval_seconds"]
         metrics.append(record)
         loss_log.extend(losses)
         elapsed += record["seconds"]
         log.info(
-            "epoch %d/%d | train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | lr %.5f | %.1f s | %.0f img/s",
-            epoch, cfg.trainer.epochs, record["train_loss"], record["train_acc"], record["test_loss"],
-            record["test_acc"], record["lr"], record["seconds"], record["images_per_s"],
+            "epoch %d/%d | train loss %.4f acc %.2f%% | test loss %s acc %s | lr %.5f | %.1f s | %.0f img/s",
+            epoch, cfg.trainer.epochs, record["train_loss"], record["train_acc"], _fmt(record["test_loss"], "{:.4f}"),
+            _fmt(record["test_acc"], "{:.2f}%"), record["lr"], record["seconds"], record["images_per_s"],
         )
         atomic.write_jsonl(directory / records.METRICS, metrics)
         atomic.write_jsonl(directory / records.TRAIN_LOSS, loss_log)
@@ -181,7 +186,7 @@ def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]
             "scheduler": scheduler.state_dict(), "metrics": metrics, "train_loss": loss_log, "elapsed": elapsed,
         })
 
-    summary = _summary(cfg, metrics, elapsed, diverged, device, data.source, data.fingerprint, directory)
+    summary = atomic.finite(_summary(cfg, metrics, elapsed, diverged, device, data.source, data.fingerprint, directory))
     atomic.write_json(directory / records.SUMMARY, summary)
     return summary
 
@@ -254,7 +259,7 @@ def _summary(
     directory: Path,
 ) -> dict[str, Any]:
     final = metrics[-1]
-    best = max(metrics, key=lambda m: m["test_acc"])
+    best = max(metrics, key=lambda m: m["test_acc"] or 0.0)
     train_seconds = sum(m["train_seconds"] for m in metrics)
     images = sum(m["images_per_s"] * m["train_seconds"] for m in metrics)
     return {

@@ -1,0 +1,105 @@
+"""Kills at random points, divergence, failing jobs: nothing finished is lost or silently wrong."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from normexp import records
+from normexp.store import load_runs
+from normexp.trainer import train_run
+
+TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
+
+
+def _numbers(directory: Path) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in records.read_jsonl(directory / records.METRICS)]
+
+
+def _args(image_folder: Path, tmp_path: Path, root: Path, *extra: str) -> list[str]:
+    flags = [a for a in extra if a.startswith("-")]
+    overrides = [a for a in extra if not a.startswith("-")]
+    return [sys.executable, "-m", "normexp.train", *flags, f"data.folder={image_folder}", f"data.cache_dir={tmp_path / 'cache'}",
+            f"results_root={root}", "model.base_width=4", "data.batch_size=4", "trainer.threads=1",
+            "trainer.log_every=5", *overrides]
+
+
+def _kill_at_random(args: list[str], cwd: Path, root: Path, rng: random.Random, kills: int,
+                    sig: int = signal.SIGKILL) -> int:
+    """Start the command; once it is training (a run log is written), kill it after a random delay.
+
+    Repeats `kills` times and returns how many attempts were really cut short.
+    """
+    cut = 0
+    for _ in range(kills):
+        started = time.time()
+        process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and time.time() - started < 120:
+            if any(log.stat().st_mtime >= started for log in root.glob("*/" + records.LOG)):
+                break
+            time.sleep(0.05)
+        try:
+            process.wait(timeout=rng.uniform(0.0, 2.0))
+        except subprocess.TimeoutExpired:
+            process.send_signal(sig)
+            process.wait()
+            cut += 1
+    return cut
+
+
+def test_run_killed_at_random_points_finishes_with_the_uninterrupted_numbers(image_folder, tmp_path, make_cfg):
+    epochs = "trainer.epochs=12"
+    reference = make_cfg(epochs, "data.batch_size=4", "model.base_width=4", f"results_root={tmp_path / 'ref'}")
+    train_run(reference)
+    root = tmp_path / "runs"
+    args = _args(image_folder, tmp_path, root, epochs)
+    rng = random.Random(0)
+    cut = _kill_at_random(args, tmp_path, root, rng, 3) + _kill_at_random(args, tmp_path, root, rng, 1, signal.SIGINT)
+    assert cut >= 2  # most attempts were really interrupted
+    assert subprocess.run(args, cwd=tmp_path, capture_output=True).returncode == 0
+    (directory,) = [d for d in root.iterdir() if not d.name.startswith(".")]
+    assert _numbers(directory) == _numbers(records.run_dir(reference))
+    assert not list(directory.glob(".*.tmp"))
+    summary = records.read_json(directory / records.SUMMARY)
+    assert summary["final_test_acc"] == records.read_json(records.run_dir(reference) / records.SUMMARY)["final_test_acc"]
+
+
+def test_sweep_killed_and_rerun_completes_only_what_is_missing(image_folder, tmp_path):
+    root = tmp_path / "runs"
+    args = _args(image_folder, tmp_path, root, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=6")
+    _kill_at_random(args, tmp_path, root, random.Random(1), kills=3)
+    before = {d.name: (d / records.SUMMARY).stat().st_mtime_ns for d in root.iterdir() if (d / records.SUMMARY).exists()}
+    assert subprocess.run(args, cwd=tmp_path, capture_output=True).returncode == 0
+    tables = load_runs(root)
+    assert len(tables.runs) == 4 and set(tables.runs["status"]) == {"finished"}
+    for name, mtime in before.items():  # finished runs were not retrained
+        assert (root / name / records.SUMMARY).stat().st_mtime_ns == mtime
+    reference = tmp_path / "reference"
+    subprocess.run(_args(image_folder, tmp_path, reference, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=6"),
+                   cwd=tmp_path, capture_output=True, check=True)
+    for directory in (d for d in root.iterdir() if not d.name.startswith(".")):
+        assert _numbers(directory) == _numbers(reference / directory.name)
+
+
+def test_diverging_run_is_recorded_with_its_epoch_and_step(make_cfg):
+    cfg = make_cfg("optim.lr=1e6", "norm=none", "trainer.epochs=3")
+    summary = train_run(cfg)
+    assert summary["status"] == "diverged" and summary["diverged"] is True
+    assert summary["diverged_at"]["epoch"] == 1 and summary["diverged_at"]["step"] >= 1
+    assert not (records.run_dir(cfg) / records.CHECKPOINT).exists()
+    tables = load_runs(records.run_dir(cfg).parent)
+    assert list(tables.runs["status"]) == ["diverged"]
+    assert train_run(cfg) == summary  # a diverged run counts as done: rerunning does not retrain it
+
+
+def test_failing_job_does_not_stop_the_sweep(image_folder, tmp_path):
+    root = tmp_path / "runs"
+    # G=3 fits no layer: those jobs fail at build time, the others run; the report lists the failures
+    done = subprocess.run(_args(image_folder, tmp_path, root, "-m", "norm=gn", "norm.groups=3,2", "trainer.epochs=1"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "norm.groups=3 does not fit a layer with 4 channels" in done.stdout + done.stderr
+    assert [path.parent.name.split("_")[0] for path in root.glob("*/" + records.SUMMARY)] == ["gn2"]
+    assert "1 finished" in done.stdout + done.stderr
