@@ -31,7 +31,7 @@ from normexp.data import TrainBatches, load_cifar10, stratified_subset
 from normexp.models import CifarResNet
 from normexp.norms import build_norm
 from normexp.optim import build_optimizer, build_scheduler
-from normexp.trainer import _train_epoch
+from normexp.trainer import train_epoch
 
 NORMS = {"bn": {"name": "bn"}, "gn8": {"name": "gn", "groups": 8}}
 
@@ -78,15 +78,15 @@ def _model(cfg: Config, norm: dict) -> CifarResNet:
 
 
 def normexp_rate(cfg, data, norm: dict, batch: int, images: int) -> float:
-    """Images/s of the real training loop (`trainer._train_epoch`) over `images` images."""
+    """Images/s of the real training loop (`trainer.train_epoch`) over `images` images."""
     cfg.data.batch_size = batch
     index = stratified_subset(data.train_labels, images, 10)
     train = TrainBatches(data.train_images[index], data.train_labels[index], batch, data.mean, data.std, seed=0)
     model = _model(cfg, norm)
     optimizer = build_optimizer(model, cfg.optim, batch)
     scheduler = build_scheduler(optimizer, cfg.optim, len(train), 2)
-    _train_epoch(cfg, model, optimizer, scheduler, train, 1)  # warm-up
-    record, _, _ = _train_epoch(cfg, model, optimizer, scheduler, train, 2)
+    train_epoch(cfg, model, optimizer, scheduler, train, 1)  # warm-up
+    record, _, _ = train_epoch(cfg, model, optimizer, scheduler, train, 2)
     return record["images_per_s"]
 
 

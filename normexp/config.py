@@ -97,6 +97,7 @@ def _positive_int(value: Any) -> bool:
 def validate(cfg: DictConfig) -> None:
     """Check ranges and combinations; raise ConfigError naming the first bad field."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.trainer
+    _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "must be an integer >= 1")
     _require(d.source in DATA_SOURCES, "data.source", d.source, f"allowed: {', '.join(DATA_SOURCES)}")
     _require(_positive_int(d.batch_size), "data.batch_size", d.batch_size, "must be an integer >= 1")
     for name in ("train_subset", "test_subset"):
@@ -126,7 +127,6 @@ def validate(cfg: DictConfig) -> None:
     _require(o.schedule != "step" or len(o.milestones) > 0, "optim.milestones", list(o.milestones),
              "optim.schedule=step needs at least one milestone epoch")
     _require(0 < o.gamma <= 1, "optim.gamma", o.gamma, "allowed: 0 < gamma <= 1")
-    _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "must be an integer >= 1")
     _require(_positive_int(t.eval_batch_size), "trainer.eval_batch_size", t.eval_batch_size,
              "must be an integer >= 1")
     _require(_positive_int(t.log_every), "trainer.log_every", t.log_every, "must be an integer >= 1")

@@ -48,8 +48,8 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
     for ax, batch in zip(axes.flat, batches):
         subset = epochs[epochs["batch_size"] == batch]
-        for norm, rows_ in subset.groupby("norm"):
-            curve = rows_.groupby(x)[y].agg(["mean", "std"]).reset_index()
+        for norm, norm_rows in subset.groupby("norm"):
+            curve = norm_rows.groupby(x)[y].agg(["mean", "std"]).reset_index()
             ax.plot(curve[x], curve["mean"], label=norm)
             ax.fill_between(curve[x], curve["mean"] - curve["std"].fillna(0),
                             curve["mean"] + curve["std"].fillna(0), alpha=0.2)

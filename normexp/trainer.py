@@ -163,7 +163,7 @@ def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]
 
     diverged: Optional[dict[str, int]] = None
     for epoch in range(len(metrics) + 1, cfg.trainer.epochs + 1):
-        record, losses, diverged = _train_epoch(cfg, model, optimizer, scheduler, train, epoch)
+        record, losses, diverged = train_epoch(cfg, model, optimizer, scheduler, train, epoch)
         eval_start = time.perf_counter()
         record["test_loss"], record["test_acc"] = evaluate(model, test) if diverged is None else (None, None)
         record["eval_seconds"] = time.perf_counter() - eval_start
@@ -191,7 +191,7 @@ def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]
     return summary
 
 
-def _train_epoch(
+def train_epoch(
     cfg: DictConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -10,8 +10,17 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from normexp import records
 from normexp.data.sources import CLASSES
 from normexp.train import CONF_DIR
+
+
+TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
+
+
+def record_numbers(directory: Path) -> list[dict]:
+    """A run's per-epoch metrics without the timing fields: what must be reproducible."""
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in records.read_jsonl(directory / records.METRICS)]
 
 
 def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, seed: int = 0) -> Path:

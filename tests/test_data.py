@@ -7,6 +7,7 @@ from normexp.config import DataConfig
 from normexp.data import TrainBatches, load_cifar10, stratified_subset
 from normexp.data.loader import EvalBatches, normalize, random_crop_flip
 from normexp.data.sources import DataError
+from tests.conftest import make_image_folder
 
 
 def _folder_cfg(folder: Path, cache: Path) -> DataConfig:
@@ -129,3 +130,19 @@ def test_real_cifar10_folder_loads_with_the_documented_statistics(tmp_path):
     assert torch.bincount(data.test_labels).tolist() == [1000] * 10
     torch.testing.assert_close(data.mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-4, rtol=0)
     torch.testing.assert_close(data.std, torch.tensor([0.2452, 0.2428, 0.2606]), atol=2e-4, rtol=0)
+
+
+def test_corrupt_image_file_is_named_with_a_fix(tmp_path):
+    root = make_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    (root / "train" / "cat" / "0001.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"cannot decode image .*train/cat/0001.png.*Replace or remove"):
+        load_cifar10(_folder_cfg(root, tmp_path / "cache"))
+
+
+def test_changed_source_gets_a_new_cache(tmp_path):
+    root = make_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    first = load_cifar10(_folder_cfg(root, tmp_path / "cache"))
+    make_image_folder(tmp_path / "data", train_per_class=3, test_per_class=1, seed=1)
+    second = load_cifar10(_folder_cfg(root, tmp_path / "cache"))
+    assert second.fingerprint != first.fingerprint and second.train_images.shape[0] == 30
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2

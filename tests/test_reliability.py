@@ -10,13 +10,7 @@ from pathlib import Path
 from normexp import records
 from normexp.store import load_runs
 from normexp.trainer import train_run
-
-TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
-
-
-def _numbers(directory: Path) -> list[dict]:
-    return [{k: v for k, v in m.items() if k not in TIMING} for m in records.read_jsonl(directory / records.METRICS)]
-
+from tests.conftest import record_numbers
 
 def _args(image_folder: Path, tmp_path: Path, root: Path, *extra: str) -> list[str]:
     flags = [a for a in extra if a.startswith("-")]
@@ -60,7 +54,7 @@ def test_run_killed_at_random_points_finishes_with_the_uninterrupted_numbers(ima
     assert cut >= 2  # most attempts were really interrupted
     assert subprocess.run(args, cwd=tmp_path, capture_output=True).returncode == 0
     (directory,) = [d for d in root.iterdir() if not d.name.startswith(".")]
-    assert _numbers(directory) == _numbers(records.run_dir(reference))
+    assert record_numbers(directory) == record_numbers(records.run_dir(reference))
     assert not list(directory.glob(".*.tmp"))
     summary = records.read_json(directory / records.SUMMARY)
     assert summary["final_test_acc"] == records.read_json(records.run_dir(reference) / records.SUMMARY)["final_test_acc"]
@@ -80,7 +74,7 @@ def test_sweep_killed_and_rerun_completes_only_what_is_missing(image_folder, tmp
     subprocess.run(_args(image_folder, tmp_path, reference, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=6"),
                    cwd=tmp_path, capture_output=True, check=True)
     for directory in (d for d in root.iterdir() if not d.name.startswith(".")):
-        assert _numbers(directory) == _numbers(reference / directory.name)
+        assert record_numbers(directory) == record_numbers(reference / directory.name)
 
 
 def test_diverging_run_is_recorded_with_its_epoch_and_step(make_cfg):
@@ -103,3 +97,17 @@ def test_failing_job_does_not_stop_the_sweep(image_folder, tmp_path):
     assert "norm.groups=3 does not fit a layer with 4 channels" in done.stdout + done.stderr
     assert [path.parent.name.split("_")[0] for path in root.glob("*/" + records.SUMMARY)] == ["gn2"]
     assert "1 finished" in done.stdout + done.stderr
+
+
+def test_two_concurrent_sweeps_on_one_root_train_each_run_once(image_folder, tmp_path):
+    root = tmp_path / "runs"
+    args = _args(image_folder, tmp_path, root, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=3")
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
+    runs = [d for d in root.iterdir() if not d.name.startswith(".")]
+    assert len(runs) == 4
+    for directory in runs:
+        log = (directory / records.LOG).read_text()
+        assert log.count("starting") == 1 and "resuming" not in log, directory.name
+        assert records.read_json(directory / records.SUMMARY)["status"] == "finished"

@@ -11,13 +11,7 @@ import normexp.trainer as trainer
 from normexp import records
 from normexp.config import ConfigError
 from normexp.trainer import train_run
-
-TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
-
-
-def _numbers(directory: Path) -> list[dict]:
-    return [{k: v for k, v in m.items() if k not in TIMING} for m in records.read_jsonl(directory / records.METRICS)]
-
+from tests.conftest import record_numbers
 
 def test_tiny_run_lowers_its_loss_and_writes_a_complete_record(make_cfg):
     cfg = make_cfg("norm=gn", "norm.groups=2", "trainer.epochs=3", "optim.lr=0.05")
@@ -42,13 +36,13 @@ def test_tiny_run_lowers_its_loss_and_writes_a_complete_record(make_cfg):
 def test_same_config_and_seed_reproduce_the_same_numbers(make_cfg, tmp_path):
     cfg = make_cfg("trainer.epochs=1")
     train_run(cfg)
-    first = _numbers(records.run_dir(cfg))
+    first = record_numbers(records.run_dir(cfg))
     other = make_cfg("trainer.epochs=1", f"results_root={tmp_path / 'other'}")
     train_run(other)
-    assert _numbers(records.run_dir(other)) == first
+    assert record_numbers(records.run_dir(other)) == first
     seeded = make_cfg("trainer.epochs=1", "seed=1")
     train_run(seeded)
-    assert _numbers(records.run_dir(seeded)) != first
+    assert record_numbers(records.run_dir(seeded)) != first
 
 
 def test_interrupted_run_resumes_to_the_same_record(make_cfg, tmp_path, monkeypatch):
@@ -56,23 +50,23 @@ def test_interrupted_run_resumes_to_the_same_record(make_cfg, tmp_path, monkeypa
     train_run(reference)
 
     cfg = make_cfg("trainer.epochs=3")
-    real_epoch = trainer._train_epoch
+    real_epoch = trainer.train_epoch
 
     def interrupted(cfg, model, optimizer, scheduler, train, epoch):
         if epoch == 3:
             raise KeyboardInterrupt
         return real_epoch(cfg, model, optimizer, scheduler, train, epoch)
 
-    monkeypatch.setattr(trainer, "_train_epoch", interrupted)
+    monkeypatch.setattr(trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg)
     directory = records.run_dir(cfg)
     assert not (directory / records.SUMMARY).exists()
-    assert len(_numbers(directory)) == 2
+    assert len(record_numbers(directory)) == 2
 
-    monkeypatch.setattr(trainer, "_train_epoch", real_epoch)
+    monkeypatch.setattr(trainer, "train_epoch", real_epoch)
     summary = train_run(cfg)
-    assert _numbers(directory) == _numbers(records.run_dir(reference))
+    assert record_numbers(directory) == record_numbers(records.run_dir(reference))
     assert "resuming" in (directory / records.LOG).read_text()
     assert summary["final_test_acc"] == records.read_json(records.run_dir(reference) / records.SUMMARY)["final_test_acc"]
 
@@ -108,10 +102,20 @@ def test_run_name_ignores_runtime_settings_only(make_cfg, tmp_path):
         ("optim.lr=-1", "optim.lr=-1"),
         ("optim.schedule=linear", "cosine, step, constant"),
         ("norm.groups=32", "16"),
+        ("trainer.epochs=-1", "trainer.epochs=-1 is invalid"),
+        ("optim.warmup_epochs=5", "0 <= warmup_epochs < trainer.epochs=2"),
+        ("optim.schedule=step", "needs at least one milestone"),
+        ("optim.momentum=1.5", "0 <= momentum < 1"),
+        ("data.source=imagenet", "allowed: folder, torchvision"),
+        ("data.train_subset=5", "data.train_subset=5"),
+        ("trainer.device=tpu", "allowed: auto, cpu, cuda"),
+        ("trainer.threads=0", "trainer.threads=0"),
+        ("seed=-1", "seed=-1"),
+        ("+norm.momentum_typo=1", "its settings: momentum"),
     ],
 )
 def test_bad_settings_fail_before_any_data_is_read(make_cfg, monkeypatch, override, message):
-    cfg = make_cfg("norm=gn", "model.base_width=16", override) if override.startswith("norm") else make_cfg(override)
+    cfg = make_cfg("norm=gn", "model.base_width=16", override) if override.startswith("norm.") else make_cfg(override)
     monkeypatch.setattr(trainer, "load_cifar10", lambda *a: pytest.fail("data was read"))
     with pytest.raises(ConfigError, match=re.escape(message)):
         train_run(cfg)
@@ -143,5 +147,7 @@ def test_cli_bad_input_exits_2_with_a_one_line_reason(tmp_path):
     assert bad.returncode == 2
     assert "data.batch_size=-4 is invalid: must be an integer >= 1" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+    missing = _cli("data.folder=/nowhere", f"data.cache_dir={tmp_path}", cwd=tmp_path)
+    assert missing.returncode == 2 and "CIFAR-10 image folder not found: /nowhere" in missing.stdout + missing.stderr
     typo = _cli("trainer.epoch=3", cwd=tmp_path)
     assert typo.returncode != 0 and "epoch" in typo.stderr and "Traceback" not in typo.stderr
