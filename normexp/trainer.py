@@ -163,6 +163,7 @@ def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]
 
     diverged: Optional[dict[str, int]] = None
     for epoch in range(len(metrics) + 1, cfg.trainer.epochs + 1):
+        epoch_start = time.perf_counter()
         record, losses, diverged = train_epoch(cfg, model, optimizer, scheduler, train, epoch)
         eval_start = time.perf_counter()
         record["test_loss"], record["test_acc"] = evaluate(model, test) if diverged is None else (None, None)
@@ -170,7 +171,6 @@ def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]
         record["seconds"] = record["train_seconds"] + record["eval_seconds"]
         metrics.append(record)
         loss_log.extend(losses)
-        elapsed += record["seconds"]
         log.info(
             "epoch %d/%d | train loss %.4f acc %.2f%% | test loss %s acc %s | lr %.5f | %.1f s | %.0f img/s",
             epoch, cfg.trainer.epochs, record["train_loss"], record["train_acc"], _fmt(record["test_loss"], "{:.4f}"),
@@ -178,6 +178,7 @@ def _train(cfg: DictConfig, model: nn.Module, directory: Path) -> dict[str, Any]
         )
         atomic.write_jsonl(directory / records.METRICS, metrics)
         atomic.write_jsonl(directory / records.TRAIN_LOSS, loss_log)
+        elapsed += time.perf_counter() - epoch_start  # training, evaluation and writing the records
         if diverged is not None:
             log.warning("training diverged at epoch %d step %d (non-finite loss); stopping", epoch, diverged["step"])
             break
