@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Reproduce the headline result: set up, run the `claim` sweep (BN vs GN, batch 2..64, 3 seeds),
-# analyze it, print the verdict. Resumable: rerun after an interruption and it finishes what is
-# missing. Extra arguments go to normexp-train, e.g. `bash scripts/reproduce.sh trainer.epochs=3`.
+# analyze it, print the verdict. Results go to $OUT (default runs/claim; the committed ones are in
+# results/claim). Resumable: rerun after an interruption and it finishes what is missing.
+# Extra arguments go to normexp-train, e.g. `bash scripts/reproduce.sh trainer.epochs=3`.
 # Data: ../shared/data/cifar10-jpeg by default; NORMEXP_CIFAR10_FOLDER points elsewhere, or set
 # NORMEXP_DATA_SOURCE=torchvision (official CIFAR-10; add data.download=true the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e .
-normexp-train -m experiment=claim hydra/launcher=joblib "$@"
-normexp-analyze results/claim
-echo "table: results/claim/tables/error_by_batch.md  figure: results/claim/figures/error_vs_batch.png"
+out=${OUT:-runs/claim}
+normexp-train -m experiment=claim hydra/launcher=joblib results_root="$out/runs" "$@"
+normexp-analyze "$out"
+echo "table: $out/tables/error_by_batch.md  figure: $out/figures/error_vs_batch.png"

@@ -51,6 +51,7 @@ def test_run_killed_at_random_points_finishes_with_the_uninterrupted_numbers(ima
     args = _args(image_folder, tmp_path, root, epochs)
     rng = random.Random(0)
     cut = _kill_at_random(args, tmp_path, root, rng, 3) + _kill_at_random(args, tmp_path, root, rng, 1, signal.SIGINT)
+    print(f"run: {cut} of 4 kills landed during training")
     assert cut >= 2  # most attempts were really interrupted
     assert subprocess.run(args, cwd=tmp_path, capture_output=True).returncode == 0
     (directory,) = [d for d in root.iterdir() if not d.name.startswith(".")]
@@ -63,7 +64,8 @@ def test_run_killed_at_random_points_finishes_with_the_uninterrupted_numbers(ima
 def test_sweep_killed_and_rerun_completes_only_what_is_missing(image_folder, tmp_path):
     root = tmp_path / "runs"
     args = _args(image_folder, tmp_path, root, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=6")
-    _kill_at_random(args, tmp_path, root, random.Random(1), kills=3)
+    cut = _kill_at_random(args, tmp_path, root, random.Random(1), kills=3)
+    print(f"sweep: {cut} of 3 kills landed during training")
     before = {d.name: (d / records.SUMMARY).stat().st_mtime_ns for d in root.iterdir() if (d / records.SUMMARY).exists()}
     assert subprocess.run(args, cwd=tmp_path, capture_output=True).returncode == 0
     tables = load_runs(root)
