@@ -24,7 +24,7 @@ from normexp.data import EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
 from normexp.models import CifarResNet
 from normexp.norms import build_norm, norm_tag
-from normexp.optim import build_optimizer, build_scheduler
+from normexp.optim import build_optimizer, build_scheduler, scaled_lr
 
 log = logging.getLogger("normexp")
 
@@ -278,7 +278,7 @@ def _summary(
         "base_width": cfg.model.base_width,
         "epochs": cfg.trainer.epochs,
         "epochs_done": len(metrics),
-        "lr": cfg.optim.lr * cfg.data.batch_size / cfg.optim.ref_batch_size,
+        "lr": scaled_lr(cfg.optim, cfg.data.batch_size),
         "train_subset": cfg.data.train_subset,
         "final_test_acc": final["test_acc"],
         "final_test_loss": final["test_loss"],
