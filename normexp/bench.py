@@ -100,7 +100,7 @@ def conventional_rate(cfg, data, norm: dict, batch: int, images: int) -> float:
     loader = DataLoader(PILDataset(data.train_images[index], data.train_labels[index], transform),
                         batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
     model = _model(cfg, norm)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1 * batch / 32, momentum=0.9, weight_decay=5e-4)
+    optimizer = build_optimizer(model, cfg.optim, batch)
     model.train()
 
     def epoch() -> int:

@@ -2,10 +2,10 @@
 
 A run directory holds `config.yaml` (resolved), `metrics.jsonl` (one record per epoch),
 `train_loss.jsonl` (training loss every `trainer.log_every` steps), `checkpoint.pt` (after every
-epoch), `train.log`, `summary.json` once the run has finished, and `error.json` if it failed. Every file is written
-atomically. The directory name depends only on settings that change the numbers, so running
-the same configuration again finds its directory: finished runs are skipped, unfinished ones
-resume.
+epoch), `train.log`, `summary.json` once the run has finished, and `error.json` if it failed.
+Every file is written atomically. The directory name depends only on settings that change the
+numbers, so running the same configuration again finds its directory: finished runs are skipped,
+unfinished ones resume.
 """
 
 from __future__ import annotations
@@ -99,3 +99,18 @@ def claim(directory: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def is_claimed(directory: Path) -> bool:
+    """Whether a live process holds the run directory's lock (see `claim`)."""
+    lock = directory / LOCK
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

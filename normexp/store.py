@@ -8,8 +8,6 @@ unfinished (interrupted; rerun the same command to resume). Only finished runs e
 
 from __future__ import annotations
 
-import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,20 +36,6 @@ class RunTables:
         return self.runs[self.runs["status"] != "finished"]
 
 
-def _is_locked(directory: Path) -> bool:
-    lock = directory / records.LOCK
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def _config_columns(config: dict[str, Any]) -> dict[str, Any]:
     norm = config.get("norm", {})
     return {
@@ -74,9 +58,9 @@ def _status(directory: Path, summary: dict[str, Any] | None) -> tuple[str, str]:
             at = summary.get("diverged_at") or {}
             return "diverged", f"non-finite loss at epoch {at.get('epoch')} step {at.get('step')}"
         return "finished", ""
-    error = records.read_json(directory / records.ERROR)
-    if _is_locked(directory):
+    if records.is_claimed(directory):
         return "running", "being trained now"
+    error = records.read_json(directory / records.ERROR)
     if error is not None:
         return "failed", f"{error.get('type')}: {error.get('message')} (log: {directory / records.LOG})"
     return "unfinished", "interrupted; rerun the same command to resume it"

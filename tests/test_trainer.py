@@ -81,8 +81,9 @@ def test_finished_run_is_skipped(make_cfg, monkeypatch):
 def test_run_held_by_another_process_is_skipped(make_cfg):
     cfg = make_cfg("trainer.epochs=1")
     with records.claim(records.run_dir(cfg)) as claimed:
-        assert claimed
+        assert claimed and records.is_claimed(records.run_dir(cfg))
         assert train_run(cfg) is None
+    assert not records.is_claimed(records.run_dir(cfg))
     assert train_run(cfg) is not None
 
 
