@@ -18,6 +18,27 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def compare_sweeps(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Two sweeps of the same runs (e.g. a rerun with other code): accuracy mean +- std per norm x
+    batch size in each, the largest per-seed difference, and the jobs' compute minutes (runs that
+    were packed together share one job's time)."""
+    def minutes(runs: pd.DataFrame) -> float:
+        packs = runs["pack_size"].fillna(1) if "pack_size" in runs else 1
+        return float((runs["wall_seconds"] / packs).sum() / 60)
+
+    rows = []
+    for (norm, batch), new in after.groupby(["norm", "batch_size"]):
+        old = before[(before["norm"] == norm) & (before["batch_size"] == batch)]
+        diff = (new.set_index("seed")["final_test_acc"] - old.set_index("seed")["final_test_acc"]).abs()
+        rows.append({
+            "norm": norm, "batch": batch,
+            "before acc %": f"{old['final_test_acc'].mean():.2f} ± {old['final_test_acc'].std():.2f}",
+            "after acc %": f"{new['final_test_acc'].mean():.2f} ± {new['final_test_acc'].std():.2f}",
+            "largest per-seed difference": diff.max(), "minutes before": minutes(old), "minutes after": minutes(new),
+        })
+    return pd.DataFrame(rows)
+
+
 def error_table(runs: pd.DataFrame, bn: str = "bn", gn: str = "gn8") -> pd.DataFrame:
     """GN-paper style: test error (%) by batch size (largest first) for BN and GN, and BN - GN."""
     acc = accuracy_table(runs).pivot(index="norm", columns="batch_size", values="acc_mean")

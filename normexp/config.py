@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 
 class ConfigError(ValueError):
@@ -62,10 +62,14 @@ class OptimConfig:
 class TrainerConfig:
     epochs: int = 10
     eval_batch_size: int = 1000
+    eval_every: int = 1
     log_every: int = 50
     device: str = "auto"
     threads: Optional[int] = None
     progress: bool = True
+    channels_last: bool = True
+    compile: Optional[bool] = None
+    pack_max_batch: Optional[int] = None
     accuracy_thresholds: list[float] = field(default_factory=lambda: [50.0, 60.0, 70.0, 80.0])
 
 
@@ -76,7 +80,7 @@ class Config:
     norm: dict[str, Any] = field(default_factory=lambda: {"name": "bn"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
+    seed: Any = 0  # an integer, or a list of integers trained together as one packed model
     results_root: str = "results/runs"
 
 
@@ -92,6 +96,17 @@ def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def seeds(cfg: DictConfig) -> list[int]:
+    """The run's seed as a list: `seed=3` is one run, `seed=[0,1,2]` three runs packed together."""
+    value = cfg.seed
+    values = list(value) if isinstance(value, (ListConfig, list, tuple)) else [value]
+    _require(bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+             and len(set(values)) == len(values), "seed", value if len(values) != 1 else values[0],
+             "must be an integer >= 0, or a list of distinct ones (seed=[0,1,2]) to train those runs packed "
+             "as one model")
+    return values
 
 
 def validate(cfg: DictConfig) -> None:
@@ -129,11 +144,15 @@ def validate(cfg: DictConfig) -> None:
     _require(0 < o.gamma <= 1, "optim.gamma", o.gamma, "allowed: 0 < gamma <= 1")
     _require(_positive_int(t.eval_batch_size), "trainer.eval_batch_size", t.eval_batch_size,
              "must be an integer >= 1")
+    _require(_positive_int(t.eval_every), "trainer.eval_every", t.eval_every,
+             "must be an integer >= 1 (the last epoch is always evaluated)")
+    _require(t.pack_max_batch is None or (isinstance(t.pack_max_batch, int) and t.pack_max_batch >= 0),
+             "trainer.pack_max_batch", t.pack_max_batch, "must be null (auto) or an integer >= 0 (0: never pack)")
     _require(_positive_int(t.log_every), "trainer.log_every", t.log_every, "must be an integer >= 1")
     _require(t.device in DEVICES, "trainer.device", t.device, f"allowed: {', '.join(DEVICES)}")
     _require(t.threads is None or _positive_int(t.threads), "trainer.threads", t.threads,
              "must be null (torch default) or an integer >= 1")
     _require(all(0 < x <= 100 for x in t.accuracy_thresholds), "trainer.accuracy_thresholds",
              list(t.accuracy_thresholds), "must be percentages in (0, 100]")
-    _require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    seeds(cfg)
     _require("name" in cfg.norm, "norm.name", None, "pick a norm with norm=<name> (see conf/norm/)")

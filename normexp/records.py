@@ -25,7 +25,8 @@ from normexp.norms import norm_tag
 # Settings that do not change a run's numbers: where things live, how it is shown, what runs it.
 RUNTIME_FIELDS = {
     "data": ("folder", "torchvision_root", "download", "cache_dir"),
-    "trainer": ("device", "threads", "progress", "eval_batch_size"),
+    "trainer": ("device", "threads", "progress", "eval_batch_size", "eval_every",
+                "channels_last", "pack_max_batch", "compile"),
 }
 
 CONFIG = "config.yaml"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+import normexp.trainer as trainer
 from normexp import records
 from normexp.data.sources import CLASSES
 from normexp.train import CONF_DIR
@@ -21,6 +24,21 @@ TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
 def record_numbers(directory: Path) -> list[dict]:
     """A run's per-epoch metrics without the timing fields: what must be reproducible."""
     return [{k: v for k, v in m.items() if k not in TIMING} for m in records.read_jsonl(directory / records.METRICS)]
+
+
+@contextmanager
+def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None]:
+    """Inside the block, the trainer is stopped as by Ctrl-C when it starts training `epoch`."""
+    real_epoch = trainer.train_epoch
+
+    def interrupted(cfg, model, optimizer, scheduler, train, current):
+        if current == epoch:
+            raise KeyboardInterrupt
+        return real_epoch(cfg, model, optimizer, scheduler, train, current)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "train_epoch", interrupted)
+        yield
 
 
 def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, seed: int = 0) -> Path:

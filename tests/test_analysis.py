@@ -4,11 +4,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from normexp import records
-from normexp.analysis import Criteria, accuracy_table, convergence_table, error_table, verdict
+from normexp.analysis import Criteria, accuracy_table, compare_sweeps, convergence_table, error_table, verdict
 from normexp.analyze import main as analyze
 from normexp.store import load_runs
 
@@ -152,3 +153,13 @@ def test_analyze_without_finished_runs_fails_clearly(tmp_path, capsys):
     assert analyze([str(tmp_path)]) == 1
     assert "no finished runs" in capsys.readouterr().err
     assert analyze([str(tmp_path / "missing")]) == 2
+
+
+def test_compare_sweeps_lines_up_the_same_runs_and_counts_a_packed_job_once():
+    before = pd.DataFrame({"norm": ["bn"] * 2, "batch_size": [2, 2], "seed": [0, 1],
+                           "final_test_acc": [40.0, 42.0], "wall_seconds": [600.0, 600.0]})
+    after = before.assign(final_test_acc=[41.0, 41.5], pack_size=[2, 2])
+    [row] = compare_sweeps(before, after).to_dict("records")
+    assert row["before acc %"] == "41.00 ± 1.41" and row["after acc %"] == "41.25 ± 0.35"
+    assert row["largest per-seed difference"] == 1.0
+    assert (row["minutes before"], row["minutes after"]) == (20.0, 10.0)

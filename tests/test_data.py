@@ -79,9 +79,9 @@ def test_train_batches_are_seeded_drop_last_and_normalized():
     images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(50) % 10
     mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
-    a = TrainBatches(images, labels, 8, mean, std, seed=1)
-    b = TrainBatches(images, labels, 8, mean, std, seed=1)
-    c = TrainBatches(images, labels, 8, mean, std, seed=2)
+    a = TrainBatches(images, labels, 8, mean, std, seeds=[1])
+    b = TrainBatches(images, labels, 8, mean, std, seeds=[1])
+    c = TrainBatches(images, labels, 8, mean, std, seeds=[2])
     assert len(a) == 6
     batches_a, batches_b = list(a.epoch(3)), list(b.epoch(3))
     assert len(batches_a) == 6 and all(x.shape == (8, 3, 32, 32) for x, _ in batches_a)
@@ -89,13 +89,25 @@ def test_train_batches_are_seeded_drop_last_and_normalized():
     assert not torch.equal(batches_a[0][0], next(iter(c.epoch(3)))[0])
     assert not torch.equal(batches_a[0][0], next(iter(a.epoch(4)))[0])
     # without augmentation, batches are exactly the normalized images in a permuted order
-    plain = TrainBatches(images, labels, 10, mean, std, seed=1, padding=0, flip=False)
+    plain = TrainBatches(images, labels, 10, mean, std, seeds=[1], padding=0, flip=False)
     x = torch.cat([xb for xb, _ in plain.epoch(0)])
     y = torch.cat([yb for _, yb in plain.epoch(0)])
     reference = normalize(images, mean, std)
     for row, label in zip(x[:5], y[:5]):
         matches = [i for i in range(50) if torch.allclose(reference[i], row)]
         assert len(matches) == 1 and int(labels[matches[0]]) == int(label)
+
+
+def test_packed_batches_hold_each_seed_exactly_as_it_would_be_alone():
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 10
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    packed = TrainBatches(images, labels, 4, mean, std, seeds=[3, 7], memory_format=torch.channels_last)
+    alone = [TrainBatches(images, labels, 4, mean, std, seeds=[seed]) for seed in (3, 7)]
+    for (x, y), *solo in zip(packed.epoch(2), *(a.epoch(2) for a in alone)):
+        assert x.shape == (4, 6, 32, 32) and y.shape == (4, 2) and x.is_contiguous(memory_format=torch.channels_last)
+        for k, (xk, yk) in enumerate(solo):
+            assert torch.equal(x[:, 3 * k : 3 * k + 3], xk) and torch.equal(y[:, k : k + 1], yk)
 
 
 def test_normalize_uses_mean_and_std_on_a_unit_scale():

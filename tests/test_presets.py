@@ -7,9 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from normexp import records
-from normexp.config import validate
+from normexp.config import seeds, validate
 from normexp.train import CONF_DIR, default_threads
-from normexp.trainer import build_model
+from normexp.trainer import build_model, member_config
 
 
 def _compose(*overrides: str, hydra: bool = False):
@@ -25,19 +25,20 @@ def _grid(experiment: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("experiment", ["claim", "claim_gpu", "groups", "norms", "smoke"])
 def test_every_grid_point_is_a_distinct_valid_run(experiment):
-    names = set()
+    names = []
     for point in _grid(experiment):
         cfg = _compose(f"experiment={experiment}", *point)
         validate(cfg)
         build_model(cfg)  # group counts fit the model's widths
-        names.add(records.run_name(cfg))
-    assert len(names) == len(_grid(experiment))
+        names += [records.run_name(member_config(cfg, seed)) for seed in seeds(cfg)]
+    assert len(set(names)) == len(names)
 
 
-def test_claim_sweeps_bn_and_gn_over_batch_2_to_64_with_three_seeds():
+def test_claim_sweeps_bn_and_gn_over_batch_2_to_64_with_three_packed_seeds():
     grid = _grid("claim")
-    assert len(grid) == 2 * 6 * 3
+    assert len(grid) == 2 * 6
     cfg = _compose("experiment=claim")
+    assert seeds(cfg) == [0, 1, 2]
     assert cfg.trainer.epochs >= 1 and cfg.results_root == "results/claim/runs"
     assert {p[1] for p in grid} == {f"data.batch_size={b}" for b in (2, 4, 8, 16, 32, 64)}
 

@@ -81,13 +81,13 @@ def test_sweep_killed_and_rerun_completes_only_what_is_missing(image_folder, tmp
 
 def test_diverging_run_is_recorded_with_its_epoch_and_step(make_cfg):
     cfg = make_cfg("optim.lr=1e6", "norm=none", "trainer.epochs=3")
-    summary = train_run(cfg)
+    [summary] = train_run(cfg)
     assert summary["status"] == "diverged" and summary["diverged"] is True
     assert summary["diverged_at"]["epoch"] == 1 and summary["diverged_at"]["step"] >= 1
     assert not (records.run_dir(cfg) / records.CHECKPOINT).exists()
     tables = load_runs(records.run_dir(cfg).parent)
     assert list(tables.runs["status"]) == ["diverged"]
-    assert train_run(cfg) == summary  # a diverged run counts as done: rerunning does not retrain it
+    assert train_run(cfg) == [summary]  # a diverged run counts as done: rerunning does not retrain it
 
 
 def test_failing_job_does_not_stop_the_sweep(image_folder, tmp_path):

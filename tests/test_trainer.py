@@ -11,11 +11,11 @@ import normexp.trainer as trainer
 from normexp import records
 from normexp.config import ConfigError
 from normexp.trainer import train_run
-from tests.conftest import record_numbers
+from tests.conftest import interrupted_at, record_numbers
 
 def test_tiny_run_lowers_its_loss_and_writes_a_complete_record(make_cfg):
     cfg = make_cfg("norm=gn", "norm.groups=2", "trainer.epochs=3", "optim.lr=0.05")
-    summary = train_run(cfg)
+    [summary] = train_run(cfg)
     directory = records.run_dir(cfg)
     assert directory.name.startswith("gn2_b8_s0_")
     metrics = records.read_jsonl(directory / records.METRICS)
@@ -50,22 +50,13 @@ def test_interrupted_run_resumes_to_the_same_record(make_cfg, tmp_path, monkeypa
     train_run(reference)
 
     cfg = make_cfg("trainer.epochs=3")
-    real_epoch = trainer.train_epoch
-
-    def interrupted(cfg, model, optimizer, scheduler, train, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_epoch(cfg, model, optimizer, scheduler, train, epoch)
-
-    monkeypatch.setattr(trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train_run(cfg)
     directory = records.run_dir(cfg)
     assert not (directory / records.SUMMARY).exists()
     assert len(record_numbers(directory)) == 2
 
-    monkeypatch.setattr(trainer, "train_epoch", real_epoch)
-    summary = train_run(cfg)
+    [summary] = train_run(cfg)
     assert record_numbers(directory) == record_numbers(records.run_dir(reference))
     assert "resuming" in (directory / records.LOG).read_text()
     assert summary["final_test_acc"] == records.read_json(records.run_dir(reference) / records.SUMMARY)["final_test_acc"]
@@ -82,14 +73,15 @@ def test_run_held_by_another_process_is_skipped(make_cfg):
     cfg = make_cfg("trainer.epochs=1")
     with records.claim(records.run_dir(cfg)) as claimed:
         assert claimed and records.is_claimed(records.run_dir(cfg))
-        assert train_run(cfg) is None
+        assert train_run(cfg) == []
     assert not records.is_claimed(records.run_dir(cfg))
-    assert train_run(cfg) is not None
+    assert len(train_run(cfg)) == 1
 
 
 def test_run_name_ignores_runtime_settings_only(make_cfg, tmp_path):
     base = records.run_name(make_cfg())
     assert records.run_name(make_cfg("trainer.threads=2", "trainer.progress=true")) == base
+    assert records.run_name(make_cfg("trainer.channels_last=false")) == base
     assert records.run_name(make_cfg(f"data.cache_dir={tmp_path}/elsewhere")) == base
     assert records.run_name(make_cfg("optim.lr=0.2")) != base
     assert records.run_name(make_cfg("data.batch_size=4")).startswith("bn_b4_s0_")
@@ -112,6 +104,8 @@ def test_run_name_ignores_runtime_settings_only(make_cfg, tmp_path):
         ("trainer.device=tpu", "allowed: auto, cpu, cuda"),
         ("trainer.threads=0", "trainer.threads=0"),
         ("seed=-1", "seed=-1"),
+        ("seed=[0,0]", "a list of distinct ones"),
+        ("seed=[]", "seed=[]"),
         ("+norm.momentum_typo=1", "its settings: momentum"),
     ],
 )
@@ -152,3 +146,22 @@ def test_cli_bad_input_exits_2_with_a_one_line_reason(tmp_path):
     assert missing.returncode == 2 and "CIFAR-10 image folder not found: /nowhere" in missing.stdout + missing.stderr
     typo = _cli("trainer.epoch=3", cwd=tmp_path)
     assert typo.returncode != 0 and "epoch" in typo.stderr and "Traceback" not in typo.stderr
+
+
+def test_channels_last_only_where_onednn_gets_it_right(make_cfg):
+    """oneDNN#6035: strided 1x1 convolutions with < 16 input channels go wrong in NHWC on CPU."""
+    cpu = trainer.torch.device("cpu")
+    narrow = make_cfg("model.base_width=8")
+    wide = make_cfg("model.base_width=16")
+    assert trainer.memory_format(narrow, trainer.build_model(narrow), cpu) == trainer.torch.contiguous_format
+    assert trainer.memory_format(wide, trainer.build_model(wide), cpu) == trainer.torch.channels_last
+    off = make_cfg("model.base_width=16", "trainer.channels_last=false")
+    assert trainer.memory_format(off, trainer.build_model(off), cpu) == trainer.torch.contiguous_format
+
+
+def test_channels_last_trains_to_the_same_numbers(make_cfg, tmp_path):
+    runs = [make_cfg("model.base_width=16", "trainer.epochs=1", f"trainer.channels_last={flag}",
+                     f"results_root={tmp_path / str(flag)}") for flag in ("true", "false")]
+    (nhwc,), (nchw,) = (train_run(cfg) for cfg in runs)
+    assert nhwc["final_train_loss"] == pytest.approx(nchw["final_train_loss"], rel=1e-4)
+    assert nhwc["final_test_loss"] == pytest.approx(nchw["final_test_loss"], rel=1e-4)

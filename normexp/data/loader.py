@@ -8,7 +8,7 @@ epoch can be replayed exactly, which is what makes resuming from a checkpoint ex
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,12 @@ def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.
 
 
 class TrainBatches:
-    """Shuffled, augmented, normalized training batches; the last incomplete batch is dropped."""
+    """Shuffled, augmented, normalized training batches; the last incomplete batch is dropped.
+
+    With several seeds (packed runs, see `normexp.packing`) each seed gets its own order and
+    augmentation, exactly as it would alone, and a batch holds every seed's images side by side
+    in the channel dimension: x is (B, K*3, H, W) and y is (B, K) for K seeds.
+    """
 
     def __init__(
         self,
@@ -64,23 +69,30 @@ class TrainBatches:
         batch_size: int,
         mean: Tensor,
         std: Tensor,
-        seed: int,
+        seeds: Sequence[int],
         padding: int = 4,
         flip: bool = True,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         self.images, self.labels = images, labels
-        self.batch_size, self.seed, self.padding, self.flip = batch_size, seed, padding, flip
+        self.batch_size, self.seeds, self.padding, self.flip = batch_size, list(seeds), padding, flip
         self.mean, self.std = mean.to(images.device), std.to(images.device)
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         return self.images.shape[0] // self.batch_size
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+    def _one_seed(self, seed: int, epoch: int) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(self.images.shape[0], generator=generator).to(self.images.device)
         images = random_crop_flip(self.images[order], self.padding, self.flip, generator)
-        x = normalize(images, self.mean, self.std)
-        y = self.labels[order]
+        return normalize(images, self.mean, self.std), self.labels[order]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        xs, ys = zip(*(self._one_seed(seed, epoch) for seed in self.seeds))
+        n, c, h, w = xs[0].shape
+        x = torch.stack(xs, dim=1).view(n, len(xs) * c, h, w).contiguous(memory_format=self.memory_format)
+        y = torch.stack(ys, dim=1)
         b = self.batch_size
         for i in range(len(self)):
             yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
@@ -89,8 +101,16 @@ class TrainBatches:
 class EvalBatches:
     """The test split, normalized once, in fixed order and large batches."""
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Tensor, std: Tensor) -> None:
-        self.x = normalize(images, mean.to(images.device), std.to(images.device))
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        mean: Tensor,
+        std: Tensor,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
+        self.x = normalize(images, mean.to(images.device), std.to(images.device)).contiguous(memory_format=memory_format)
         self.y = labels
         self.batch_size = batch_size
 

@@ -1,0 +1,118 @@
+"""Train several runs that differ only in their seed as one grouped model ("packing").
+
+Each run (a member) keeps its own parameters, norm statistics and data order. Convolutions become
+grouped convolutions with one group block per member, BatchNorm gets one set of channels per
+member (its statistics are per channel, so per member), GroupNorm one set of groups per member,
+and the classifier one weight block per member. Members never mix: the packed model computes what
+the members compute alone, in one call per layer instead of K, which is what makes small batches
+fast. Every packed tensor is the members' tensors concatenated along dimension 0, so packed state
+converts to and from ordinary single-run state dicts (checkpoints keep the single-run format).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from normexp.config import ConfigError
+from normexp.models import BasicBlock, CifarResNet
+
+# Modules without their own weights whose forward acts on each channel separately (or only routes
+# tensors between such modules), so that they work unchanged on packed channels.
+CHANNEL_LOCAL = (nn.Sequential, nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d, BasicBlock, CifarResNet)
+
+
+class PackingError(ConfigError):
+    """A model holds a layer that cannot be split into independent members."""
+
+
+class PackedLinear(nn.Module):
+    """K independent linear layers on packed features (B, K*in) -> (B, K*out)."""
+
+    def __init__(self, members: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.members, self.in_features, self.out_features = members, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(members * out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(members * out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, o = self.members, self.out_features
+        out = torch.einsum("bki,koi->bko", x.view(x.shape[0], k, self.in_features), self.weight.view(k, o, -1))
+        if self.bias is not None:
+            out = out + self.bias.view(k, o)
+        return out.flatten(1)
+
+
+def _widened(module: nn.Module, k: int) -> nn.Module:
+    """A K-member version of one layer (fresh weights: `pack` loads the members' state)."""
+    if type(module) is nn.Conv2d:
+        return nn.Conv2d(module.in_channels * k, module.out_channels * k, module.kernel_size, module.stride,
+                         module.padding, module.dilation, module.groups * k, module.bias is not None,
+                         module.padding_mode)
+    if type(module) is nn.BatchNorm2d:
+        return nn.BatchNorm2d(module.num_features * k, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+    if type(module) is nn.GroupNorm:
+        return nn.GroupNorm(module.num_groups * k, module.num_channels * k, module.eps, module.affine)
+    if type(module) is nn.Linear:
+        return PackedLinear(k, module.in_features, module.out_features, module.bias is not None)
+    if isinstance(module, CHANNEL_LOCAL):
+        for name, child in module.named_children():
+            setattr(module, name, _widened(child, k))
+        return module
+    raise PackingError(
+        f"cannot pack a {type(module).__name__} layer (packing knows Conv2d, BatchNorm2d, GroupNorm, Linear "
+        f"and {', '.join(t.__name__ for t in CHANNEL_LOCAL)}); train one seed per job (seed=<int>)"
+    )
+
+
+def pack_tensors(tensors: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
+    """Members' tensors -> the packed tensor (scalars such as BN's step counter are shared)."""
+    first = tensors[0]
+    if first is None or first.ndim == 0:
+        return None if first is None else first.clone()
+    return torch.cat(list(tensors))
+
+
+def member_tensor(packed: Optional[Tensor], members: int, index: int) -> Optional[Tensor]:
+    """Member `index`'s part of a packed tensor, as its own copy."""
+    if packed is None or packed.ndim == 0:
+        return None if packed is None else packed.clone()
+    return packed.chunk(members)[index].clone()
+
+
+def pack(models: Sequence[nn.Module]) -> nn.Module:
+    """One model computing all `models` at once; a single model is returned as it is."""
+    if len(models) == 1:
+        return models[0]
+    packed = _widened(copy.deepcopy(models[0]), len(models))
+    packed.load_state_dict(pack_state([m.state_dict() for m in models]))
+    return packed
+
+
+def pack_state(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {key: pack_tensors([s[key] for s in states]) for key in states[0]}
+
+
+def member_state(packed: dict[str, Tensor], members: int, index: int) -> dict[str, Tensor]:
+    return {key: member_tensor(value, members, index) for key, value in packed.items()}
+
+
+def pack_optimizer_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Members' optimizer state dicts (same parameter order) -> the packed optimizer's."""
+    return {
+        "state": {i: {name: pack_tensors([s["state"][i][name] for s in states]) for name in slots}
+                  for i, slots in states[0]["state"].items()},
+        "param_groups": copy.deepcopy(states[0]["param_groups"]),
+    }
+
+
+def member_optimizer_state(packed: dict[str, Any], members: int, index: int) -> dict[str, Any]:
+    return {
+        "state": {i: {name: member_tensor(value, members, index) for name, value in slots.items()}
+                  for i, slots in packed["state"].items()},
+        "param_groups": copy.deepcopy(packed["param_groups"]),
+    }

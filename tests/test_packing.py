@@ -1,0 +1,165 @@
+"""Packed runs (`seed=[...]`) compute what each run computes alone, and keep single-run records."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normexp.trainer as trainer
+from normexp import packing, records
+from normexp.config import ConfigError
+from normexp.models import CifarResNet
+from normexp.norms import NORMS, build_norm, register_norm
+from normexp.trainer import train_run
+from tests.conftest import interrupted_at, record_numbers
+
+PACK = "trainer.pack_max_batch=8"  # make_cfg's batch size is 8
+NORM_SPECS = [{"name": "bn"}, {"name": "gn", "groups": 4}, {"name": "gn", "channels_per_group": 2},
+              {"name": "ln"}, {"name": "in"}, {"name": "none"}]
+
+
+def _models(spec: dict, seeds=(0, 1, 2)) -> list[nn.Module]:
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = CifarResNet(build_norm(spec), depth=8, base_width=8)
+        for module in model.modules():  # non-trivial norm affines and BN statistics
+            if isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.normal_(module.weight, 1.0, 0.2)
+                nn.init.normal_(module.bias, 0.0, 0.2)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_()
+        models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: "-".join(map(str, s.values())))
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_packed_model_computes_each_member_exactly_as_alone(spec, mode):
+    models = _models(spec)
+    packed = packing.pack(models)
+    inputs = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
+    for model in (*models, packed):
+        model.train(mode == "train")
+    out = packed(torch.cat(inputs, dim=1)).view(4, 3, 10)
+    for k, (model, x) in enumerate(zip(models, inputs)):
+        torch.testing.assert_close(out[:, k], model(x), rtol=1e-4, atol=1e-5)
+    # the packed state splits back into each member's own state, BN statistics included
+    state = packed.state_dict()
+    for k, model in enumerate(models):
+        alone = model.state_dict()
+        member = packing.member_state(state, 3, k)
+        assert member.keys() == alone.keys()
+        for key in alone:
+            torch.testing.assert_close(member[key], alone[key], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_and_optimizer_state_stay_with_their_member():
+    models = _models({"name": "bn"}, seeds=(0, 1))
+    packed = packing.pack(models)
+    xs = [torch.randn(2, 3, 32, 32) for _ in models]
+    ys = [torch.randint(0, 10, (2,)) for _ in models]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (*models, packed)]
+    for _ in range(3):
+        for model, optimizer, x, y in zip(models, optimizers, xs, ys):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        optimizers[-1].zero_grad()
+        out = packed(torch.cat(xs, dim=1)).view(2, 2, 10)
+        sum(F.cross_entropy(out[:, k], y) for k, y in enumerate(ys)).backward()
+        optimizers[-1].step()
+    packed_optimizer = optimizers[-1].state_dict()
+    for k, (model, optimizer) in enumerate(zip(models, optimizers)):
+        for key, value in packing.member_state(packed.state_dict(), 2, k).items():
+            torch.testing.assert_close(value, model.state_dict()[key], rtol=1e-4, atol=1e-5)
+        member = packing.member_optimizer_state(packed_optimizer, 2, k)
+        for i, slots in optimizer.state_dict()["state"].items():
+            torch.testing.assert_close(member["state"][i]["momentum_buffer"], slots["momentum_buffer"],
+                                       rtol=1e-4, atol=1e-5)
+    repacked = packing.pack_optimizer_state([packing.member_optimizer_state(packed_optimizer, 2, k) for k in range(2)])
+    for i, slots in packed_optimizer["state"].items():
+        assert torch.equal(repacked["state"][i]["momentum_buffer"], slots["momentum_buffer"])
+
+
+def test_a_diverged_member_does_not_leak_into_the_others():
+    models = _models({"name": "gn", "groups": 4})
+    packed = packing.pack(models)
+    with torch.no_grad():
+        for name, tensor in packed.state_dict().items():
+            if tensor.ndim:
+                tensor.chunk(3)[1].fill_(float("nan"))
+    x = torch.randn(2, 9, 32, 32)
+    out = packed(x).view(2, 3, 10)
+    assert out[:, 1].isnan().all() and out[:, [0, 2]].isfinite().all()
+
+
+def test_packed_job_writes_the_records_of_solo_runs(make_cfg, tmp_path):
+    packed = make_cfg(PACK, "seed=[0,1,2]", "trainer.epochs=2")
+    summaries = train_run(packed)
+    assert [s["seed"] for s in summaries] == [0, 1, 2] and {s["pack_size"] for s in summaries} == {3}
+    for seed, summary in zip((0, 1, 2), summaries):
+        solo = make_cfg(f"seed={seed}", "trainer.epochs=2", f"results_root={tmp_path / 'solo'}")
+        [alone] = train_run(solo)
+        directory = records.run_dir(solo)
+        assert summary["run"] == directory.name  # the same run: same name, same hash
+        for mine, theirs in zip(record_numbers(records.run_dir(make_cfg(f"seed={seed}", "trainer.epochs=2"))),
+                                record_numbers(directory)):
+            assert mine["epoch"] == theirs["epoch"]
+            for key in ("train_loss", "test_loss"):
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-4), (seed, key)
+        assert abs(summary["final_test_acc"] - alone["final_test_acc"]) <= 100 / 40  # one test image of 40
+
+
+def test_seeds_above_the_packing_batch_size_train_one_after_another(make_cfg):
+    summaries = train_run(make_cfg("seed=[0,1]", "trainer.epochs=1", "trainer.pack_max_batch=4"))
+    assert [(s["seed"], s["pack_size"], s["status"]) for s in summaries] == [(0, 1, "finished"), (1, 1, "finished")]
+
+
+def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monkeypatch):
+    reference = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=3", f"results_root={tmp_path / 'reference'}")
+    train_run(reference)
+    cfg = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=3")
+    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    summaries = train_run(cfg)
+    for seed in (0, 1):
+        resumed = records.run_dir(make_cfg(f"seed={seed}", "trainer.epochs=3"))
+        assert record_numbers(resumed) == record_numbers(records.run_dir(make_cfg(
+            f"seed={seed}", "trainer.epochs=3", f"results_root={tmp_path / 'reference'}")))
+        assert "resuming" in (resumed / records.LOG).read_text()
+    # a packed job over finished and new seeds trains only the new one
+    trained = []
+
+    def fake_train(cfg, members):
+        trained.extend(m.cfg.seed for m in members)
+        for m in members:
+            m.summary = {"status": "stub"}
+
+    monkeypatch.setattr(trainer, "_train", fake_train)
+    assert len(train_run(make_cfg(PACK, "seed=[1,2,0]", "trainer.epochs=3"))) == 3
+    assert trained == [2] and [s["status"] for s in summaries] == ["finished"] * 2
+
+
+def test_a_packed_checkpoint_resumes_as_a_solo_run(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=2")
+    with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    [summary] = train_run(make_cfg("seed=1", "trainer.epochs=2"))
+    [alone] = train_run(make_cfg("seed=1", "trainer.epochs=2", f"results_root={tmp_path / 'alone'}"))
+    assert summary["epochs_done"] == 2 and summary["pack_size"] == 1
+    assert summary["final_train_loss"] == pytest.approx(alone["final_train_loss"], rel=1e-4)
+
+
+def test_a_layer_packing_does_not_know_is_refused_before_any_data_is_read(make_cfg, monkeypatch):
+    @register_norm("test_layernorm")
+    def layer_norm_hw() -> object:
+        return lambda channels: nn.LayerNorm(32)
+
+    try:
+        monkeypatch.setattr(trainer, "load_cifar10", lambda *a: pytest.fail("data was read"))
+        cfg = make_cfg(PACK, "seed=[0,1]", "norm=none", "norm.name=test_layernorm")
+        with pytest.raises(ConfigError, match="cannot pack a LayerNorm layer.*seed=<int>"):
+            train_run(cfg)
+    finally:
+        NORMS.pop("test_layernorm")
