@@ -1,8 +1,9 @@
 """Training throughput: normexp's trainer vs the conventional torchvision loop, side by side.
 
 Both train the same model with the same norm, batch size, threads and images; normexp is timed
-alone and with several seeds packed as one model (`seed=[...]`). The conventional loop is a torchvision-style dataset returning PIL images, RandomCrop/RandomHorizontalFlip/
-ToTensor/Normalize transforms and a DataLoader. The arithmetic ceiling is the measured float32
+alone and with several seeds packed as one model (`seed=[...]`). The conventional loop is a
+torchvision-style dataset returning PIL images, RandomCrop/RandomHorizontalFlip/ToTensor/Normalize
+transforms and a DataLoader. The arithmetic ceiling is the measured float32
 matmul rate divided by the model's FLOPs per image (forward + backward).
 """
 

@@ -72,16 +72,16 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
 def pack_tensors(tensors: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
     """Members' tensors -> the packed tensor (scalars such as BN's step counter are shared)."""
     first = tensors[0]
-    if first is None or first.ndim == 0:
-        return None if first is None else first.clone()
-    return torch.cat(list(tensors))
+    if first is None:
+        return None
+    return torch.cat(list(tensors)) if first.ndim else first.clone()
 
 
 def member_tensor(packed: Optional[Tensor], members: int, index: int) -> Optional[Tensor]:
     """Member `index`'s part of a packed tensor, as its own copy."""
-    if packed is None or packed.ndim == 0:
-        return None if packed is None else packed.clone()
-    return packed.chunk(members)[index].clone()
+    if packed is None:
+        return None
+    return packed.chunk(members)[index].clone() if packed.ndim else packed.clone()
 
 
 def pack(models: Sequence[nn.Module]) -> nn.Module:

@@ -60,11 +60,10 @@ def memory_format(cfg: DictConfig, model: nn.Module, device: torch.device) -> to
     """
     if not cfg.trainer.channels_last:
         return torch.contiguous_format
-    narrow = any(
+    if device.type == "cpu" and any(
         isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels // m.groups < 16
         for m in model.modules()
-    )
-    if device.type == "cpu" and narrow:
+    ):
         log.info("trainer.channels_last ignored: a strided 1x1 convolution has < 16 input channels (oneDNN#6035)")
         return torch.contiguous_format
     return torch.channels_last
@@ -248,12 +247,13 @@ def _train(cfg: DictConfig, members: list[Member]) -> None:
     train_x, train_y = maybe_subset(data.train_images, data.train_labels, cfg.data.train_subset, cfg.model.num_classes)
     test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
     fmt = memory_format(cfg, packs[0][1], device)
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    test = EvalBatches(test_x.to(device), test_y.to(device), cfg.trainer.eval_batch_size, data.mean, data.std,
+                       memory_format=fmt)
     for group, model in packs:
-        train = TrainBatches(train_x.to(device), train_y.to(device), cfg.data.batch_size, data.mean, data.std,
+        train = TrainBatches(train_x, train_y, cfg.data.batch_size, data.mean, data.std,
                              seeds=[m.cfg.seed for m in group], padding=cfg.data.crop_padding, flip=cfg.data.flip,
                              memory_format=fmt)
-        test = EvalBatches(test_x.to(device), test_y.to(device), cfg.trainer.eval_batch_size, data.mean, data.std,
-                           memory_format=fmt)
         for member in group:
             member.model.to(device, memory_format=fmt)
         _train_pack(cfg, group, model.to(device, memory_format=fmt), train, test, device, data)
