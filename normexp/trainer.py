@@ -73,7 +73,7 @@ def compiled(cfg: DictConfig, model: nn.Module, device: torch.device) -> nn.Modu
     """What `train_epoch` calls: the model itself, or with `trainer.compile` (null = on GPUs only)
     `torch.compile`, with CUDA graphs on a GPU ("reduce-overhead"): it removes most of the per-step
     launch overhead that dominates small batches there (results/bench). On 2 CPU cores compiling did
-    not pay for its compile time (about +10% at batch 2 for 40 s, slower at batch 64)."""
+    not pay for its compile time in a one-off probe (about +10% at batch 2 for 40 s, slower at 64)."""
     wanted = cfg.trainer.compile if cfg.trainer.compile is not None else device.type == "cuda"
     if not wanted:
         return model
