@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import torch
-
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync it, then rename it to `path`, so readers never see half a file."""
@@ -50,6 +48,3 @@ def write_json(path: Path, obj: Any) -> None:
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(finite(row), sort_keys=True, allow_nan=False) + "\n" for row in rows))
 
-
-def torch_save(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -1,16 +1,24 @@
 """Typed config schema (registered in Hydra's ConfigStore) and up-front validation.
 
-The dataclasses make Hydra reject unknown keys and wrong types while composing; `validate`
-checks ranges and combinations before any data is decoded or any step is trained.
+The dataclasses give types only; every default lives in `conf/` (one place). Hydra rejects unknown
+keys and wrong types while composing; `validate` checks ranges and combinations before any data is
+decoded or any step is trained. Torch-free, so help, config printing and validation stay fast.
+
+Which settings make up a run's identity is derived from the layout: everything except the groups
+in `NOT_IDENTITY` (where things live, what runs them, how a sweep is judged) changes the numbers.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 
 class ConfigError(ValueError):
@@ -20,73 +28,113 @@ class ConfigError(ValueError):
 DATA_SOURCES = ("folder", "torchvision")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+NOT_IDENTITY = ("runtime", "paths", "verdict", "hydra")  # groups that never change a run's numbers
 
 
 @dataclass
 class DataConfig:
-    source: str = "folder"
-    folder: str = "../shared/data/cifar10-jpeg"
-    torchvision_root: str = "~/.cache/normexp/cifar10"
-    download: bool = False
-    cache_dir: str = "~/.cache/normexp"
-    batch_size: int = 64
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    crop_padding: int = 4
-    flip: bool = True
+    source: str = MISSING
+    batch_size: int = MISSING  # images per device: what BatchNorm normalizes over
+    devices: int = MISSING  # virtual devices per optimizer step, each with its own BN statistics
+    train_subset: Optional[int] = MISSING
+    test_subset: Optional[int] = MISSING
+    crop_padding: int = MISSING
+    flip: bool = MISSING
 
 
 @dataclass
 class ModelConfig:
-    depth: int = 8
-    base_width: int = 16
-    zero_init_residual: bool = True
-    num_classes: int = 10
+    depth: int = MISSING
+    base_width: int = MISSING
+    zero_init_residual: bool = MISSING
+    num_classes: int = MISSING
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    ref_batch_size: int = 32
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
+    lr: float = MISSING
+    ref_batch_size: int = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+    decay_norm_and_bias: bool = MISSING
+    schedule: str = MISSING
+    warmup_epochs: float = MISSING
+    milestones: list[int] = MISSING
+    gamma: float = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    eval_batch_size: int = 1000
-    eval_every: int = 1
-    log_every: int = 50
-    device: str = "auto"
-    threads: Optional[int] = None
-    progress: bool = True
-    channels_last: bool = True
-    compile: Optional[bool] = None
-    pack_max_batch: Optional[int] = None
-    accuracy_thresholds: list[float] = field(default_factory=lambda: [50.0, 60.0, 70.0, 80.0])
+    epochs: int = MISSING
+    eval_every: int = MISSING
+    log_every: int = MISSING
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = MISSING
+    threads: Optional[int] = MISSING
+    progress: bool = MISSING
+    channels_last: bool = MISSING
+    compile: Optional[bool] = MISSING
+    pack_max_batch: Optional[int] = MISSING
+    eval_batch_size: int = MISSING
+    download: bool = MISSING
+
+
+@dataclass
+class PathsConfig:
+    results_root: str = MISSING
+    cifar10_folder: str = MISSING
+    torchvision_root: str = MISSING
+    cache_dir: str = MISSING
 
 
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    norm: dict[str, Any] = field(default_factory=lambda: {"name": "bn"})
+    norm: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: Any = 0  # an integer, or a list of integers trained together as one packed model
-    results_root: str = "results/runs"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    verdict: dict[str, Any] = field(default_factory=dict)
+    seed: Any = MISSING  # an integer, or a list of integers trained together as one packed model
+
+
+def _images_per(total: int, per: int) -> int:
+    """`${images_per:128,${data.batch_size}}`: how many devices of `per` images make `total`."""
+    if int(total) % int(per):
+        raise ConfigError(f"data.batch_size={per} does not divide the fixed step batch {total}")
+    return int(total) // int(per)
+
+
+def _writable(path: str) -> str:
+    """`${writable:${paths.results_root}}` in Hydra's output folders: a results root that cannot be
+    written ends the command at once with one line naming the field (exit 2), before Hydra tries
+    to create its log folder there."""
+    folder = os.path.expanduser(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        print(f"paths.results_root={path!r} is not writable: {error.strerror or error}", file=sys.stderr)
+        sys.exit(2)
+    return path
 
 
 def register_configs() -> None:
-    """Register the schema that `conf/config.yaml` extends."""
+    """Register the schema that `conf/config.yaml` extends, and the resolvers the presets use."""
     ConfigStore.instance().store(name="normexp_schema", node=Config)
+    if not OmegaConf.has_resolver("images_per"):
+        OmegaConf.register_new_resolver("images_per", _images_per)
+    if not OmegaConf.has_resolver("pid"):
+        OmegaConf.register_new_resolver("pid", os.getpid)
+    if not OmegaConf.has_resolver("writable"):
+        OmegaConf.register_new_resolver("writable", _writable)
 
 
 def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
@@ -109,19 +157,35 @@ def seeds(cfg: DictConfig) -> list[int]:
     return values
 
 
+def step_batch(cfg: DictConfig) -> int:
+    """Images per optimizer step: devices x images per device."""
+    return cfg.data.devices * cfg.data.batch_size
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and combinations; raise ConfigError naming the first bad field."""
-    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.trainer
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as error:  # e.g. a preset's ${images_per:...} that does not fit
+        cause: Optional[BaseException] = error
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise ConfigError(str(cause)) from None
+    d, m, o, t, r = cfg.data, cfg.model, cfg.optim, cfg.trainer, cfg.runtime
     _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "must be an integer >= 1")
     _require(d.source in DATA_SOURCES, "data.source", d.source, f"allowed: {', '.join(DATA_SOURCES)}")
     _require(_positive_int(d.batch_size), "data.batch_size", d.batch_size, "must be an integer >= 1")
+    _require(_positive_int(d.devices), "data.devices", d.devices, "must be an integer >= 1")
     for name in ("train_subset", "test_subset"):
         value = d[name]
         _require(value is None or (_positive_int(value) and value >= 10), f"data.{name}", value,
                  "must be null (all images) or an integer >= 10 (one per class)")
     if d.train_subset is not None:
-        _require(d.batch_size <= d.train_subset, "data.batch_size", d.batch_size,
-                 f"must be <= data.train_subset={d.train_subset} (drop-last would leave no batch)")
+        _require(step_batch(cfg) <= d.train_subset, "data.batch_size", d.batch_size,
+                 f"x data.devices={d.devices} must be <= data.train_subset={d.train_subset} "
+                 f"(drop-last would leave no batch)")
     _require(0 <= d.crop_padding <= 16, "data.crop_padding", d.crop_padding, "allowed: 0..16")
     _require(m.depth >= 8 and (m.depth - 2) % 6 == 0, "model.depth", m.depth,
              "CIFAR ResNet depth is 6n+2: 8, 14, 20, 32, 44, 56, 110, ...")
@@ -142,17 +206,15 @@ def validate(cfg: DictConfig) -> None:
     _require(o.schedule != "step" or len(o.milestones) > 0, "optim.milestones", list(o.milestones),
              "optim.schedule=step needs at least one milestone epoch")
     _require(0 < o.gamma <= 1, "optim.gamma", o.gamma, "allowed: 0 < gamma <= 1")
-    _require(_positive_int(t.eval_batch_size), "trainer.eval_batch_size", t.eval_batch_size,
-             "must be an integer >= 1")
     _require(_positive_int(t.eval_every), "trainer.eval_every", t.eval_every,
              "must be an integer >= 1 (the last epoch is always evaluated)")
-    _require(t.pack_max_batch is None or (isinstance(t.pack_max_batch, int) and t.pack_max_batch >= 0),
-             "trainer.pack_max_batch", t.pack_max_batch, "must be null (auto) or an integer >= 0 (0: never pack)")
     _require(_positive_int(t.log_every), "trainer.log_every", t.log_every, "must be an integer >= 1")
-    _require(t.device in DEVICES, "trainer.device", t.device, f"allowed: {', '.join(DEVICES)}")
-    _require(t.threads is None or _positive_int(t.threads), "trainer.threads", t.threads,
-             "must be null (torch default) or an integer >= 1")
-    _require(all(0 < x <= 100 for x in t.accuracy_thresholds), "trainer.accuracy_thresholds",
-             list(t.accuracy_thresholds), "must be percentages in (0, 100]")
+    _require(_positive_int(r.eval_batch_size), "runtime.eval_batch_size", r.eval_batch_size,
+             "must be an integer >= 1")
+    _require(r.pack_max_batch is None or (isinstance(r.pack_max_batch, int) and r.pack_max_batch >= 0),
+             "runtime.pack_max_batch", r.pack_max_batch, "must be null (auto) or an integer >= 0 (0: never pack)")
+    _require(r.device in DEVICES, "runtime.device", r.device, f"allowed: {', '.join(DEVICES)}")
+    _require(r.threads is None or _positive_int(r.threads), "runtime.threads", r.threads,
+             "must be null (auto) or an integer >= 1")
     seeds(cfg)
     _require("name" in cfg.norm, "norm.name", None, "pick a norm with norm=<name> (see conf/norm/)")

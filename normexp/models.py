@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from torch import Tensor, nn
 
-from normexp.norms import NormFactory
+from normexp.norms import NormFactory, build_norm
 
 
 class BasicBlock(nn.Module):
@@ -35,10 +37,10 @@ class CifarResNet(nn.Module):
     def __init__(
         self,
         norm_layer: NormFactory,
-        depth: int = 20,
-        base_width: int = 16,
-        num_classes: int = 10,
-        zero_init_residual: bool = True,
+        depth: int,
+        base_width: int,
+        num_classes: int,
+        zero_init_residual: bool,
     ) -> None:
         super().__init__()
         blocks_per_stage = (depth - 2) // 6
@@ -75,3 +77,9 @@ class CifarResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))
         return self.fc(self.pool(x).flatten(1))
+
+
+def build_model(model: Mapping[str, Any], norm: Mapping[str, Any]) -> CifarResNet:
+    """The `model` config's ResNet with the `norm` config's layers; bad norm settings raise ConfigError."""
+    return CifarResNet(build_norm(norm), depth=model["depth"], base_width=model["base_width"],
+                       num_classes=model["num_classes"], zero_init_residual=model["zero_init_residual"])

@@ -108,13 +108,3 @@ def build_norm(spec: Mapping[str, Any]) -> NormFactory:
             f"norm.{unknown[0]} is not a setting of norm={name}; its settings: {', '.join(allowed) or 'none'}"
         )
     return builder(**spec)
-
-
-def norm_tag(spec: Mapping[str, Any]) -> str:
-    """A short readable label for a norm config, e.g. `bn`, `gn8`, `gn-cpg16`."""
-    name = spec["name"]
-    if name == "gn":
-        if spec.get("groups") is not None:
-            return f"gn{spec['groups']}"
-        return f"gn-cpg{spec['channels_per_group']}"
-    return str(name)

@@ -10,12 +10,13 @@ from torch import nn
 from normexp.config import OptimConfig
 
 
-def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
-    """Linear scaling rule (GN paper: 0.1 x N / 32)."""
-    return cfg.lr * batch_size / cfg.ref_batch_size
+def scaled_lr(cfg: OptimConfig, step_batch: int) -> float:
+    """Linear scaling in the images per optimizer step: lr x step_batch / ref_batch_size (GN paper:
+    0.1 x 8N / 256 for N images on each of 8 GPUs)."""
+    return cfg.lr * step_batch / cfg.ref_batch_size
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, step_batch: int) -> torch.optim.SGD:
     """SGD; weight decay on conv/linear weights, and on norm scales and biases only if asked."""
     decay = [p for p in model.parameters() if p.ndim > 1 or cfg.decay_norm_and_bias]
     no_decay = [p for p in model.parameters() if not (p.ndim > 1 or cfg.decay_norm_and_bias)]
@@ -23,7 +24,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return torch.optim.SGD(
-        groups, lr=scaled_lr(cfg, batch_size), momentum=cfg.momentum, nesterov=cfg.nesterov,
+        groups, lr=scaled_lr(cfg, step_batch), momentum=cfg.momentum, nesterov=cfg.nesterov,
         foreach=True,
     )
 

@@ -7,6 +7,10 @@ and the classifier one weight block per member. Members never mix: the packed mo
 the members compute alone, in one call per layer instead of K, which is what makes small batches
 fast. Every packed tensor is the members' tensors concatenated along dimension 0, so packed state
 converts to and from ordinary single-run state dicts (checkpoints keep the single-run format).
+
+This module owns the members' layout everywhere: inputs side by side in the channel dimension
+(`join_inputs`), logits member-major in the feature dimension (`Pack.losses`), state and optimizer
+state concatenated along dimension 0 (`Pack.member_state`, `Pack.load_optimizer`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import copy
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normexp.config import ConfigError
@@ -69,6 +74,11 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
     )
 
 
+def check_packable(model: nn.Module) -> None:
+    """Raise PackingError (a ConfigError) if `model` holds a layer packing does not know."""
+    _widened(copy.deepcopy(model), 2)
+
+
 def pack_tensors(tensors: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
     """Members' tensors -> the packed tensor (scalars such as BN's step counter are shared)."""
     first = tensors[0]
@@ -116,3 +126,39 @@ def member_optimizer_state(packed: dict[str, Any], members: int, index: int) -> 
                   for i, slots in packed["state"].items()},
         "param_groups": copy.deepcopy(packed["param_groups"]),
     }
+
+
+def join_inputs(images: Sequence[Tensor]) -> Tensor:
+    """Members' image batches (B, C, H, W) -> the packed input (B, K*C, H, W)."""
+    n, c, h, w = images[0].shape
+    return torch.stack(list(images), dim=1).view(n, len(images) * c, h, w)
+
+
+def join_labels(labels: Sequence[Tensor]) -> Tensor:
+    """Members' label batches (B,) -> (B, K)."""
+    return torch.stack(list(labels), dim=1)
+
+
+class Pack:
+    """K runs that differ only in seed, trained as one model (K = 1: the plain model)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        self.size = len(models)
+        self.model = pack(models)
+
+    def losses(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's mean cross-entropy (K,) and its count of correct predictions (K,)."""
+        out = logits.view(logits.shape[0], self.size, -1)
+        loss = F.cross_entropy(out.flatten(0, 1), labels.flatten(), reduction="none").view(-1, self.size).mean(0)
+        return loss, (out.argmax(-1) == labels).sum(0)
+
+    def member_state(self, index: int) -> dict[str, Tensor]:
+        return member_state(self.model.state_dict(), self.size, index)
+
+    @staticmethod
+    def split_optimizer_state(packed: dict[str, Any], size: int, index: int) -> dict[str, Any]:
+        """Member `index`'s optimizer state from the pack's optimizer state dict."""
+        return member_optimizer_state(packed, size, index) if size > 1 else packed
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer, states: Sequence[dict[str, Any]]) -> None:
+        optimizer.load_state_dict(pack_optimizer_state(states) if self.size > 1 else states[0])

@@ -14,6 +14,22 @@ from normexp import atomic  # noqa: E402
 from normexp.analysis import accuracy_table  # noqa: E402
 
 GROUP_ORDER = ["ln", "gn2", "gn4", "gn8", "gn16", "gn32", "in"]
+# One colour per norm tag in every figure; tags not listed take the next free colour of tab20 in
+# sorted order, so a figure's colours do not depend on which other norms it shows.
+COLOURS = {"bn": "tab:blue", "gn8": "tab:orange", "ln": "tab:green", "in": "tab:red", "none": "tab:gray",
+           "gn2": "tab:olive", "gn4": "tab:cyan", "gn16": "tab:brown", "gn-cpg16": "tab:pink", "gn32": "tab:purple"}
+
+
+def colour(norm: str) -> str:
+    if norm in COLOURS:
+        return COLOURS[norm]
+    free = [c for c in plt.get_cmap("tab20").colors if c not in COLOURS.values()]
+    return matplotlib.colors.to_hex(free[sum(map(ord, norm)) % len(free)])
+
+
+def _seeds(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return f"n={low}" if low == high else f"n={low}-{high}"
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -28,12 +44,12 @@ def error_vs_batch(runs: pd.DataFrame, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for norm, rows in table.groupby("norm"):
         ax.errorbar(rows["batch_size"], 100 - rows["acc_mean"], yerr=rows["acc_std"], marker="o", capsize=3,
-                    label=f"{norm} (n={int(rows['n'].min())}-{int(rows['n'].max())} seeds)")
+                    color=colour(norm), label=f"{norm} ({_seeds(rows['n'])} seeds)")
     ax.set_xscale("log", base=2)
     batches = sorted(table["batch_size"].unique())
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.invert_xaxis()
-    ax.set_xlabel("batch size (images per step)")
+    ax.set_xlabel("batch size (images per device: BN's statistics batch)")
     ax.set_ylabel("test error (%)")
     ax.set_title(title or "Test error vs batch size")
     ax.grid(alpha=0.3)
@@ -50,9 +66,10 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
         subset = epochs[epochs["batch_size"] == batch]
         for norm, norm_rows in subset.groupby("norm"):
             curve = norm_rows.groupby(x)[y].agg(["mean", "std"]).reset_index()
-            ax.plot(curve[x], curve["mean"], label=norm)
+            ax.plot(curve[x], curve["mean"], marker="o" if len(curve) < 30 else None, markersize=3,
+                    color=colour(norm), label=norm)
             ax.fill_between(curve[x], curve["mean"] - curve["std"].fillna(0),
-                            curve["mean"] + curve["std"].fillna(0), alpha=0.2)
+                            curve["mean"] + curve["std"].fillna(0), alpha=0.2, color=colour(norm))
         ax.set_title(f"batch {batch}")
         ax.set_xlabel(x.replace("_", " "))
         ax.grid(alpha=0.3)
@@ -60,7 +77,7 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(batches):]:
         ax.set_visible(False)
-    axes.flat[0].legend()
+    axes.flat[0].legend()  # markers keep one-point curves (a 1-epoch run) visible
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -12,10 +12,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-import normexp.trainer as trainer
-from normexp import records
+import normexp.conductor as conductor
+from normexp import record
+from normexp.cli.train import CONF_DIR
 from normexp.data.sources import CLASSES
-from normexp.train import CONF_DIR
 
 
 TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
@@ -23,21 +23,21 @@ TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
 
 def record_numbers(directory: Path) -> list[dict]:
     """A run's per-epoch metrics without the timing fields: what must be reproducible."""
-    return [{k: v for k, v in m.items() if k not in TIMING} for m in records.read_jsonl(directory / records.METRICS)]
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in record.read_jsonl(directory / record.METRICS)]
 
 
 @contextmanager
 def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None]:
-    """Inside the block, the trainer is stopped as by Ctrl-C when it starts training `epoch`."""
-    real_epoch = trainer.train_epoch
+    """Inside the block, the conductor is stopped as by Ctrl-C when it starts training `epoch`."""
+    real_epoch = conductor.train_epoch
 
-    def interrupted(cfg, model, optimizer, scheduler, train, current):
+    def interrupted(pack, forward, optimizer, scheduler, train, current, *args):
         if current == epoch:
             raise KeyboardInterrupt
-        return real_epoch(cfg, model, optimizer, scheduler, train, current)
+        return real_epoch(pack, forward, optimizer, scheduler, train, current, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer, "train_epoch", interrupted)
+        patch.setattr(conductor, "train_epoch", interrupted)
         yield
 
 
@@ -66,18 +66,23 @@ def make_cfg(image_folder: Path, tmp_path: Path):
 
     def make(*overrides: str) -> DictConfig:
         base = [
-            f"data.folder={image_folder}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"results_root={tmp_path / 'runs'}",
+            f"paths.cifar10_folder={image_folder}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.results_root={tmp_path / 'runs'}",
             "data.source=folder",
             "data.batch_size=8",
             "model.base_width=4",
             "trainer.epochs=2",
-            "trainer.threads=1",
+            "runtime.threads=1",
             "trainer.log_every=5",
-            "trainer.progress=false",
+            "runtime.progress=false",
         ]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="config", overrides=base + list(overrides))
 
     return make
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """Where the conductor puts the run of `cfg` (its name covers the data's content digest)."""
+    return record.run_dir(cfg, conductor.load_data(cfg).digest)

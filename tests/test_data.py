@@ -1,22 +1,29 @@
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from normexp.config import DataConfig
 from normexp.data import TrainBatches, load_cifar10, stratified_subset
 from normexp.data.loader import EvalBatches, normalize, random_crop_flip
 from normexp.data.sources import DataError
 from tests.conftest import make_image_folder
 
 
-def _folder_cfg(folder: Path, cache: Path) -> DataConfig:
-    return DataConfig(source="folder", folder=str(folder), cache_dir=str(cache))
+def _paths(folder: Path, cache: Path, torchvision_root: Path | None = None) -> SimpleNamespace:
+    return SimpleNamespace(cifar10_folder=str(folder), cache_dir=str(cache), torchvision_root=str(torchvision_root))
+
+
+def _folder(folder: Path, cache: Path):
+    return load_cifar10("folder", _paths(folder, cache))
 
 
 def test_image_folder_decodes_in_class_order_and_reuses_its_cache(image_folder, tmp_path, monkeypatch):
-    cfg = _folder_cfg(image_folder, tmp_path)
-    data = load_cifar10(cfg)
+    data = _folder(image_folder, tmp_path)
     assert data.train_images.shape == (120, 3, 32, 32) and data.train_images.dtype == torch.uint8
     assert data.test_images.shape == (40, 3, 32, 32)
     assert data.train_labels.tolist() == sorted(data.train_labels.tolist())
@@ -30,32 +37,38 @@ def test_image_folder_decodes_in_class_order_and_reuses_its_cache(image_folder, 
     import normexp.data.sources as sources
 
     monkeypatch.setattr(sources, "_decode_folder", lambda files: pytest.fail("decoded again"))
-    again = load_cifar10(cfg)
+    again = _folder(image_folder, tmp_path)
     assert torch.equal(again.train_images, data.train_images)
-    assert again.fingerprint == data.fingerprint
+    assert again.digest == data.digest
 
 
 def test_corrupt_cache_is_rebuilt(image_folder, tmp_path):
-    cfg = _folder_cfg(image_folder, tmp_path)
-    first = load_cifar10(cfg)
+    first = _folder(image_folder, tmp_path)
     (cache,) = tmp_path.glob("cifar10-folder-*.pt")
     cache.write_bytes(cache.read_bytes()[:1000])
-    again = load_cifar10(cfg)
+    again = _folder(image_folder, tmp_path)
     assert torch.equal(again.train_images, first.train_images)
 
 
 def test_missing_folder_and_wrong_layout_name_the_path(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        load_cifar10(_folder_cfg(tmp_path / "nowhere", tmp_path))
+        _folder(tmp_path / "nowhere", tmp_path)
     (tmp_path / "bad" / "train" / "cats").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"bad/train must hold exactly one folder per CIFAR-10 class"):
-        load_cifar10(_folder_cfg(tmp_path / "bad", tmp_path))
+    with pytest.raises(DataError, match=r"bad/train must hold exactly one folder per CIFAR-10 class.*missing: "
+                                        r"airplane, .*not a class: cats"):
+        _folder(tmp_path / "bad", tmp_path)
+
+
+def test_a_missing_class_is_named(tmp_path):
+    root = make_image_folder(tmp_path / "data", train_per_class=1, test_per_class=1)
+    shutil.rmtree(root / "test" / "frog")
+    with pytest.raises(DataError, match=r"test must hold .*; missing: frog$"):
+        _folder(root, tmp_path / "cache")
 
 
 def test_torchvision_source_without_files_says_how_to_fetch(tmp_path):
-    cfg = DataConfig(source="torchvision", torchvision_root=str(tmp_path), cache_dir=str(tmp_path))
-    with pytest.raises(DataError, match="data.download=true"):
-        load_cifar10(cfg)
+    with pytest.raises(DataError, match="runtime.download=true"):
+        load_cifar10("torchvision", _paths(tmp_path, tmp_path, torchvision_root=tmp_path))
 
 
 def test_random_crop_flip_shifts_and_mirrors_each_sample():
@@ -82,7 +95,7 @@ def test_train_batches_are_seeded_drop_last_and_normalized():
     a = TrainBatches(images, labels, 8, mean, std, seeds=[1])
     b = TrainBatches(images, labels, 8, mean, std, seeds=[1])
     c = TrainBatches(images, labels, 8, mean, std, seeds=[2])
-    assert len(a) == 6
+    assert a.steps == 6
     batches_a, batches_b = list(a.epoch(3)), list(b.epoch(3))
     assert len(batches_a) == 6 and all(x.shape == (8, 3, 32, 32) for x, _ in batches_a)
     assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(batches_a, batches_b))
@@ -129,15 +142,14 @@ def test_eval_batches_cover_the_split_in_order():
     images = torch.randint(0, 256, (25, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(25) % 10
     batches = EvalBatches(images, labels, 10, torch.full((3,), 0.5), torch.full((3,), 0.25))
-    assert len(batches) == 25
+    assert batches.images == 25
     assert torch.equal(torch.cat([y for _, y in batches]), labels)
 
 
 @pytest.mark.skipif(not Path("../shared/data/cifar10-jpeg/train").is_dir(), reason="needs ../shared/data/cifar10-jpeg")
 def test_real_cifar10_folder_loads_with_the_documented_statistics(tmp_path):
-    """Uses the real dataset when present (decodes it once into a temporary cache)."""
-    cfg = DataConfig(source="folder", folder="../shared/data/cifar10-jpeg", cache_dir="~/.cache/normexp")
-    data = load_cifar10(cfg)
+    """Uses the real dataset when present (decodes it into a temporary cache, never the user's)."""
+    data = _folder(Path("../shared/data/cifar10-jpeg"), tmp_path)
     assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
     assert torch.bincount(data.test_labels).tolist() == [1000] * 10
     torch.testing.assert_close(data.mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-4, rtol=0)
@@ -148,13 +160,39 @@ def test_corrupt_image_file_is_named_with_a_fix(tmp_path):
     root = make_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
     (root / "train" / "cat" / "0001.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"cannot decode image .*train/cat/0001.png.*Replace or remove"):
-        load_cifar10(_folder_cfg(root, tmp_path / "cache"))
+        _folder(root, tmp_path / "cache")
 
 
-def test_changed_source_gets_a_new_cache(tmp_path):
+def test_changed_source_gets_a_new_cache_and_a_new_digest(tmp_path):
     root = make_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
-    first = load_cifar10(_folder_cfg(root, tmp_path / "cache"))
+    first = _folder(root, tmp_path / "cache")
     make_image_folder(tmp_path / "data", train_per_class=3, test_per_class=1, seed=1)
-    second = load_cifar10(_folder_cfg(root, tmp_path / "cache"))
-    assert second.fingerprint != first.fingerprint and second.train_images.shape[0] == 30
+    second = _folder(root, tmp_path / "cache")
+    assert second.digest != first.digest and second.train_images.shape[0] == 30
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+def test_the_digest_follows_the_content_not_the_copy_or_its_times(tmp_path):
+    root = make_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    first = _folder(root, tmp_path / "cache")
+    copy = shutil.copytree(root, tmp_path / "copy")
+    os.utime(copy / "train" / "cat" / "0000.png", (1, 1))  # touched: another cache, the same content
+    second = _folder(copy, tmp_path / "cache")
+    assert second.digest == first.digest
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+def test_two_processes_build_a_fresh_cache_once(tmp_path):
+    root = make_image_folder(tmp_path / "data", train_per_class=30, test_per_class=5)
+    script = (
+        "import logging, sys; from types import SimpleNamespace as S; from normexp.data import load_cifar10;"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+        f"d = load_cifar10('folder', S(cifar10_folder={str(root)!r}, cache_dir={str(tmp_path / 'cache')!r}, "
+        "torchvision_root=None)); print('digest', d.digest)"
+    )
+    jobs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [job.communicate(timeout=120)[0] for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), outputs
+    assert sum(out.count("decoding 300 train images") for out in outputs) == 1, outputs
+    assert len({line for out in outputs for line in out.splitlines() if line.startswith("digest")}) == 1

@@ -4,7 +4,8 @@ from torch import nn
 
 from normexp.config import ConfigError
 from normexp.models import CifarResNet
-from normexp.norms import NORMS, build_norm, norm_tag
+from normexp.norms import NORMS, build_norm
+from normexp.record import norm_tag
 
 
 def test_gn_with_one_group_equals_layer_norm_over_chw():
@@ -57,7 +58,7 @@ def test_bn_in_train_mode_normalizes_with_batch_statistics():
 )
 def test_group_setting_that_does_not_fit_a_layer_is_rejected_at_build(spec, message):
     with pytest.raises(ConfigError, match=message):
-        CifarResNet(build_norm(spec), depth=8, base_width=16)
+        CifarResNet(build_norm(spec), depth=8, base_width=16, num_classes=10, zero_init_residual=True)
 
 
 @pytest.mark.parametrize(
@@ -79,12 +80,12 @@ def test_every_registered_norm_builds_a_model_that_runs():
     x = torch.randn(2, 3, 32, 32)
     for name in NORMS:
         spec = {"name": name, "groups": 4} if name == "gn" else {"name": name}
-        model = CifarResNet(build_norm(spec), depth=8, base_width=8)
+        model = CifarResNet(build_norm(spec), depth=8, base_width=8, num_classes=10, zero_init_residual=True)
         assert model(x).shape == (2, 10), name
 
 
 def test_zero_init_residual_zeros_last_norm_scale_of_each_block():
-    model = CifarResNet(build_norm({"name": "bn"}), depth=14, base_width=8)
+    model = CifarResNet(build_norm({"name": "bn"}), depth=14, base_width=8, num_classes=10, zero_init_residual=True)
     blocks = [m for m in model.modules() if m.__class__.__name__ == "BasicBlock"]
     assert len(blocks) == 6
     assert all(float(b.norm2.weight.detach().abs().sum()) == 0 for b in blocks)

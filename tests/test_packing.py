@@ -1,19 +1,19 @@
-"""Packed runs (`seed=[...]`) compute what each run computes alone, and keep single-run records."""
+"""Packed runs (`seed=[...]`) compute what each run computes alone, and keep single-run record."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import normexp.trainer as trainer
-from normexp import packing, records
+import normexp.conductor as conductor
+from normexp import packing, record
 from normexp.config import ConfigError
 from normexp.models import CifarResNet
 from normexp.norms import NORMS, build_norm, register_norm
-from normexp.trainer import train_run
-from tests.conftest import interrupted_at, record_numbers
+from normexp.conductor import train_run
+from tests.conftest import interrupted_at, record_numbers, run_dir
 
-PACK = "trainer.pack_max_batch=8"  # make_cfg's batch size is 8
+PACK = "runtime.pack_max_batch=8"  # make_cfg's batch size is 8
 NORM_SPECS = [{"name": "bn"}, {"name": "gn", "groups": 4}, {"name": "gn", "channels_per_group": 2},
               {"name": "ln"}, {"name": "in"}, {"name": "none"}]
 
@@ -22,7 +22,7 @@ def _models(spec: dict, seeds=(0, 1, 2)) -> list[nn.Module]:
     models = []
     for seed in seeds:
         torch.manual_seed(seed)
-        model = CifarResNet(build_norm(spec), depth=8, base_width=8)
+        model = CifarResNet(build_norm(spec), depth=8, base_width=8, num_classes=10, zero_init_residual=True)
         for module in model.modules():  # non-trivial norm affines and BN statistics
             if isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.normal_(module.weight, 1.0, 0.2)
@@ -97,13 +97,13 @@ def test_a_diverged_member_does_not_leak_into_the_others():
 def test_packed_job_writes_the_records_of_solo_runs(make_cfg, tmp_path):
     packed = make_cfg(PACK, "seed=[0,1,2]", "trainer.epochs=2")
     summaries = train_run(packed)
-    assert [s["seed"] for s in summaries] == [0, 1, 2] and {s["pack_size"] for s in summaries} == {3}
+    assert [s["run"].split("_")[2] for s in summaries] == ["s0", "s1", "s2"] and {s["pack_size"] for s in summaries} == {3}
     for seed, summary in zip((0, 1, 2), summaries):
-        solo = make_cfg(f"seed={seed}", "trainer.epochs=2", f"results_root={tmp_path / 'solo'}")
+        solo = make_cfg(f"seed={seed}", "trainer.epochs=2", f"paths.results_root={tmp_path / 'solo'}")
         [alone] = train_run(solo)
-        directory = records.run_dir(solo)
+        directory = run_dir(solo)
         assert summary["run"] == directory.name  # the same run: same name, same hash
-        for mine, theirs in zip(record_numbers(records.run_dir(make_cfg(f"seed={seed}", "trainer.epochs=2"))),
+        for mine, theirs in zip(record_numbers(run_dir(make_cfg(f"seed={seed}", "trainer.epochs=2"))),
                                 record_numbers(directory)):
             assert mine["epoch"] == theirs["epoch"]
             for key in ("train_loss", "test_loss"):
@@ -112,33 +112,33 @@ def test_packed_job_writes_the_records_of_solo_runs(make_cfg, tmp_path):
 
 
 def test_seeds_above_the_packing_batch_size_train_one_after_another(make_cfg):
-    summaries = train_run(make_cfg("seed=[0,1]", "trainer.epochs=1", "trainer.pack_max_batch=4"))
-    assert [(s["seed"], s["pack_size"], s["status"]) for s in summaries] == [(0, 1, "finished"), (1, 1, "finished")]
+    summaries = train_run(make_cfg("seed=[0,1]", "trainer.epochs=1", "runtime.pack_max_batch=4"))
+    assert [(s["run"].split("_")[2], s["pack_size"], s["status"]) for s in summaries] == [("s0", 1, "finished"), ("s1", 1, "finished")]
 
 
 def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monkeypatch):
-    reference = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=3", f"results_root={tmp_path / 'reference'}")
+    reference = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=3", f"paths.results_root={tmp_path / 'reference'}")
     train_run(reference)
     cfg = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=3")
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train_run(cfg)
-    summaries = train_run(cfg)
+    assert [s["status"] for s in train_run(cfg)] == ["finished"] * 2
     for seed in (0, 1):
-        resumed = records.run_dir(make_cfg(f"seed={seed}", "trainer.epochs=3"))
-        assert record_numbers(resumed) == record_numbers(records.run_dir(make_cfg(
-            f"seed={seed}", "trainer.epochs=3", f"results_root={tmp_path / 'reference'}")))
-        assert "resuming" in (resumed / records.LOG).read_text()
+        resumed = run_dir(make_cfg(f"seed={seed}", "trainer.epochs=3"))
+        assert record_numbers(resumed) == record_numbers(run_dir(make_cfg(
+            f"seed={seed}", "trainer.epochs=3", f"paths.results_root={tmp_path / 'reference'}")))
+        assert "resuming" in (resumed / record.LOG).read_text()
     # a packed job over finished and new seeds trains only the new one
     trained = []
 
-    def fake_train(cfg, members):
+    def fake_train(cfg, members, data, device):
         trained.extend(m.cfg.seed for m in members)
         for m in members:
             m.summary = {"status": "stub"}
 
-    monkeypatch.setattr(trainer, "_train", fake_train)
-    assert len(train_run(make_cfg(PACK, "seed=[1,2,0]", "trainer.epochs=3"))) == 3
-    assert trained == [2] and [s["status"] for s in summaries] == ["finished"] * 2
+    monkeypatch.setattr(conductor, "_train", fake_train)
+    summaries = train_run(make_cfg(PACK, "seed=[1,2,0]", "trainer.epochs=3"))
+    assert trained == [2] and [s["status"] for s in summaries] == ["finished", "finished", "stub"]
 
 
 def test_a_packed_checkpoint_resumes_as_a_solo_run(make_cfg, tmp_path, monkeypatch):
@@ -146,7 +146,7 @@ def test_a_packed_checkpoint_resumes_as_a_solo_run(make_cfg, tmp_path, monkeypat
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train_run(cfg)
     [summary] = train_run(make_cfg("seed=1", "trainer.epochs=2"))
-    [alone] = train_run(make_cfg("seed=1", "trainer.epochs=2", f"results_root={tmp_path / 'alone'}"))
+    [alone] = train_run(make_cfg("seed=1", "trainer.epochs=2", f"paths.results_root={tmp_path / 'alone'}"))
     assert summary["epochs_done"] == 2 and summary["pack_size"] == 1
     assert summary["final_train_loss"] == pytest.approx(alone["final_train_loss"], rel=1e-4)
 
@@ -157,7 +157,7 @@ def test_a_layer_packing_does_not_know_is_refused_before_any_data_is_read(make_c
         return lambda channels: nn.LayerNorm(32)
 
     try:
-        monkeypatch.setattr(trainer, "load_cifar10", lambda *a: pytest.fail("data was read"))
+        monkeypatch.setattr(conductor, "load_cifar10", lambda *a: pytest.fail("data was read"))
         cfg = make_cfg(PACK, "seed=[0,1]", "norm=none", "norm.name=test_layernorm")
         with pytest.raises(ConfigError, match="cannot pack a LayerNorm layer.*seed=<int>"):
             train_run(cfg)

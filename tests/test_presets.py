@@ -2,14 +2,19 @@
 
 import itertools
 import os
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from normexp import records
-from normexp.config import seeds, validate
-from normexp.train import CONF_DIR, default_threads
-from normexp.trainer import build_model, member_config
+from normexp import record
+from normexp.cli.train import CONF_DIR
+from normexp.conductor import member_config, seeded_model
+from normexp.config import ConfigError, seeds, step_batch, validate
+from normexp.optim import scaled_lr
+from normexp.runtime import default_threads, registered_job
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def _compose(*overrides: str, hydra: bool = False):
@@ -23,36 +28,52 @@ def _grid(experiment: str) -> list[list[str]]:
     return [list(point) for point in itertools.product(*axes)]
 
 
-@pytest.mark.parametrize("experiment", ["claim", "claim_gpu", "groups", "norms", "smoke"])
-def test_every_grid_point_is_a_distinct_valid_run(experiment):
+@pytest.mark.parametrize("experiment", PRESETS)
+def test_every_grid_point_is_a_distinct_valid_run_in_an_ignored_folder(experiment):
     names = []
     for point in _grid(experiment):
         cfg = _compose(f"experiment={experiment}", *point)
         validate(cfg)
-        build_model(cfg)  # group counts fit the model's widths
-        names += [records.run_name(member_config(cfg, seed)) for seed in seeds(cfg)]
+        seeded_model(member_config(cfg, 0))  # group counts fit the model's widths
+        names += [record.run_name(record.identity(member_config(cfg, seed), "data")) for seed in seeds(cfg)]
+        assert Path(cfg.paths.results_root).parts[0] == "runs"  # never into tracked results/ by default
     assert len(set(names)) == len(names)
 
 
-def test_claim_sweeps_bn_and_gn_over_batch_2_to_64_with_three_packed_seeds():
+def test_claim_is_the_papers_per_device_protocol():
     grid = _grid("claim")
-    assert len(grid) == 2 * 6
-    cfg = _compose("experiment=claim")
-    assert seeds(cfg) == [0, 1, 2]
-    assert cfg.trainer.epochs >= 1 and cfg.results_root == "results/claim/runs"
-    assert {p[1] for p in grid} == {f"data.batch_size={b}" for b in (2, 4, 8, 16, 32, 64)}
+    assert len(grid) == 2 * 6 and {p[1] for p in grid} == {f"data.batch_size={b}" for b in (2, 4, 8, 16, 32, 64)}
+    cfg = _compose("experiment=claim", "data.batch_size=4")
+    assert seeds(cfg) == [0, 1, 2] and cfg.data.devices == 8 and step_batch(cfg) == 32
+    assert scaled_lr(cfg.optim, step_batch(cfg)) == pytest.approx(0.1 * 4 / 32)  # GN paper: 0.1 x N/32
+    assert cfg.data.train_subset is None and cfg.trainer.epochs * 50_000 >= 200_000
 
 
-def test_claim_gpu_is_the_public_cifar10_setting():
+def test_claim_steps_is_the_images_per_step_protocol():
+    cfg = _compose("experiment=claim_steps", "data.batch_size=4")
+    assert cfg.data.devices == 1 and scaled_lr(cfg.optim, step_batch(cfg)) == pytest.approx(0.1 * 4 / 32)
+    assert cfg.trainer.epochs == _compose("experiment=claim").trainer.epochs
+
+
+def test_bn_stats_keeps_the_optimizer_batch_fixed():
+    for point in _grid("bn_stats"):
+        cfg = _compose("experiment=bn_stats", *point)
+        assert step_batch(cfg) == 128
+    assert _compose("experiment=bn_stats", "data.batch_size=2").data.devices == 64
+    with pytest.raises(ConfigError, match="does not divide"):
+        validate(_compose("experiment=bn_stats", "data.batch_size=3"))
+
+
+def test_claim_gpu_is_the_public_cifar10_budget_in_the_per_device_protocol():
     cfg = _compose("experiment=claim_gpu", "norm=gn")
-    assert (cfg.model.depth, cfg.trainer.epochs, cfg.norm.groups) == (20, 100, 8)
-    assert (cfg.optim.lr, cfg.optim.ref_batch_size, cfg.optim.schedule) == (0.1, 32, "step")
-    assert list(cfg.optim.milestones) == [30, 60, 90] and cfg.optim.gamma == 0.1
+    assert (cfg.model.depth, cfg.trainer.epochs, cfg.norm.groups, cfg.data.devices) == (20, 100, 8, 8)
+    assert (cfg.optim.schedule, list(cfg.optim.milestones), cfg.optim.gamma) == ("step", [30, 60, 90], 0.1)
+    assert cfg.verdict.require_parity is True
 
 
 def test_groups_ablation_covers_ln_to_in_and_channels_per_group():
-    widths = {records.norm_tag(_compose("experiment=groups", p[0]).norm) for p in _grid("groups")}
-    assert widths == {"ln", "gn2", "gn4", "gn8", "gn16", "in", "gn-cpg16"}
+    tags = {record.norm_tag(_compose("experiment=groups", p[0]).norm) for p in _grid("groups")}
+    assert tags == {"ln", "gn2", "gn4", "gn8", "gn16", "in", "gn-cpg16"}
 
 
 def test_launchers_compose():
@@ -62,9 +83,22 @@ def test_launchers_compose():
     assert joblib._target_.endswith("JoblibLauncher")
 
 
-def test_parallel_jobs_split_the_cores():
+def test_threads_split_the_cores_between_jobs():
     cores = os.cpu_count()
-    assert default_threads(None) is None
-    assert default_threads(-1) == 1
-    assert default_threads(1) == cores
-    assert default_threads(2 * cores) == 1
+    assert default_threads(None, running_jobs=1) == cores
+    assert default_threads(-1, running_jobs=1) == 1
+    assert default_threads(1, running_jobs=1) == cores
+    assert default_threads(2 * cores, running_jobs=1) == 1
+    assert default_threads(None, running_jobs=2 * cores) == 1  # another sweep is running: no oversubscription
+
+
+def test_running_jobs_are_counted_and_forgotten_when_they_end(tmp_path):
+    with registered_job(tmp_path) as first:
+        assert first == 1
+        with registered_job(tmp_path) as second:
+            assert second == 2
+    with registered_job(tmp_path) as again:
+        assert again == 1
+    (tmp_path / "999999999.job").write_text("")  # left by a process that is gone
+    with registered_job(tmp_path) as after_crash:
+        assert after_crash == 1

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normexp.packing import join_inputs, join_labels
+
 
 def stratified_subset(labels: Tensor, size: int, num_classes: int, seed: int = 0) -> Tensor:
     """Indices of `size` samples with classes as equal as possible, chosen by a fixed seed."""
@@ -58,8 +60,8 @@ class TrainBatches:
     """Shuffled, augmented, normalized training batches; the last incomplete batch is dropped.
 
     With several seeds (packed runs, see `normexp.packing`) each seed gets its own order and
-    augmentation, exactly as it would alone, and a batch holds every seed's images side by side
-    in the channel dimension: x is (B, K*3, H, W) and y is (B, K) for K seeds.
+    augmentation, exactly as it would alone, joined in the packed layout: x is (B, K*3, H, W) and
+    y is (B, K) for K seeds. `batch_size` is the images per optimizer step.
     """
 
     def __init__(
@@ -79,7 +81,9 @@ class TrainBatches:
         self.mean, self.std = mean.to(images.device), std.to(images.device)
         self.memory_format = memory_format
 
-    def __len__(self) -> int:
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch (the last incomplete batch is dropped)."""
         return self.images.shape[0] // self.batch_size
 
     def _one_seed(self, seed: int, epoch: int) -> tuple[Tensor, Tensor]:
@@ -90,11 +94,10 @@ class TrainBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         xs, ys = zip(*(self._one_seed(seed, epoch) for seed in self.seeds))
-        n, c, h, w = xs[0].shape
-        x = torch.stack(xs, dim=1).view(n, len(xs) * c, h, w).contiguous(memory_format=self.memory_format)
-        y = torch.stack(ys, dim=1)
+        x = join_inputs(xs).contiguous(memory_format=self.memory_format)
+        y = join_labels(ys)
         b = self.batch_size
-        for i in range(len(self)):
+        for i in range(self.steps):
             yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
 
 
@@ -114,7 +117,8 @@ class EvalBatches:
         self.y = labels
         self.batch_size = batch_size
 
-    def __len__(self) -> int:
+    @property
+    def images(self) -> int:
         return self.x.shape[0]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -1,19 +1,23 @@
 """Read CIFAR-10 from an image-folder tree or the official torchvision release, decode once, cache.
 
 Either source becomes four tensors: images uint8 (N, 3, 32, 32) and labels int64, for the train
-and test splits, in torchvision's class order. They are cached under `data.cache_dir` in a file
-keyed by the source and a fingerprint of its files (names, sizes, modification times), so a
-changed source gets a new cache and later runs load the cache in about a second.
+and test splits, in torchvision's class order. They are cached under `paths.cache_dir` in a file
+keyed by the source and a listing of its files (names, sizes, modification times): a changed
+source gets a new cache, later runs load it in about a second, and parallel jobs build it once
+(the first holds a lock, the others wait and load it). The cache also holds the arrays' content
+digest: the data's identity, the same for two identical copies and for a touched file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from normexp import atomic
-from normexp.config import DataConfig
+from normexp.config import PathsConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ class CifarArrays:
     mean: Tensor
     std: Tensor
     source: str
-    fingerprint: str
+    digest: str  # sha256 of the four arrays' bytes: what a run's identity records of its data
 
 
 def expand(path: str) -> Path:
@@ -55,7 +59,7 @@ def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
     """List (file, label) per split, checking the train/<class>/ and test/<class>/ layout."""
     if not root.is_dir():
         raise DataError(
-            f"CIFAR-10 image folder not found: {root}. Point data.folder (or the environment variable "
+            f"CIFAR-10 image folder not found: {root}. Point paths.cifar10_folder (or the environment variable "
             f"NORMEXP_CIFAR10_FOLDER) at a folder holding train/<class>/ and test/<class>/, or use "
             f"data.source=torchvision data.download=true."
         )
@@ -63,10 +67,13 @@ def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
     for split in SPLITS:
         split_dir = root / split
         found = sorted(p.name for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
-        if sorted(found) != sorted(CLASSES):
+        missing = [name for name in CLASSES if name not in found]
+        extra = [name for name in found if name not in CLASSES]
+        if missing or extra:
             raise DataError(
                 f"{split_dir} must hold exactly one folder per CIFAR-10 class ({', '.join(CLASSES)}); "
-                f"found: {', '.join(found) or 'nothing'}"
+                + "; ".join(part for part in (f"missing: {', '.join(missing)}" if missing else "",
+                                              f"not a class: {', '.join(extra)}" if extra else "") if part)
             )
         files[split] = [
             (path, label)
@@ -79,7 +86,8 @@ def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
     return files
 
 
-def _fingerprint(root: Path, paths: list[Path]) -> str:
+def _listing_key(root: Path, paths: list[Path]) -> str:
+    """The cache key: the files' names, sizes and modification times (cheap; not the identity)."""
     digest = hashlib.sha256()
     for path in paths:
         stat = path.stat()
@@ -113,8 +121,8 @@ def _torchvision_files(root: Path, download: bool) -> list[Path]:
     if not batches.is_dir():
         if not download:
             raise DataError(
-                f"official CIFAR-10 not found at {batches}. Set data.download=true to fetch it there, "
-                f"point data.torchvision_root (or NORMEXP_CIFAR10_ROOT) at the folder that holds "
+                f"official CIFAR-10 not found at {batches}. Set runtime.download=true to fetch it there, "
+                f"point paths.torchvision_root (or NORMEXP_CIFAR10_ROOT) at the folder that holds "
                 f"{TORCHVISION_FOLDER}/, or use data.source=folder."
             )
         from torchvision.datasets import CIFAR10
@@ -132,7 +140,7 @@ def _decode_torchvision(root: Path) -> dict[str, Tensor]:
             dataset = CIFAR10(str(root), train=split == "train", download=False)
         except RuntimeError as error:
             raise DataError(f"{root / TORCHVISION_FOLDER} is incomplete or corrupt ({error}); "
-                            f"delete it and rerun with data.download=true") from error
+                            f"delete it and rerun with runtime.download=true") from error
         if list(dataset.classes) != list(CLASSES):
             raise DataError(f"{root} has classes {dataset.classes}; expected {list(CLASSES)}")
         arrays[f"{split}_images"] = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
@@ -146,10 +154,24 @@ def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
     return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).float()
 
 
-def _with_stats(arrays: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Add the training split's per-channel mean and std (used to normalize both splits)."""
+ARRAYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
+
+
+def content_digest(arrays: dict[str, Tensor]) -> str:
+    """sha256 over the four arrays' shapes and bytes, in a fixed order."""
+    digest = hashlib.sha256()
+    for name in ARRAYS:
+        array = arrays[name].contiguous()
+        digest.update(f"{name}{tuple(array.shape)}{array.dtype}".encode())
+        digest.update(array.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _complete(arrays: dict[str, Tensor]) -> dict[str, object]:
+    """Add the training split's per-channel mean and std (used to normalize both splits) and the
+    content digest."""
     arrays["mean"], arrays["std"] = channel_stats(arrays["train_images"])
-    return arrays
+    return {**arrays, "digest": content_digest(arrays)}
 
 
 def _valid_cache(arrays: object) -> bool:
@@ -165,11 +187,29 @@ def _valid_cache(arrays: object) -> bool:
             return False
         if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < len(CLASSES)):
             return False
+    if not isinstance(arrays.get("digest"), str):
+        return False
     stats = [arrays.get("mean"), arrays.get("std")]
     return all(isinstance(t, Tensor) and t.shape == (3,) and bool(torch.isfinite(t).all()) for t in stats)
 
 
-def _load_or_build(cache: Path, build: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+@contextmanager
+def _building(cache: Path) -> Iterator[None]:
+    """Hold the cache's build lock: one process decodes, the others wait for it, then load."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building %s; waiting for it", cache)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_cache(cache: Path) -> dict[str, object] | None:
     if cache.is_file():
         try:
             arrays = torch.load(cache, weights_only=True)
@@ -179,28 +219,37 @@ def _load_or_build(cache: Path, build: Callable[[], dict[str, Tensor]]) -> dict[
             if _valid_cache(arrays):
                 return arrays
             log.warning("cache %s does not hold CIFAR-10 arrays; rebuilding it", cache)
-    arrays = _with_stats(build())
-    atomic.torch_save(cache, arrays)
-    log.info("cached decoded CIFAR-10 at %s", cache)
+    return None
+
+
+def _load_or_build(cache: Path, build: Callable[[], dict[str, Tensor]]) -> dict[str, object]:
+    arrays = _read_cache(cache)
+    if arrays is not None:
+        return arrays
+    with _building(cache):
+        arrays = _read_cache(cache)  # built by the process we waited for
+        if arrays is None:
+            arrays = _complete(build())
+            atomic.atomic_write(cache, lambda tmp: torch.save(arrays, tmp))
+            log.info("cached decoded CIFAR-10 at %s", cache)
     return arrays
 
 
-def load_cifar10(cfg: DataConfig) -> CifarArrays:
-    """Load both splits of the configured source as uint8/int64 tensors, through the cache."""
-    if cfg.source == "folder":
-        root = expand(cfg.folder)
+def load_cifar10(source: str, paths: PathsConfig, download: bool = False) -> CifarArrays:
+    """Load both splits of `source` (data.source) as uint8/int64 tensors, through the cache."""
+    if source == "folder":
+        root = expand(paths.cifar10_folder)
         files = _folder_files(root)
-        fingerprint = _fingerprint(root, [path for items in files.values() for path, _ in items])
+        key = _listing_key(root, [path for items in files.values() for path, _ in items])
 
         def build() -> dict[str, Tensor]:
             return _decode_folder(files)
     else:
-        root = expand(cfg.torchvision_root)
-        fingerprint = _fingerprint(root, _torchvision_files(root, cfg.download))
+        root = expand(paths.torchvision_root)
+        key = _listing_key(root, _torchvision_files(root, download))
 
         def build() -> dict[str, Tensor]:
             return _decode_torchvision(root)
 
-    cache = expand(cfg.cache_dir) / f"cifar10-{cfg.source}-{fingerprint[:16]}.pt"
-    arrays = _load_or_build(cache, build)
-    return CifarArrays(**arrays, source=cfg.source, fingerprint=fingerprint)
+    cache = expand(paths.cache_dir) / f"cifar10-{source}-{key[:16]}.pt"
+    return CifarArrays(**_load_or_build(cache, build), source=source)

@@ -1,0 +1,1 @@
+"""Console entry points: normexp-train, normexp-analyze, and the sweep report callback."""

@@ -1,0 +1,115 @@
+"""`normexp-analyze RESULTS_DIR`: tables, figures and the claim verdict from run records.
+
+Needs no training and takes seconds: it only reads the records below RESULTS_DIR. It refuses to
+pool runs that differ in anything but the swept fields (norm, batch size, devices, seed) or on
+other data, and repeats of one run; the verdict's criteria come from the runs' recorded config
+(fixed when the sweep was launched; conf/verdict/default.yaml), and `--set KEY=VALUE` overrides
+are reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from normexp import atomic
+
+SWEPT = ("norm", "data.batch_size", "data.devices", "seed")
+THRESHOLDS = (50.0, 60.0, 70.0, 80.0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="normexp-analyze", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", type=Path, help="folder whose subfolders hold run records")
+    parser.add_argument("--out", type=Path, help="where tables/, figures/ and verdict.json go (default: RESULTS_DIR)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a verdict criterion (see conf/verdict/default.yaml), e.g. --set alpha=0.01")
+    parser.add_argument("--vary", action="append", default=[], metavar="FIELD",
+                        help=f"a further setting the runs may differ in (swept: {', '.join(SWEPT)})")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
+                        help="accuracy thresholds for the convergence table (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r} is invalid: use KEY=VALUE")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def _recorded_criteria(runs) -> dict | None:
+    """The verdict criteria the runs' configs recorded; they must agree."""
+    recorded = {yaml.safe_dump(c, sort_keys=True) for c in runs["criteria"] if c}
+    if len(recorded) > 1:
+        raise ValueError("the runs recorded different verdict criteria (see each config.yaml's `verdict`); "
+                         "analyze them separately or fix one set with --set")
+    return yaml.safe_load(recorded.pop()) if recorded else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.results_dir.is_dir():
+        print(f"normexp-analyze: RESULTS_DIR {args.results_dir} is not a folder", file=sys.stderr)
+        return 2
+    from normexp import plots
+    from normexp.analysis import accuracy_table, convergence_table, error_table
+    from normexp.tables import load_runs
+    from normexp.verdict import PoolingError, check_poolable, describe_verdict, load_criteria, verdict
+
+    out = args.out or args.results_dir
+    table_dir, figure_dir = out / "tables", out / "figures"
+    tables = load_runs(args.results_dir)
+    _write_table(tables.runs.drop(columns=["path", "identity", "criteria"], errors="ignore"), table_dir, "runs")
+    for _, run in tables.excluded.iterrows():
+        print(f"excluded {run['run']}: {run['status']} - {run['reason']}")
+    finished = tables.finished
+    if finished.empty:
+        print(f"normexp-analyze: no finished runs under {args.results_dir} ({len(tables.runs)} run folder(s), "
+              f"listed in {table_dir / 'runs.md'}); no statistics", file=sys.stderr)
+        return 1
+    try:
+        check_poolable(finished, SWEPT + tuple(args.vary))
+        criteria, provenance = load_criteria(_overrides(args.overrides), _recorded_criteria(finished))
+    except (PoolingError, ValueError) as error:
+        print(f"normexp-analyze: {error}", file=sys.stderr)
+        return 2
+
+    _write_table(accuracy_table(finished), table_dir, "accuracy")
+    _write_table(error_table(finished, criteria), table_dir, "error_by_batch", index=True)
+    finished_runs = set(finished["run"])
+    epochs = tables.epochs[tables.epochs["run"].isin(finished_runs)]
+    _write_table(convergence_table(finished, epochs, args.thresholds), table_dir, "convergence")
+    figures = [plots.error_vs_batch(finished, figure_dir / "error_vs_batch.png"),
+               plots.accuracy_curves(epochs, figure_dir / "accuracy_by_epoch.png")]
+    if not tables.train_loss.empty:
+        losses = tables.train_loss[tables.train_loss["run"].isin(finished_runs)]
+        figures.append(plots.train_loss_curves(losses, figure_dir / "train_loss.png"))
+    if finished["norm_name"].isin(["gn", "ln", "in"]).sum() and finished["norm"].nunique() > 2:
+        figures.append(plots.group_ablation(finished, figure_dir / "group_ablation.png"))
+
+    result = verdict(finished, criteria)
+    result["criteria_source"] = provenance
+    result["runs"] = {"finished": len(finished),
+                      "excluded": tables.excluded[["run", "status", "reason"]].to_dict("records")}
+    atomic.write_json(out / "verdict.json", result)
+
+    print(accuracy_table(finished).to_string(index=False, float_format="%.2f"))
+    print(describe_verdict(result))
+    print(f"tables: {table_dir}\nfigures: {', '.join(str(f) for f in figures)}\nverdict: {out / 'verdict.json'}")
+    return 0
+
+
+def _write_table(table, directory: Path, name: str, index: bool = False) -> None:
+    atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
+    atomic.write_text(directory / f"{name}.md", table.to_markdown(index=index, floatfmt=".2f") + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

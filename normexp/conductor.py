@@ -1,0 +1,261 @@
+"""A job's lifecycle: claim its runs, skip finished ones, resume, train, checkpoint, summarize.
+
+A job is one configuration with one seed, or several seeds trained as one packed model. Each run
+keeps its own folder and record (normexp.record) whether it was trained alone or packed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+import traceback
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from normexp import atomic, record, runtime
+from normexp.config import ConfigError, seeds, step_batch, validate
+from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
+from normexp.data.loader import maybe_subset
+from normexp.devices import split_batch_statistics
+from normexp.engine import evaluate_members, train_epoch
+from normexp.models import build_model
+from normexp.optim import build_optimizer, build_scheduler, scaled_lr
+from normexp.packing import Pack, check_packable
+
+log = logging.getLogger("normexp")
+
+
+@contextmanager
+def run_logger(directory: Path) -> Iterator[logging.Logger]:
+    """A logger for one run: its lines, and the job's shared lines, go to the run's `train.log`."""
+    name = f"normexp.run.{directory.name}"
+    handler = logging.FileHandler(directory / record.LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda rec: rec.name == name or not rec.name.startswith("normexp.run."))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield logging.getLogger(name)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+@dataclass
+class Member:
+    """One run of a job, with what it has done so far."""
+
+    cfg: DictConfig
+    directory: Path
+    log: logging.Logger
+    model: nn.Module
+    checkpoint: Optional[dict[str, Any]] = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    loss_log: list[dict[str, Any]] = field(default_factory=list)
+    compute_seconds: float = 0.0
+    diverged: Optional[dict[str, int]] = None
+    summary: Optional[dict[str, Any]] = None
+
+
+def member_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The config of the single run with this seed (what its identity and record hold)."""
+    run = copy.deepcopy(cfg)
+    run.seed = seed
+    return run
+
+
+def seeded_model(cfg: DictConfig) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
+
+
+def check_writable(root: Path) -> None:
+    """Fail early, naming the field, if runs cannot be written under `paths.results_root`."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"paths.results_root={str(root)!r} is not writable: {error.strerror or error}") from None
+
+
+def load_data(cfg: DictConfig) -> CifarArrays:
+    return load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
+
+
+def train_run(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Train the configured run, or the runs of `seed=[...]` packed as one model; return summaries.
+
+    Each run resumes if it was interrupted and is skipped if it has finished; runs that another
+    process holds are left out of the result. All settings are checked before any data is decoded
+    or any step is trained.
+    """
+    validate(cfg)
+    if cfg.runtime.threads is not None:
+        torch.set_num_threads(cfg.runtime.threads)
+    runs = [member_config(cfg, seed) for seed in seeds(cfg)]
+    models = [seeded_model(run) for run in runs]
+    device = runtime.pick_device(cfg.runtime.device)
+    if len(models) > 1 and step_batch(cfg) <= _pack_limit(cfg, device):
+        check_packable(models[0])
+    check_writable(Path(cfg.paths.results_root).expanduser())
+    data = load_data(cfg)
+    summaries: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        members = []
+        for run, model in zip(runs, models):
+            directory = record.run_dir(run, data.digest)
+            if not stack.enter_context(record.claim(directory)):
+                log.info("%s is being trained by another process; skipping it", directory)
+                continue
+            record.remove_stale_temps(directory)
+            summary = record.read_json(directory / record.SUMMARY)
+            if summary is not None:
+                log.info("%s already done (%s); skipping it", directory.name, summary["status"])
+                summaries.append(summary)
+                continue
+            members.append(Member(run, directory, stack.enter_context(run_logger(directory)), model))
+        if members:
+            try:
+                _train(cfg, members, data, device)
+            except Exception as error:
+                for member in members:
+                    if member.summary is None:
+                        record.write_error(member.directory, type(error).__name__, str(error), traceback.format_exc())
+                raise
+            summaries += [m.summary for m in members]
+    return summaries
+
+
+def _start(member: Member, digest: str, device: torch.device) -> None:
+    """Write the run's identity and config, and load its checkpoint if it has one."""
+    record.write_start(member.directory, record.identity(member.cfg, digest), OmegaConf.to_yaml(member.cfg, resolve=True))
+    path = member.directory / record.CHECKPOINT
+    if path.is_file():
+        state = torch.load(path, map_location=device, weights_only=False)
+        member.model.load_state_dict(state["model"])
+        member.checkpoint = state
+        member.metrics, member.loss_log = state["metrics"], state["train_loss"]
+        member.compute_seconds = state["compute_seconds"]
+        member.log.info("resuming %s after epoch %d", member.directory.name, len(member.metrics))
+
+
+def _pack_limit(cfg: DictConfig, device: torch.device) -> int:
+    """The most images per step at which seeds train packed: `runtime.pack_max_batch`, or where
+    packing wins (results/bench): at every batch size on a GPU, up to 4 images per step on CPU."""
+    if cfg.runtime.pack_max_batch is not None:
+        return cfg.runtime.pack_max_batch
+    return step_batch(cfg) if device.type == "cuda" else 4
+
+
+def _packs(cfg: DictConfig, members: list[Member], device: torch.device) -> list[list[Member]]:
+    """Members train packed if a step is small enough for packing to pay, grouped by the epoch
+    they resume from."""
+    by_start: dict[int, list[Member]] = {}
+    for member in members:
+        by_start.setdefault(len(member.metrics), []).append(member)
+    groups = [group for _, group in sorted(by_start.items())]
+    if step_batch(cfg) > _pack_limit(cfg, device):
+        groups = [[member] for group in groups for member in group]
+    return groups
+
+
+def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: torch.device) -> None:
+    for member in members:
+        _start(member, data.digest, device)
+    groups = _packs(cfg, members, device)
+    train_x, train_y = maybe_subset(data.train_images, data.train_labels, cfg.data.train_subset, cfg.model.num_classes)
+    test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
+    fmt = runtime.memory_format(cfg.runtime.channels_last, members[0].model, device)
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    test = EvalBatches(test_x.to(device), test_y.to(device), cfg.runtime.eval_batch_size, data.mean, data.std,
+                       memory_format=fmt)
+    for group in groups:
+        pack = Pack([m.model for m in group])
+        split_batch_statistics(pack.model, cfg.data.devices)
+        pack.model.to(device, memory_format=fmt)
+        for member in group:
+            member.model.to(device, memory_format=fmt)
+        train = TrainBatches(train_x, train_y, step_batch(cfg), data.mean, data.std, seeds=[m.cfg.seed for m in group],
+                             padding=cfg.data.crop_padding, flip=cfg.data.flip, memory_format=fmt)
+        _train_pack(cfg, group, pack, train, test, device, data.source)
+
+
+def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBatches, test: EvalBatches,
+                device: torch.device, source: str) -> None:
+    epochs = cfg.trainer.epochs
+    optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
+    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, epochs)
+    if group[0].checkpoint is not None:
+        pack.load_optimizer(optimizer, [m.checkpoint["optimizer"] for m in group])
+        scheduler.load_state_dict(group[0].checkpoint["scheduler"])
+    else:
+        for member in group:
+            member.log.info(
+                "starting %s on %s%s: %d train / %d test images, %d steps per epoch of %d images (%d device(s) x %d)",
+                member.directory.name, device, f", packed with {pack.size - 1} other seed(s)" if pack.size > 1 else "",
+                len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
+
+    forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
+    for epoch in range(len(group[0].metrics) + 1, epochs + 1):
+        epoch_start = time.perf_counter()
+        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every,
+                             cfg.runtime.progress)
+        eval_start = time.perf_counter()
+        due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
+        tested = evaluate_members(pack, [m.model for m in group], test) if due else [(None, None)] * pack.size
+        eval_seconds = time.perf_counter() - eval_start
+        active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
+        for i, member in active:
+            _record_epoch(member, dict(result.records[i], eval_seconds=eval_seconds, pack_size=pack.size),
+                          tested[i] if result.diverged[i] is None else (None, None), result.losses[i], epochs)
+            if result.diverged[i] is not None:
+                member.diverged = result.diverged[i]
+                member.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
+                                   epoch, result.diverged[i]["step"])
+        share = (time.perf_counter() - epoch_start) / pack.size  # the job's wall time, split over its runs
+        optimizer_state = optimizer.state_dict()
+        for i, member in active:
+            member.compute_seconds += share
+            if member.diverged is None:
+                checkpoint = {
+                    "model": pack.member_state(i),
+                    "optimizer": Pack.split_optimizer_state(optimizer_state, pack.size, i),
+                    "scheduler": scheduler.state_dict(), "metrics": member.metrics,
+                    "train_loss": member.loss_log, "compute_seconds": member.compute_seconds,
+                }
+                atomic.atomic_write(member.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
+        if all(m.diverged is not None for m in group):
+            break
+
+    for member in group:
+        member.summary = atomic.finite(record.summary(
+            member.directory.name, member.metrics, member.diverged, member.compute_seconds, pack_size=pack.size,
+            lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source, **runtime.provenance(device)))
+        record.write_summary(member.directory, member.summary)
+
+
+def _fmt(value: Optional[float], pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def _record_epoch(member: Member, row: dict[str, Any], tested: tuple[Optional[float], Optional[float]],
+                  losses: list[dict[str, Any]], epochs: int) -> None:
+    row["test_loss"], row["test_acc"] = tested
+    row["seconds"] = row["train_seconds"] + row["eval_seconds"]
+    member.metrics.append(row)
+    member.loss_log.extend(losses)
+    member.log.info(
+        "epoch %d/%d | train loss %.4f acc %.2f%% | test loss %s acc %s | lr %.5f | %.1f s | %.0f img/s",
+        row["epoch"], epochs, row["train_loss"], row["train_acc"], _fmt(row["test_loss"], "{:.4f}"),
+        _fmt(row["test_acc"], "{:.2f}%"), row["lr"], row["seconds"], row["images_per_s"])
+    record.write_progress(member.directory, member.metrics, member.loss_log)

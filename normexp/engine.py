@@ -1,0 +1,113 @@
+"""The training and evaluation passes: tensors in, numbers out, no files.
+
+A step trains every member of a `Pack` at once; losses and accuracies stay on the device and are
+read every `log_every` steps, which is also where divergence (a non-finite loss) is caught.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from normexp.data import EvalBatches, TrainBatches
+from normexp.packing import Pack
+
+
+@dataclass
+class EpochResult:
+    """Per member: the epoch's record, its logged losses, and where it diverged (None if it did not)."""
+
+    records: list[dict[str, Any]]
+    losses: list[list[dict[str, Any]]]
+    diverged: list[Optional[dict[str, int]]] = field(default_factory=list)
+
+
+def train_epoch(
+    pack: Pack,
+    forward: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train: TrainBatches,
+    epoch: int,
+    log_every: int,
+    progress: bool = False,
+) -> EpochResult:
+    """One pass over the training split; `forward` is the pack's model, maybe compiled. Each record's
+    `lr` is the rate of the epoch's first step (the rate the epoch started training with)."""
+    pack.model.train()
+    k, device, steps = pack.size, train.images.device, train.steps
+    loss_sum = torch.zeros(k, device=device)
+    window = torch.zeros(k, device=device)
+    correct = torch.zeros(k, device=device, dtype=torch.int64)
+    losses: list[list[dict[str, Any]]] = [[] for _ in range(k)]
+    diverged: list[Optional[dict[str, int]]] = [None] * k
+    lr = optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, unit="step", disable=not (progress and sys.stderr.isatty()))
+    start = time.perf_counter()
+    for step, (x, y) in enumerate(train.epoch(epoch), start=1):
+        loss, hits = pack.losses(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+        scheduler.step()
+        loss = loss.detach()
+        loss_sum += loss
+        window += loss
+        correct += hits
+        if step % log_every == 0 or step == steps:
+            means = (window / (log_every if step % log_every == 0 else step % log_every)).tolist()
+            window.zero_()
+            global_step = (epoch - 1) * steps + step
+            for i, mean in enumerate(means):
+                losses[i].append({"epoch": epoch, "step": global_step, "loss": mean})
+                if diverged[i] is None and not math.isfinite(mean):
+                    diverged[i] = {"epoch": epoch, "step": global_step}
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=" ".join(f"{m:.3f}" for m in means))
+            if all(d is not None for d in diverged):
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    bar.close()
+    seen = step * train.batch_size
+    records = [
+        {"epoch": epoch, "train_loss": total / step, "train_acc": 100.0 * hits / seen, "lr": lr,
+         "train_seconds": seconds, "images_per_s": seen / seconds}
+        for total, hits in zip(loss_sum.tolist(), correct.tolist())
+    ]
+    return EpochResult(records, losses, diverged)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
+    """Test loss and accuracy (%) in eval mode (BN uses its running statistics)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=batches.x.device)
+    correct = torch.zeros((), device=batches.x.device, dtype=torch.int64)
+    for x, y in batches:
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    model.train()
+    return loss_sum.item() / batches.images, 100.0 * correct.item() / batches.images
+
+
+def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches) -> list[tuple[float, float]]:
+    """Each member's test loss and accuracy; packed members are evaluated one by one as single
+    models (large-batch inference runs faster ungrouped)."""
+    if pack.size == 1:
+        return [evaluate(pack.model, batches)]
+    results = []
+    for i, model in enumerate(members):
+        model.load_state_dict(pack.member_state(i))
+        results.append(evaluate(model, batches))
+    return results

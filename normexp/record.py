@@ -1,0 +1,217 @@
+"""One run's record: its identity and folder name, the files it writes, its summary and status.
+
+Torch-free: the conductor writes through this module and the tables read through it.
+
+A run folder `<tag>_b<batch>[x<devices>]_s<seed>_<hash>/` holds `identity.json` (what the hash
+covers: every setting that changes the numbers, and the data's content digest), `config.yaml`
+(the whole resolved config), `metrics.jsonl` (one record per epoch), `train_loss.jsonl`,
+`checkpoint.pt`, `train.log`, `summary.json` once finished and `error.json` while failed. Running
+the same configuration on the same data finds the same folder: finished runs are skipped,
+unfinished ones resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from normexp import atomic
+from normexp.config import NOT_IDENTITY
+
+IDENTITY = "identity.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+TRAIN_LOSS = "train_loss.jsonl"
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+LOG = "train.log"
+ERROR = "error.json"
+LOCK = ".lock"
+
+FINISHED, DIVERGED, FAILED, RUNNING, UNFINISHED = "finished", "diverged", "failed", "running", "unfinished"
+
+
+def norm_tag(spec: Mapping[str, Any]) -> str:
+    """A short readable label for a norm config, e.g. `bn`, `gn8`, `gn-cpg16`."""
+    name = spec["name"]
+    if name == "gn":
+        if spec.get("groups") is not None:
+            return f"gn{spec['groups']}"
+        return f"gn-cpg{spec['channels_per_group']}"
+    return str(name)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def identity(cfg: DictConfig, data_digest: str) -> dict[str, Any]:
+    """Everything that determines a run's numbers: the resolved config without the groups that
+    never change them (config.NOT_IDENTITY) and without null settings, and the content digest of
+    the data it trains on. Null settings are left out so that a setting added later, null (off) by
+    default, leaves the names of existing runs unchanged."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    ident = {key: _without_nulls(value) for key, value in container.items() if key not in NOT_IDENTITY}
+    ident["data_digest"] = data_digest
+    return ident
+
+
+def run_name(ident: Mapping[str, Any]) -> str:
+    """e.g. `gn8_b4x8_s1_3f2a9c1e`: norm, images per device x devices, seed, hash of the identity."""
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+    data = ident["data"]
+    devices = f"x{data['devices']}" if data["devices"] != 1 else ""
+    return f"{norm_tag(ident['norm'])}_b{data['batch_size']}{devices}_s{ident['seed']}_{digest}"
+
+
+def run_dir(cfg: DictConfig, data_digest: str) -> Path:
+    return Path(cfg.paths.results_root).expanduser().resolve() / run_name(identity(cfg, data_digest))
+
+
+def write_start(directory: Path, ident: Mapping[str, Any], config_yaml: str) -> None:
+    """What a run writes before training: its identity and its whole resolved config."""
+    atomic.write_json(directory / IDENTITY, ident)
+    atomic.write_text(directory / CONFIG, config_yaml)
+
+
+def write_progress(directory: Path, metrics: list[dict[str, Any]], losses: list[dict[str, Any]]) -> None:
+    """After every epoch: the per-epoch records and the logged training losses so far."""
+    atomic.write_jsonl(directory / METRICS, metrics)
+    atomic.write_jsonl(directory / TRAIN_LOSS, losses)
+
+
+def write_summary(directory: Path, summary_: Mapping[str, Any]) -> None:
+    """The run has ended (finished or diverged); an error note from an earlier try is superseded."""
+    atomic.write_json(directory / SUMMARY, summary_)
+    (directory / ERROR).unlink(missing_ok=True)
+
+
+def write_error(directory: Path, kind: str, message: str, trace: str) -> None:
+    atomic.write_json(directory / ERROR, {"type": kind, "message": message, "traceback": trace})
+
+
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    """A JSON file's content, or None if it is missing or not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Delete temporary files left by a writer that was killed before its rename."""
+    for path in directory.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def claim(directory: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on a run directory; yields False if another process holds it.
+
+    The lock is an OS file lock (flock), so it disappears with a crashed holder.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+def is_claimed(directory: Path) -> bool:
+    """Whether a live process holds the run directory's lock (see `claim`)."""
+    lock = directory / LOCK
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def summary(run: str, metrics: list[dict[str, Any]], diverged_at: Optional[dict[str, int]], compute_seconds: float,
+            **provenance: Any) -> dict[str, Any]:
+    """The summary of a run that has ended: final and best test numbers, its status, and where and
+    how it ran. `compute_seconds` is this run's share of its job's wall time (a job of K packed
+    runs gives each 1/K), so a sweep's compute time is the sum over its runs."""
+    final = metrics[-1]
+    best = max(metrics, key=lambda m: m["test_acc"] or 0.0)
+    train_seconds = sum(m["train_seconds"] for m in metrics)
+    images = sum(m["images_per_s"] * m["train_seconds"] for m in metrics)
+    return {
+        "run": run,
+        "status": DIVERGED if diverged_at else FINISHED,
+        "diverged_at": diverged_at,
+        "epochs_done": len(metrics),
+        "final_test_acc": final["test_acc"],
+        "final_test_loss": final["test_loss"],
+        "final_train_loss": final["train_loss"],
+        "final_train_acc": final["train_acc"],
+        "best_test_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "compute_seconds": compute_seconds,
+        "train_images_per_s": images / train_seconds if train_seconds else None,
+        **provenance,
+    }
+
+
+def status(directory: Path, summary_: Optional[Mapping[str, Any]]) -> tuple[str, str]:
+    """(status, reason) of a run folder: finished, diverged, running, failed or unfinished."""
+    if summary_ is not None:
+        if summary_["status"] == DIVERGED:
+            at = summary_.get("diverged_at") or {}
+            return DIVERGED, f"non-finite loss at epoch {at.get('epoch')} step {at.get('step')}"
+        return FINISHED, ""
+    if is_claimed(directory):
+        return RUNNING, "being trained now"
+    error = read_json(directory / ERROR)
+    if error is not None:
+        return FAILED, f"{error.get('type')}: {error.get('message')} (log: {directory / LOG})"
+    return UNFINISHED, "interrupted; rerun the same command to resume it"
+
+
+def columns(ident: Mapping[str, Any]) -> dict[str, Any]:
+    """The table columns of a run's identity: its swept settings first, then the rest of its setup."""
+    norm, data = ident["norm"], ident["data"]
+    return {
+        "norm": norm_tag(norm),
+        "batch_size": data["batch_size"],
+        "devices": data["devices"],
+        "seed": ident["seed"],
+        "step_batch": data["batch_size"] * data["devices"],
+        "norm_name": norm["name"],
+        "groups": norm.get("groups"),
+        "channels_per_group": norm.get("channels_per_group"),
+        "depth": ident["model"]["depth"],
+        "base_width": ident["model"]["base_width"],
+        "epochs": ident["trainer"]["epochs"],
+        "train_subset": data.get("train_subset"),
+        "data_digest": ident["data_digest"],
+    }

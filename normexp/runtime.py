@@ -1,0 +1,119 @@
+"""Where and how a job runs: device, threads, memory layout, compilation, provenance.
+
+Nothing here changes a run's numbers (the `runtime` config group is not in a run's identity).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+log = logging.getLogger("normexp")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device=cuda but no CUDA device is available; use runtime.device=auto or cpu")
+    return torch.device(name)
+
+
+@contextmanager
+def registered_job(folder: Path) -> Iterator[int]:
+    """Register this process as a running normexp job under `folder` (an flock'ed file per process,
+    gone with the process) and yield how many are registered now, this one included."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".job", dir=folder)
+    mine = Path(name)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield 1 + sum(_held(path) for path in folder.glob("*.job") if path != mine)
+    finally:
+        os.close(fd)
+        mine.unlink(missing_ok=True)
+
+
+def _held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    path.unlink(missing_ok=True)  # its process is gone
+    return False
+
+
+def default_threads(parallel_jobs: Optional[int], running_jobs: int) -> int:
+    """Torch threads per job so that the jobs on this machine share its cores without
+    oversubscribing them (OpenMP threads that outnumber cores spin and slow every job ~40x):
+    cores / (parallel jobs of this launcher, or normexp jobs running now), at least 1."""
+    cores = os.cpu_count() or 1
+    jobs = cores if parallel_jobs is not None and parallel_jobs < 0 else (parallel_jobs or 1)
+    return max(1, cores // max(jobs, running_jobs))
+
+
+def memory_format(channels_last: bool, model: nn.Module, device: torch.device) -> torch.memory_format:
+    """channels_last if asked for and safe here, else the default layout.
+
+    On CPU, oneDNN's strided 1x1 convolution computes wrong weight gradients, or corrupts memory,
+    in NHWC when it has fewer input channels per group than its block of 8 (AVX2) or 16 (AVX-512)
+    (uxlfoundation/oneDNN#6035), so narrow models keep NCHW there.
+    """
+    if not channels_last:
+        return torch.contiguous_format
+    if device.type == "cpu" and any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels // m.groups < 16
+        for m in model.modules()
+    ):
+        log.info("runtime.channels_last ignored: a strided 1x1 convolution has < 16 input channels (oneDNN#6035)")
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def maybe_compiled(flag: Optional[bool], model: nn.Module, device: torch.device) -> nn.Module:
+    """The model, or with `runtime.compile` (null = on GPUs only) `torch.compile`d, with CUDA graphs
+    on a GPU ("reduce-overhead"): it removes most of the per-step launch overhead that dominates
+    small batches there (results/bench). On 2 CPU cores compiling did not pay for its compile time
+    in a one-off probe (about +10% at batch 2 for 40 s, slower at 64)."""
+    if not (flag if flag is not None else device.type == "cuda"):
+        return model
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """What ran a run: device, threads, versions, host, code commit."""
+    return {
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "git_commit": git_commit(),
+    }

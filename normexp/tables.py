@@ -1,0 +1,68 @@
+"""Collect the run records under a results folder into pandas tables (through normexp.record).
+
+`runs`: one row per run folder (identity columns, summary metrics, `status`, the `identity` dict,
+and the verdict `criteria` its config recorded);
+`epochs`: one row per run and epoch; `train_loss`: one row per logged step. Statuses: finished,
+diverged, failed, running, unfinished. Only finished runs enter statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from normexp import record
+
+KEY_COLUMNS = ["norm", "batch_size", "devices", "seed"]
+
+
+@dataclass
+class RunTables:
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    train_loss: pd.DataFrame
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == record.FINISHED]
+
+    @property
+    def excluded(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] != record.FINISHED]
+
+
+def _criteria(directory: Path) -> dict | None:
+    try:
+        return (yaml.safe_load((directory / record.CONFIG).read_text()) or {}).get("verdict")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def load_runs(root: Path) -> RunTables:
+    """Read every run folder (one holding identity.json) below `root`, skipping hidden folders."""
+    rows, epoch_rows, loss_rows = [], [], []
+    root = Path(root)
+    for identity_path in sorted(root.rglob(record.IDENTITY)):
+        directory = identity_path.parent
+        if any(part.startswith(".") for part in directory.relative_to(root).parts):
+            continue
+        ident = record.read_json(identity_path)
+        if ident is None:
+            continue
+        columns = record.columns(ident)
+        summary = record.read_json(directory / record.SUMMARY)
+        status, reason = record.status(directory, summary)
+        metrics = record.read_jsonl(directory / record.METRICS)
+        row = {"run": directory.name, "path": str(directory), **columns, "status": status, "reason": reason,
+               "epochs_done": len(metrics), "identity": ident, "criteria": _criteria(directory)}
+        if summary is not None:
+            row.update({k: v for k, v in summary.items() if k not in row and not isinstance(v, dict)})
+        rows.append(row)
+        tag = {"run": directory.name, **{k: columns[k] for k in KEY_COLUMNS}, "status": status}
+        epoch_rows += [{**tag, **m} for m in metrics]
+        loss_rows += [{**tag, **m} for m in record.read_jsonl(directory / record.TRAIN_LOSS)]
+    runs = pd.DataFrame(rows, columns=None if rows else ["run", "path", *KEY_COLUMNS, "status", "reason"])
+    return RunTables(runs=runs, epochs=pd.DataFrame(epoch_rows), train_loss=pd.DataFrame(loss_rows))

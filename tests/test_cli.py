@@ -1,0 +1,63 @@
+"""The console entry points as a user meets them: help, exit codes, one-line errors, sweep reports."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from normexp import record
+
+
+def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_names_the_app_and_imports_no_torch(tmp_path):
+    probe = ("import sys, runpy; sys.argv = ['normexp-train', '--help']\n"
+             "try:\n    runpy.run_module('normexp.cli.train', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('torch imported:', 'torch' in sys.modules, 'matplotlib imported:', 'matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "normexp-train" in done.stdout and "powered by Hydra" not in done.stdout
+    assert "torch imported: False matplotlib imported: False" in done.stdout
+    analyze = _run("normexp.cli.analyze", "--help", cwd=tmp_path)
+    assert analyze.returncode == 0 and "normexp-analyze" in analyze.stdout
+
+
+def test_an_unwritable_results_root_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    done = _run("normexp.cli.train", f"paths.results_root={tmp_path / 'a-file' / 'runs'}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "paths.results_root=" in done.stderr + done.stdout and "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_path, image_folder):
+    done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={image_folder}",
+                f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",
+                "data.batch_size=0,-1", cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    for value in ("0", "-1"):
+        assert f"data.batch_size={value}): data.batch_size={value} is invalid" in out, out
+    assert "no job of this sweep trained" in out
+
+
+def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):
+    args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}", "data.batch_size=0"]
+    jobs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    for job in jobs:
+        job.wait(timeout=120)
+    assert len(list((tmp_path / ".hydra").glob("multirun_*"))) == 2
+
+
+def test_analyze_on_only_excluded_runs_still_writes_the_runs_table(tmp_path):
+    directory = tmp_path / "bn_b2_s0_x"
+    ident = {"data": {"batch_size": 2, "devices": 1}, "model": {"depth": 8, "base_width": 4},
+             "norm": {"name": "bn"}, "trainer": {"epochs": 2}, "seed": 0, "data_digest": "d"}
+    record.write_start(directory, ident, "seed: 0\n")
+    (directory / record.LOG).write_text("")
+    done = _run("normexp.cli.analyze", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 1 and "no finished runs" in done.stderr
+    assert "unfinished" in (tmp_path / "tables" / "runs.md").read_text()

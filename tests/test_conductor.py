@@ -1,0 +1,215 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import normexp.conductor as conductor
+from normexp import record
+from normexp.config import ConfigError
+from normexp.conductor import train_run
+from normexp.models import build_model
+from normexp.runtime import memory_format
+from tests.conftest import interrupted_at, make_image_folder, record_numbers, run_dir
+
+MODEL = {"depth": 8, "num_classes": 10, "zero_init_residual": True}
+
+def test_tiny_run_lowers_its_loss_and_writes_a_complete_record(make_cfg):
+    cfg = make_cfg("norm=gn", "norm.groups=2", "trainer.epochs=3", "optim.lr=0.05")
+    [summary] = train_run(cfg)
+    directory = run_dir(cfg)
+    assert directory.name.startswith("gn2_b8_s0_")
+    metrics = record.read_jsonl(directory / record.METRICS)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    losses = record.read_jsonl(directory / record.TRAIN_LOSS)
+    assert losses and all(row["epoch"] in (1, 2, 3) for row in losses)
+    for name in (record.CONFIG, record.CHECKPOINT, record.LOG, record.SUMMARY):
+        assert (directory / name).is_file(), name
+    assert "epoch 3/3" in (directory / record.LOG).read_text()
+    assert summary["status"] == "finished" and summary["epochs_done"] == 3
+    assert summary["final_test_acc"] == metrics[-1]["test_acc"]
+    assert summary["best_test_acc"] == max(m["test_acc"] for m in metrics)
+    assert summary["lr"] == pytest.approx(0.05 * 8 / 32) and summary["compute_seconds"] > 0
+    ident = record.read_json(directory / record.IDENTITY)
+    assert ident["norm"] == {"name": "gn", "groups": 2} and ident["data"]["batch_size"] == 8
+    assert record.run_name(ident) == directory.name
+    assert [m["lr"] for m in metrics][0] == pytest.approx(0.05 * 8 / 32)  # the rate each epoch started with
+
+
+def test_same_config_and_seed_reproduce_the_same_numbers(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.epochs=1")
+    train_run(cfg)
+    first = record_numbers(run_dir(cfg))
+    other = make_cfg("trainer.epochs=1", f"paths.results_root={tmp_path / 'other'}")
+    train_run(other)
+    assert record_numbers(run_dir(other)) == first
+    seeded = make_cfg("trainer.epochs=1", "seed=1")
+    train_run(seeded)
+    assert record_numbers(run_dir(seeded)) != first
+
+
+def test_interrupted_run_resumes_to_the_same_record(make_cfg, tmp_path, monkeypatch):
+    reference = make_cfg("trainer.epochs=3", f"paths.results_root={tmp_path / 'reference'}")
+    train_run(reference)
+
+    cfg = make_cfg("trainer.epochs=3")
+    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    directory = run_dir(cfg)
+    assert not (directory / record.SUMMARY).exists()
+    assert len(record_numbers(directory)) == 2
+
+    [summary] = train_run(cfg)
+    assert record_numbers(directory) == record_numbers(run_dir(reference))
+    assert "resuming" in (directory / record.LOG).read_text()
+    assert summary["final_test_acc"] == record.read_json(run_dir(reference) / record.SUMMARY)["final_test_acc"]
+
+
+def test_finished_run_is_skipped(make_cfg, monkeypatch):
+    cfg = make_cfg("trainer.epochs=1")
+    first = train_run(cfg)
+    monkeypatch.setattr(conductor, "_train", lambda *a: pytest.fail("trained again"))
+    assert train_run(cfg) == first
+
+
+def test_run_held_by_another_process_is_skipped(make_cfg):
+    cfg = make_cfg("trainer.epochs=1")
+    with record.claim(run_dir(cfg)) as claimed:
+        assert claimed and record.is_claimed(run_dir(cfg))
+        assert train_run(cfg) == []
+    assert not record.is_claimed(run_dir(cfg))
+    assert len(train_run(cfg)) == 1
+
+
+def _name(cfg, digest: str = "data") -> str:
+    return record.run_name(record.identity(cfg, digest))
+
+
+def test_run_name_covers_what_changes_the_numbers_and_nothing_else(make_cfg, tmp_path):
+    base = _name(make_cfg())
+    assert _name(make_cfg("runtime.threads=2", "runtime.progress=true")) == base
+    assert _name(make_cfg("runtime.channels_last=false", "runtime.eval_batch_size=7")) == base
+    assert _name(make_cfg(f"paths.cache_dir={tmp_path}/elsewhere", f"paths.results_root={tmp_path}/x")) == base
+    assert _name(make_cfg("verdict.alpha=0.01")) == base
+    assert _name(make_cfg("optim.lr=0.2")) != base
+    assert _name(make_cfg("trainer.eval_every=2")) != base  # it changes best_test_acc
+    assert _name(make_cfg(), digest="other data") != base
+    assert _name(make_cfg("data.batch_size=4")).startswith("bn_b4_s0_")
+    assert _name(make_cfg("data.batch_size=4", "data.devices=8")).startswith("bn_b4x8_s0_")
+    # a setting added later, null by default, leaves existing names unchanged
+    assert _name(make_cfg("+trainer.new_option=null")) == base
+
+
+def test_the_same_command_on_other_data_trains_again(make_cfg, tmp_path):
+    """A run is only "the same run" on the same data: switching the folder must retrain."""
+    cfg = make_cfg("trainer.epochs=1")
+    [first] = train_run(cfg)
+    other_data = make_image_folder(tmp_path / "other-data", train_per_class=8, test_per_class=2, seed=5)
+    switched = make_cfg("trainer.epochs=1", f"paths.cifar10_folder={other_data}")
+    [second] = train_run(switched)
+    assert run_dir(switched) != run_dir(cfg) and run_dir(switched).parent == run_dir(cfg).parent
+    assert "already done" not in (run_dir(switched) / record.LOG).read_text()
+    assert record.read_json(run_dir(switched) / record.IDENTITY)["data_digest"] != \
+        record.read_json(run_dir(cfg) / record.IDENTITY)["data_digest"]
+
+
+def test_a_finished_run_drops_the_error_note_of_an_earlier_failure(make_cfg, monkeypatch):
+    cfg = make_cfg("trainer.epochs=1")
+    with monkeypatch.context() as patch:
+        patch.setattr(conductor, "train_epoch", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        with pytest.raises(RuntimeError):
+            train_run(cfg)
+    assert record.read_json(run_dir(cfg) / record.ERROR)["message"] == "boom"
+    train_run(cfg)
+    assert not (run_dir(cfg) / record.ERROR).exists()
+
+
+def test_an_unwritable_results_root_is_named_before_any_data_is_read(make_cfg, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # unwritable for root too, unlike a chmod
+    monkeypatch.setattr(conductor, "load_cifar10", lambda *a: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match=r"paths.results_root=.*a-file/runs' is not writable"):
+        train_run(make_cfg(f"paths.results_root={blocker / 'runs'}"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("model.depth=10", "6n+2"),
+        ("optim.lr=-1", "optim.lr=-1"),
+        ("optim.schedule=linear", "cosine, step, constant"),
+        ("norm.groups=32", "16"),
+        ("trainer.epochs=-1", "trainer.epochs=-1 is invalid"),
+        ("optim.warmup_epochs=5", "0 <= warmup_epochs < trainer.epochs=2"),
+        ("optim.schedule=step", "needs at least one milestone"),
+        ("optim.momentum=1.5", "0 <= momentum < 1"),
+        ("data.source=imagenet", "allowed: folder, torchvision"),
+        ("data.train_subset=5", "data.train_subset=5"),
+        ("runtime.device=tpu", "allowed: auto, cpu, cuda"),
+        ("runtime.threads=0", "runtime.threads=0"),
+        ("seed=-1", "seed=-1"),
+        ("seed=[0,0]", "a list of distinct ones"),
+        ("seed=[]", "seed=[]"),
+        ("+norm.momentum_typo=1", "its settings: momentum"),
+    ],
+)
+def test_bad_settings_fail_before_any_data_is_read(make_cfg, monkeypatch, override, message):
+    cfg = make_cfg("norm=gn", "model.base_width=16", override) if override.startswith("norm.") else make_cfg(override)
+    monkeypatch.setattr(conductor, "load_cifar10", lambda *a: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_run(cfg)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "normexp.cli.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hydra_app_runs_end_to_end(image_folder, tmp_path):
+    common = [f"paths.cifar10_folder={image_folder}", f"paths.cache_dir={tmp_path / 'cache'}",
+              f"paths.results_root={tmp_path / 'runs'}", "model.base_width=4", "trainer.epochs=1",
+              "data.batch_size=16", "runtime.threads=1"]
+    done = _cli(*common, "norm=gn", "norm.groups=4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (summary,) = (tmp_path / "runs").glob("gn4_b16_s0_*/summary.json")
+    assert json.loads(summary.read_text())["status"] == "finished"
+    assert "epoch 1/1" in done.stdout + done.stderr
+
+    sweep = _cli("-m", *common, "norm=bn,ln", "seed=0,1", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr
+    assert len(list((tmp_path / "runs").glob("*/summary.json"))) == 5
+
+
+def test_cli_bad_input_exits_2_with_a_one_line_reason(tmp_path):
+    bad = _cli("data.batch_size=-4", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "data.batch_size=-4 is invalid: must be an integer >= 1" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+    missing = _cli("paths.cifar10_folder=/nowhere", f"paths.cache_dir={tmp_path}", cwd=tmp_path)
+    assert missing.returncode == 2 and "CIFAR-10 image folder not found: /nowhere" in missing.stdout + missing.stderr
+    typo = _cli("trainer.epoch=3", cwd=tmp_path)
+    assert typo.returncode != 0 and "epoch" in typo.stderr and "Traceback" not in typo.stderr
+
+
+def test_channels_last_only_where_onednn_gets_it_right(make_cfg):
+    """oneDNN#6035: strided 1x1 convolutions with < 16 input channels go wrong in NHWC on CPU."""
+    cpu = torch.device("cpu")
+    narrow, wide = (build_model({**MODEL, "base_width": width}, {"name": "bn"}) for width in (8, 16))
+    assert memory_format(True, narrow, cpu) == torch.contiguous_format
+    assert memory_format(True, wide, cpu) == torch.channels_last
+    assert memory_format(False, wide, cpu) == torch.contiguous_format
+
+
+def test_channels_last_trains_to_the_same_numbers(make_cfg, tmp_path):
+    runs = [make_cfg("model.base_width=16", "trainer.epochs=1", f"runtime.channels_last={flag}",
+                     f"paths.results_root={tmp_path / str(flag)}") for flag in ("true", "false")]
+    (nhwc,), (nchw,) = (train_run(cfg) for cfg in runs)
+    assert nhwc["final_train_loss"] == pytest.approx(nchw["final_train_loss"], rel=1e-4)
+    assert nhwc["final_test_loss"] == pytest.approx(nchw["final_test_loss"], rel=1e-4)

@@ -1,0 +1,79 @@
+"""The per-device protocol: BN statistics per virtual device, everything else unchanged."""
+
+import pytest
+import torch
+from torch import nn
+
+from normexp.devices import PerDeviceBatchNorm2d, split_batch_statistics
+from normexp.models import build_model
+from normexp.packing import pack
+
+MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": False}
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_one_step_on_8_devices_equals_8_separate_bn_passes_gradients_included(layout):
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(6)
+    nn.init.normal_(reference.weight)
+    nn.init.normal_(reference.bias)
+    per_device = PerDeviceBatchNorm2d(reference, devices=8)
+    x = torch.randn(16, 6, 5, 5).contiguous(memory_format=layout)
+    target = torch.randn(16, 6, 5, 5)
+
+    x_ref = x.clone().requires_grad_()
+    copies = [nn.BatchNorm2d(6) for _ in range(8)]
+    for copy in copies:
+        copy.load_state_dict(reference.state_dict())
+    out_ref = torch.cat([bn(chunk) for bn, chunk in zip(copies, x_ref.chunk(8))])
+    (out_ref * target).sum().backward()
+
+    x_dev = x.clone().requires_grad_()
+    out = per_device(x_dev)
+    (out * target).sum().backward()
+
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_dev.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(per_device.weight.grad, sum(c.weight.grad for c in copies), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(per_device.bias.grad, sum(c.bias.grad for c in copies), rtol=1e-4, atol=1e-5)
+    # running statistics: the average of the devices' own updates
+    torch.testing.assert_close(per_device.running_mean, torch.stack([c.running_mean for c in copies]).mean(0))
+    torch.testing.assert_close(per_device.running_var, torch.stack([c.running_var for c in copies]).mean(0))
+    assert int(per_device.num_batches_tracked) == 1
+
+
+def test_one_device_and_eval_mode_are_plain_batchnorm():
+    torch.manual_seed(1)
+    reference = nn.BatchNorm2d(4)
+    x = torch.randn(8, 4, 3, 3)
+    one = PerDeviceBatchNorm2d(reference, devices=1)
+    torch.testing.assert_close(one(x), nn.BatchNorm2d(4)(x))
+    eight = PerDeviceBatchNorm2d(reference, devices=8).eval()
+    torch.testing.assert_close(eight(x), reference.eval()(x))
+
+
+def test_split_batch_statistics_swaps_only_batchnorm_and_keeps_the_state_dict():
+    torch.manual_seed(0)
+    bn_model = build_model(MODEL, {"name": "bn"})
+    keys = bn_model.state_dict().keys()
+    split_batch_statistics(bn_model, 4)
+    bns = [m for m in bn_model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(type(m) is PerDeviceBatchNorm2d and m.devices == 4 for m in bns)
+    assert bn_model.state_dict().keys() == keys
+    gn_model = build_model(MODEL, {"name": "gn", "groups": 2})
+    before = [type(m) for m in gn_model.modules()]
+    assert [type(m) for m in split_batch_statistics(gn_model, 4).modules()] == before
+
+
+def test_a_packed_model_on_devices_computes_each_member_as_alone_on_devices():
+    torch.manual_seed(0)
+    members = [build_model(MODEL, {"name": "bn"}) for _ in range(2)]
+    packed = split_batch_statistics(pack(members), 4)
+    for member in members:
+        split_batch_statistics(member, 4)
+    xs = [torch.randn(8, 3, 32, 32) for _ in members]
+    from normexp.packing import join_inputs
+
+    out = packed(join_inputs(xs)).view(8, 2, -1)
+    for i, (member, x) in enumerate(zip(members, xs)):
+        torch.testing.assert_close(out[:, i], member(x), rtol=1e-4, atol=1e-4)
