@@ -1,42 +1,67 @@
-"""Training throughput: normexp's trainer vs the conventional torchvision loop, side by side.
+"""Training throughput: normexp's loop vs the conventional torchvision loop, on a preset's configs.
 
-Both train the same model with the same norm, batch size, threads and images; normexp is timed
-alone and with several seeds packed as one model (`seed=[...]`). The conventional loop is a
-torchvision-style dataset returning PIL images, RandomCrop/RandomHorizontalFlip/ToTensor/Normalize
-transforms and a DataLoader. The arithmetic ceiling is the measured float32
-matmul rate divided by the model's FLOPs per image (forward + backward).
+Every timed configuration is composed from `conf/` as `normexp-train` composes it (the --project
+preset, one of its norms and batch sizes, then any Hydra overrides), so the benchmark times the
+defaults users get: model, per-device BatchNorm (`data.devices`), optimizer, memory layout and
+compilation. BatchNorm normalizes each device's `data.batch_size` images ("images/device"); an
+optimizer step trains on `data.devices x data.batch_size` ("images/step"). normexp's loop is timed
+on one run and on several seeds packed as one model. The conventional loop trains the same model
+(per-device BN included) eagerly from a torchvision-style dataset of PIL images with
+RandomCrop/RandomHorizontalFlip/ToTensor/Normalize transforms and a DataLoader. The arithmetic
+ceiling is the measured float32 matmul rate divided by the model's FLOPs per image (forward + backward).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from omegaconf import ListConfig, OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from normexp import atomic, packing
-from normexp.config import Config, DataConfig
-from normexp.data import EvalBatches, TrainBatches, load_cifar10, stratified_subset
-from normexp.models import CifarResNet
-from normexp.norms import build_norm
+from normexp import atomic, runtime
+from normexp.cli.train import CONF_DIR
+from normexp.conductor import pack_limit, member_config, seeded_model
+from normexp.config import DEVICES, register_configs, seeds, step_batch, validate
+from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10, stratified_subset
+from normexp.devices import split_batch_statistics
+from normexp.engine import evaluate, train_epoch
 from normexp.optim import build_optimizer, build_scheduler
-from normexp.train import CONF_DIR
-from normexp.trainer import compiled, evaluate, memory_format, train_epoch
+from normexp.packing import Pack
+from normexp.record import norm_tag
 
-NORMS = {"bn": {"name": "bn"}, "gn8": {"name": "gn", "groups": 8}}
+MIN_STEPS = 4  # optimizer steps per timed epoch at least, whatever --images says
+
+
+def compose_config(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
+    """The config `normexp-train <overrides>` runs with (plus its `hydra` node if asked)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def sweep_axes(params: Mapping[str, object]) -> dict[str, list[str]]:
+    """A Hydra sweep's parameters (`hydra.sweeper.params`) as key -> the values it takes."""
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    return {o.key_or_group: list(o.sweep_string_iterator()) if o.is_sweep_override()
+            else [o.get_value_element_as_str()] for o in parsed}
 
 
 class PILDataset(Dataset):
@@ -54,6 +79,19 @@ class PILDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
     """float32 matmul rate (2048^2 on CPU, 8192^2 on GPU), best of `repeats`."""
     size = 8192 if device.type == "cuda" else 2048
@@ -63,15 +101,7 @@ def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def flops_per_image(model: torch.nn.Module, batch: int = 16) -> float:
+def flops_per_image(model: nn.Module, batch: int = 16) -> float:
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
@@ -79,150 +109,187 @@ def flops_per_image(model: torch.nn.Module, batch: int = 16) -> float:
     return counter.get_total_flops() / batch
 
 
-def _model(cfg: Config, norm: dict, seed: int = 0) -> CifarResNet:
-    torch.manual_seed(seed)
-    return CifarResNet(build_norm(norm), depth=cfg.model.depth, base_width=cfg.model.base_width)
+def _model(cfg: DictConfig, seed: int = 0) -> nn.Module:
+    """The run's model with this seed, BN statistics split over `data.devices` as in training."""
+    return split_batch_statistics(seeded_model(member_config(cfg, seed)), cfg.data.devices)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
+                 device: torch.device) -> float:
+    """Training images/s of normexp's loop (`engine.train_epoch`) on `pack_size` seeds packed as
+    one model, all of them together; the second of two epochs (the first warms up and compiles)."""
+    pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
+    split_batch_statistics(pack.model, cfg.data.devices)
+    fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
+    pack.model.to(device, memory_format=fmt)
+    train = TrainBatches(data.train_images[index].to(device), data.train_labels[index].to(device), step_batch(cfg),
+                         data.mean, data.std, seeds=range(pack_size), padding=cfg.data.crop_padding,
+                         flip=cfg.data.flip, memory_format=fmt)
+    optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
+    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
+    forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
+    for epoch in (1, 2):
+        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every)
+    if forward is not pack.model:
+        torch._dynamo.reset()  # the next cell's model must not count against this one's compile cache
+    return pack_size * result.records[0]["images_per_s"]
 
 
-def normexp_rates(cfg, data, norm: dict, batch: int, images: int, pack: int, device: torch.device) -> tuple[float, float]:
-    """Training images/s (all packed runs together) of normexp's own loop, `trainer.train_epoch`,
-    on `pack` seeds packed as one model; and `trainer.evaluate`'s images/s (one model)."""
-    cfg.data.batch_size = batch
-    index = stratified_subset(data.train_labels, images, 10)
-    model = packing.pack([_model(cfg, norm, seed) for seed in range(pack)])
-    fmt = memory_format(cfg, model, device)
+def eval_rate(cfg: DictConfig, data: CifarArrays, images: int, device: torch.device) -> float:
+    """Test images/s of `engine.evaluate` on one model at `runtime.eval_batch_size`."""
+    model = _model(cfg)
+    fmt = runtime.memory_format(cfg.runtime.channels_last, model, device)
     model.to(device, memory_format=fmt)
-    train = TrainBatches(data.train_images[index].to(device), data.train_labels[index].to(device), batch, data.mean,
-                         data.std, seeds=range(pack), memory_format=fmt)
     test = EvalBatches(data.test_images[:images].to(device), data.test_labels[:images].to(device),
-                       cfg.trainer.eval_batch_size, data.mean, data.std, memory_format=fmt)
-    optimizer = build_optimizer(model, cfg.optim, batch)
-    scheduler = build_scheduler(optimizer, cfg.optim, len(train), 2)
-    forward = compiled(cfg, model, device)
-    train_epoch(cfg, forward, optimizer, scheduler, train, 1)  # warm-up (and compilation, where it applies)
-    records_, _, _ = train_epoch(cfg, forward, optimizer, scheduler, train, 2)
-    solo = _model(cfg, norm).to(device, memory_format=fmt)
-    evaluate(solo, test)
-    start = time.perf_counter()
-    evaluate(solo, test)
-    return pack * records_[0]["images_per_s"], len(test) / (time.perf_counter() - start)
+                       cfg.runtime.eval_batch_size, data.mean, data.std, memory_format=fmt)
+    evaluate(model, test)  # warm-up
+    return test.images / _timed(lambda: evaluate(model, test), device)
 
 
-def conventional_rate(cfg, data, norm: dict, batch: int, images: int, device: torch.device, workers: int) -> float:
-    """Images/s of the DataLoader + transforms loop, same model, optimizer and images."""
-    index = stratified_subset(data.train_labels, images, 10)
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(data.mean.tolist(), data.std.tolist()),
-    ])
+def conventional_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, device: torch.device,
+                      workers: int) -> float:
+    """Training images/s of the DataLoader + transforms loop: same model, optimizer and images."""
+    augment = [transforms.RandomCrop(32, padding=cfg.data.crop_padding)]
+    augment += [transforms.RandomHorizontalFlip()] if cfg.data.flip else []
+    transform = transforms.Compose([*augment, transforms.ToTensor(),
+                                    transforms.Normalize(data.mean.tolist(), data.std.tolist())])
     loader = DataLoader(PILDataset(data.train_images[index], data.train_labels[index], transform),
-                        batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                        batch_size=step_batch(cfg), shuffle=True, drop_last=True, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    model = _model(cfg, norm).to(device)
-    optimizer = build_optimizer(model, cfg.optim, batch)
+    model = _model(cfg).to(device)
+    optimizer = build_optimizer(model, cfg.optim, step_batch(cfg))
     model.train()
 
-    def epoch() -> int:
-        seen = 0
+    def epoch() -> None:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            seen += x.shape[0]
-        _sync(device)
-        return seen
 
     epoch()  # warm-up
-    start = time.perf_counter()
-    seen = epoch()
-    return seen / (time.perf_counter() - start)
+    return len(loader) * step_batch(cfg) / _timed(epoch, device)
 
 
-def project_sweep(rows: pd.DataFrame, pack: int, experiment: str) -> str:
-    """A BN/GN preset's training + evaluation time from the measured packed rates."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        claim = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    seeds = len(claim.seed) if isinstance(claim.seed, ListConfig) else 1
-    params = claim.hydra.sweeper.params
-    norms = {"bn": "bn", "gn": "gn8"}
-    batches = [int(b) for b in str(params["data.batch_size"]).split(",")]
-    train_images = seeds * (claim.data.train_subset or 50_000) * claim.trainer.epochs
-    evals = -(-claim.trainer.epochs // claim.trainer.eval_every)
-    eval_images = seeds * 10_000 * evals
-    seconds = 0.0
-    for norm in str(params.norm).split(","):
-        for batch in batches:
-            row = rows[(rows["norm"] == norms[norm]) & (rows["batch"] == batch)]
-            if row.empty or seeds != pack:
-                return f"No {experiment} projection: the table lacks {norms[norm]} at batch {batch} or --pack != {seeds}."
-            seconds += train_images / row.iloc[0]["packed img/s"] + eval_images / row.iloc[0]["eval img/s"]
-    return (f"Projected `{experiment}` sweep ({len(batches) * 2} jobs of {seeds} seeds, all packed, "
-            f"{claim.trainer.epochs} epochs of {claim.data.train_subset or 50_000} images, {evals} evaluation(s) of "
-            f"10,000): {seconds / 60:.1f} min one job at a time; J jobs in parallel on J times the resources: about 1/J.")
+def measure(cfg: DictConfig, data: CifarArrays, images: int, pack: int, workers: int, ceiling: float,
+            device: torch.device) -> dict[str, object]:
+    """One table row: the training loops' and evaluation's images/s for one config."""
+    step = step_batch(cfg)
+    timed = step * max(MIN_STEPS, -(-images // step))
+    index = stratified_subset(data.train_labels, timed, cfg.model.num_classes)
+    conventional = conventional_rate(cfg, data, index, device, workers)
+    solo = normexp_rate(cfg, data, index, 1, device)
+    packed = solo if pack == 1 else normexp_rate(cfg, data, index, pack, device)
+    return {"norm": norm_tag(cfg.norm), "images/device": cfg.data.batch_size, "devices": cfg.data.devices,
+            "images/step": step, "timed steps": timed // step, "conventional img/s": conventional,
+            "normexp img/s": solo, "packed img/s": packed, "speed-up": solo / conventional,
+            "packed speed-up": packed / conventional, "packed % of ceiling": 100 * packed / ceiling,
+            "eval img/s": eval_rate(cfg, data, max(images, cfg.runtime.eval_batch_size), device)}
+
+
+def project_sweep(table: pd.DataFrame, jobs: list[DictConfig], measured: DictConfig, pack: int,
+                  data: CifarArrays, device: torch.device, project: str) -> str:
+    """The preset's sweep time, training + evaluation, one job at a time, from the measured rates.
+    Like the conductor, a job trains its seeds packed if a step holds at most `pack_limit` images
+    (packed rate), else one seed after another (normexp's rate)."""
+    seconds, runs, packed_jobs, train_images, eval_images = 0.0, 0, 0, 0, 0
+    for cfg in jobs:
+        k, step, tag = len(seeds(cfg)), step_batch(cfg), norm_tag(cfg.norm)
+        packed = k > 1 and step <= pack_limit(cfg, device)
+        row = table[(table["norm"] == tag) & (table["images/device"] == cfg.data.batch_size)
+                    & (table["devices"] == cfg.data.devices)]
+        if row.empty or cfg.model != measured.model:
+            return (f"No `{project}` projection: the table lacks {tag} at {cfg.data.batch_size} images/device x "
+                    f"{cfg.data.devices} device(s) with the preset's model.")
+        if packed and k != pack:
+            return f"No `{project}` projection: its jobs train {k} seeds packed, the table {pack} (--pack {k})."
+        train_n = min(cfg.data.train_subset or data.train_labels.numel(), data.train_labels.numel())
+        test_n = min(cfg.data.test_subset or data.test_labels.numel(), data.test_labels.numel())
+        trained = k * (train_n // step) * step * cfg.trainer.epochs
+        evaluated = k * test_n * -(-cfg.trainer.epochs // cfg.trainer.eval_every)
+        rate = row.iloc[0]["packed img/s" if packed else "normexp img/s"]
+        seconds += trained / rate + evaluated / row.iloc[0]["eval img/s"]
+        runs, packed_jobs = runs + k, packed_jobs + packed
+        train_images, eval_images = train_images + trained, eval_images + evaluated
+    return (f"Projected `{project}` sweep: {len(jobs)} jobs, {runs} runs ({packed_jobs} jobs packed, where a step "
+            f"holds at most {pack_limit(jobs[0], device)} images on {device.type}), {train_images:,} training and "
+            f"{eval_images:,} test images: {seconds / 60:.1f} min one job at a time, compilation not included; "
+            f"J jobs in parallel on J times the resources: about 1/J.")
 
 
 def machine(device: torch.device) -> str:
+    """The processor or GPU, threads and torch version, for the report's first line."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
-    except OSError:
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                      if line.startswith("Model name")), "")
+    except (OSError, subprocess.TimeoutExpired):
         model = ""
-    return f"{model or platform.processor()} ({torch.get_num_threads()} torch thread(s) of {os.cpu_count()} cores), torch {torch.__version__}"
+    return (f"{model or platform.processor()} ({torch.get_num_threads()} torch thread(s) of {os.cpu_count()} cores), "
+            f"torch {torch.__version__}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
-    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS))
-    parser.add_argument("--images", type=int, default=1024, help="images per timed epoch (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pack", type=int, default=3, help="seeds packed into one model (default %(default)s)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Model, norms, devices, optimizer, threads (runtime.threads; null: 1, a joblib sweep job's share "
+               "on CPU), compilation and data folder come from the preset and the overrides, e.g. "
+               "`paths.cifar10_folder=DIR model.depth=20 runtime.threads=2`.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every composed config")
+    parser.add_argument("--project", default="claim", help="preset (conf/experiment/) to time and whose sweep to "
+                        "project (default %(default)s)")
+    parser.add_argument("--norms", nargs="+", help="norm options (conf/norm/); default: the preset's swept norms")
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        help="images per device (data.batch_size); default: the preset's swept ones")
+    parser.add_argument("--images", type=int, default=1024, help="images per timed pass (default %(default)s; "
+                        f"training: whole steps, at least {MIN_STEPS}; test: at least one evaluation batch)")
+    parser.add_argument("--pack", type=int, help="seeds packed into one model (default: the preset's seed count)")
+    parser.add_argument("--device", choices=DEVICES, help="runtime.device (default: the config's)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the conventional loop")
-    parser.add_argument("--project", default="claim", help="preset whose sweep time to project (default %(default)s)")
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--base-width", type=int, default=16)
-    parser.add_argument("--folder", default="../shared/data/cifar10-jpeg")
-    parser.add_argument("--out", type=Path, help="write the table (Markdown) here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, help="write the report (Markdown) here")
+    return parser.parse_intermixed_args(argv)
 
-    torch.set_num_threads(args.threads)
-    cfg = OmegaConf.structured(Config)
-    cfg.model.depth, cfg.model.base_width = args.depth, args.base_width
-    cfg.trainer.progress = False
-    device = torch.device(args.device)
-    data = load_cifar10(DataConfig(source="folder", folder=args.folder))
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    device_override = [f"runtime.device={args.device}"] if args.device else []
+    common = [f"experiment={args.project}", *device_override, *args.overrides]
+    base = compose_config(common, hydra=True)
+    axes = sweep_axes(base.hydra.sweeper.get("params") or {})
+    with open_dict(base):
+        del base["hydra"]
+    validate(base)
+    norms = args.norms or axes.get("norm") or [OmegaConf.select(base, "norm.name")]
+    batches = args.batch_sizes or [int(b) for b in axes.get("data.batch_size", [base.data.batch_size])]
+    pack = args.pack or len(seeds(base))
+    torch.set_num_threads(base.runtime.threads or 1)
+    device = runtime.pick_device(base.runtime.device)
+    data = load_cifar10(base.data.source, base.paths, base.runtime.download)
     gflops = matmul_gflops(device)
-    flops = flops_per_image(_model(cfg, NORMS["bn"]))
+    flops = flops_per_image(seeded_model(member_config(base, 0)))
     ceiling = gflops * 1e9 / flops
     rows = []
-    for norm in args.norms:
-        for batch in args.batch_sizes:
-            conventional = conventional_rate(cfg, data, NORMS[norm], batch, args.images, device, args.workers)
-            solo, _ = normexp_rates(cfg, data, NORMS[norm], batch, args.images, 1, device)
-            packed, evals = normexp_rates(cfg, data, NORMS[norm], batch, args.images, args.pack, device)
-            rows.append({"norm": norm, "batch": batch, "conventional img/s": conventional, "normexp img/s": solo,
-                         "packed img/s": packed, "speed-up": solo / conventional,
-                         "packed speed-up": packed / conventional, "packed % of ceiling": 100 * packed / ceiling,
-                         "eval img/s": evals})
-            print(rows[-1], flush=True)
+    for name, batch in itertools.product(norms, batches):
+        cfg = compose_config([*common[:1], f"norm={name}", f"data.batch_size={batch}", *common[1:]])
+        validate(cfg)
+        rows.append(measure(cfg, data, args.images, pack, args.workers, ceiling, device))
+        print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = (f"Machine: {machine(device)}\n\nfloat32 matmul: {gflops:.0f} GFLOP/s; ResNet-{args.depth} "
-              f"width {args.base_width}: {flops / 1e6:.0f} MFLOP per image forward+backward; arithmetic ceiling "
-              f"{ceiling:.0f} img/s.\n\nCommand: `{command.strip()}`\n\n"
-              f"normexp: one run; packed: {args.pack} seeds packed as one model, images/s of all of them together; "
-              f"eval: one model's test-set evaluation at batch {cfg.trainer.eval_batch_size}.\n")
-    text = header + "\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n\n" + project_sweep(table, args.pack, args.project) + "\n"
+    jobs = [compose_config([*common[:1], *(f"{k}={v}" for k, v in zip(axes, job)), *common[1:]])
+            for job in itertools.product(*axes.values())]
+    command = shlex.join(["python", "scripts/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    header = (f"Machine: {machine(device)}\n\nfloat32 matmul: {gflops:.0f} GFLOP/s; ResNet-{base.model.depth} "
+              f"width {base.model.base_width}: {flops / 1e6:.0f} MFLOP per image forward+backward; arithmetic "
+              f"ceiling {ceiling:.0f} img/s.\n\nCommand: `{command}`\n\n"
+              f"Configs: `experiment={args.project}` with each norm and batch size. images/device: data.batch_size, "
+              f"the batch BatchNorm normalizes over; images/step: data.devices x images/device, what one optimizer "
+              f"step trains on. normexp: one run; packed: {pack} seed(s) packed as one model, images/s of all of them "
+              f"together; eval: one model's test-set evaluation at batch {base.runtime.eval_batch_size}.\n")
+    text = (header + "\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n\n"
+            + project_sweep(table, jobs, base, pack, data, device, args.project) + "\n")
     print(text)
     if args.out:
         atomic.write_text(args.out, text)

@@ -114,5 +114,5 @@ def group_ablation(runs: pd.DataFrame, path: Path) -> Path:
     low = table["acc_mean"].min() - 2 * table["acc_std"].max()
     ax.set_ylim(bottom=max(0, low - 5))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     return _save(fig, path)

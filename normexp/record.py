@@ -12,17 +12,15 @@ unfinished ones resume.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from normexp import atomic
+from normexp import atomic, locks
 from normexp.config import NOT_IDENTITY
 
 IDENTITY = "identity.json"
@@ -122,38 +120,15 @@ def remove_stale_temps(directory: Path) -> None:
 
 @contextmanager
 def claim(directory: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on a run directory; yields False if another process holds it.
-
-    The lock is an OS file lock (flock), so it disappears with a crashed holder.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield True
-    finally:
-        os.close(fd)
+    """Hold the run directory's lock; yields False if another process holds it (the lock goes
+    with a crashed holder)."""
+    with locks.exclusive(directory / LOCK, wait=False) as held:
+        yield held
 
 
 def is_claimed(directory: Path) -> bool:
     """Whether a live process holds the run directory's lock (see `claim`)."""
-    lock = directory / LOCK
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return locks.is_held(directory / LOCK)
 
 
 def summary(run: str, metrics: list[dict[str, Any]], diverged_at: Optional[dict[str, int]], compute_seconds: float,

@@ -5,7 +5,6 @@ Nothing here changes a run's numbers (the `runtime` config group is not in a run
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import platform
@@ -17,6 +16,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
+
+from normexp import locks
 
 log = logging.getLogger("normexp")
 
@@ -31,32 +32,20 @@ def pick_device(name: str) -> torch.device:
 
 @contextmanager
 def registered_job(folder: Path) -> Iterator[int]:
-    """Register this process as a running normexp job under `folder` (an flock'ed file per process,
-    gone with the process) and yield how many are registered now, this one included."""
+    """Register this process as a running normexp job under `folder` (a locked file, gone with the
+    process) and yield how many are registered now, this one included."""
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".job", dir=folder)
+    os.close(fd)
     mine = Path(name)
-    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        yield 1 + sum(_held(path) for path in folder.glob("*.job") if path != mine)
+        with locks.exclusive(mine, wait=True):
+            others = [path for path in folder.glob("*.job") if path != mine]
+            for gone in (path for path in others if not locks.is_held(path)):
+                gone.unlink(missing_ok=True)
+            yield 1 + sum(path.exists() for path in others)
     finally:
-        os.close(fd)
         mine.unlink(missing_ok=True)
-
-
-def _held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    path.unlink(missing_ok=True)  # its process is gone
-    return False
 
 
 def default_threads(parallel_jobs: Optional[int], running_jobs: int) -> int:

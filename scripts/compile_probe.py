@@ -1,39 +1,67 @@
-"""GPU probe: eager vs torch.compile (default, reduce-overhead) in normexp's train_epoch."""
-import sys, time, torch
-from omegaconf import OmegaConf
-from normexp import packing
-from normexp.config import Config
+"""GPU probe: eager vs torch.compile (default, reduce-overhead) in normexp's `engine.train_epoch`.
+
+Usage: python scripts/compile_probe.py [DEPTH] [HYDRA_OVERRIDE ...]
+The config is composed from conf/ (`normexp-train`'s defaults, BN) with `model.depth=DEPTH` (default
+8) and the overrides; the images are random. "batch" is images per step (data.devices x data.batch_size).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from normexp import runtime
+from normexp.bench import compose_config
+from normexp.conductor import member_config, seeded_model
+from normexp.config import step_batch, validate
 from normexp.data import TrainBatches
-from normexp.models import CifarResNet
-from normexp.norms import build_norm
+from normexp.devices import split_batch_statistics
+from normexp.engine import train_epoch
 from normexp.optim import build_optimizer, build_scheduler
-from normexp.trainer import train_epoch
-dev = torch.device("cuda")
-cfg = OmegaConf.structured(Config); cfg.trainer.progress = False
-depth = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-g = torch.Generator().manual_seed(0)
-images = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev)
-labels = (torch.arange(4096) % 10).to(dev)
-mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
-for batch in (2, 64):
-    for pack in (1, 3):
-        for mode in ("eager", "default", "reduce-overhead"):
-            ms = []
-            for s in range(pack):
-                torch.manual_seed(s); ms.append(CifarResNet(build_norm({"name": "bn"}), depth=depth, base_width=16))
-            model = packing.pack(ms).to(dev, memory_format=torch.channels_last)
-            n = 1024 if batch == 2 else 4096
-            train = TrainBatches(images[:n], labels[:n], batch, mean, std, seeds=range(pack), memory_format=torch.channels_last)
-            cfg.data.batch_size = batch
-            opt = build_optimizer(model, cfg.optim, batch); sch = build_scheduler(opt, cfg.optim, len(train), 3)
-            run = model if mode == "eager" else torch.compile(model, mode=None if mode == "default" else mode)
-            t0 = time.perf_counter()
-            try:
-                r1, _, _ = train_epoch(cfg, run, opt, sch, train, 1)
-                first = time.perf_counter() - t0
-                r2, _, _ = train_epoch(cfg, run, opt, sch, train, 2)
-                print(f"R{depth} bn b{batch} pack{pack} {mode}: first epoch {first:.1f}s, then {pack * r2[0]['images_per_s']:.0f} img/s "
-                      f"({r2[0]['train_seconds'] / len(train) * 1e3:.2f} ms/step), loss {r2[0]['train_loss']:.3f}", flush=True)
-            except Exception as e:
-                print(f"R{depth} bn b{batch} pack{pack} {mode}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-            torch._dynamo.reset()
+from normexp.packing import Pack
+
+MODES = ("eager", "default", "reduce-overhead")
+
+
+def probe(depth: int, overrides: list[str], device: torch.device) -> None:
+    """Print the first epoch's seconds (compilation included) and the second's rate per setting."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    labels = (torch.arange(4096) % 10).to(device)
+    mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
+    for batch in (2, 64):
+        cfg = compose_config([f"model.depth={depth}", f"data.batch_size={batch}", *overrides])
+        validate(cfg)
+        step, n = step_batch(cfg), 1024 if batch == 2 else 4096
+        for size in (1, 3):
+            for mode in MODES:
+                label = f"R{depth} {cfg.norm.name} b{step} pack{size} {mode}"
+                pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(size)])
+                split_batch_statistics(pack.model, cfg.data.devices)
+                fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
+                pack.model.to(device, memory_format=fmt)
+                train = TrainBatches(images[:n], labels[:n], step, mean, std, seeds=range(size), memory_format=fmt)
+                optimizer = build_optimizer(pack.model, cfg.optim, step)
+                scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 3)
+                forward = pack.model if mode == "eager" else torch.compile(
+                    pack.model, mode=None if mode == "default" else mode)
+                try:
+                    start = time.perf_counter()
+                    train_epoch(pack, forward, optimizer, scheduler, train, 1, cfg.trainer.log_every)
+                    first = time.perf_counter() - start
+                    result = train_epoch(pack, forward, optimizer, scheduler, train, 2, cfg.trainer.log_every)
+                    rec = result.records[0]
+                    print(f"{label}: first epoch {first:.1f}s, then {size * rec['images_per_s']:.0f} img/s "
+                          f"({rec['train_seconds'] / train.steps * 1e3:.2f} ms/step), loss {rec['train_loss']:.3f}",
+                          flush=True)
+                except Exception as error:  # a probe: report the failing mode and go on with the next
+                    print(f"{label}: FAILED {type(error).__name__}: {str(error)[:300]}", flush=True)
+                torch._dynamo.reset()
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    depth = int(args.pop(0)) if args and args[0].isdigit() else 8
+    probe(depth, args, torch.device("cuda"))

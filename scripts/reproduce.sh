@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Reproduce the headline result: set up, run the `claim` sweep (BN vs GN, batch 2..64, 3 seeds),
-# analyze it, print the verdict. Results go to $OUT (default runs/claim; the committed ones are in
-# results/claim). Resumable: rerun after an interruption and it finishes what is missing.
-# Extra arguments go to normexp-train, e.g. `bash scripts/reproduce.sh trainer.epochs=3`.
+# Reproduce the headline result: set up, run the `claim` sweep (BN vs GN, 2..64 images per device on
+# 8 virtual devices, 3 seeds), analyze it, print the verdict. Results go to $OUT (default runs/claim;
+# the committed ones are in results/claim). Resumable: rerun after an interruption and it finishes
+# what is missing. Extra arguments go to normexp-train, e.g. `bash scripts/reproduce.sh seed=[3,4,5]`.
 # Data: ../shared/data/cifar10-jpeg by default; NORMEXP_CIFAR10_FOLDER points elsewhere, or set
-# NORMEXP_DATA_SOURCE=torchvision (official CIFAR-10; add data.download=true the first time).
+# NORMEXP_DATA_SOURCE=torchvision (official CIFAR-10; add runtime.download=true the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e .
 out=${OUT:-runs/claim}
-normexp-train -m experiment=claim hydra/launcher=joblib results_root="$out/runs" "$@"
+normexp-train -m experiment=claim hydra/launcher=joblib paths.results_root="$out/runs" "$@"
 normexp-analyze "$out"
-echo "table: $out/tables/error_by_batch.md  figure: $out/figures/error_vs_batch.png"
+echo "table: $out/tables/error_by_batch.md  figure: $out/figures/error_vs_batch.png  report: $out/report.html"

@@ -42,6 +42,7 @@ def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_pa
     for value in ("0", "-1"):
         assert f"data.batch_size={value}): data.batch_size={value} is invalid" in out, out
     assert "no job of this sweep trained" in out
+    assert "job 1 of 2 started" in out and "2 of 2 ended" in out and "ETA" in out  # sweep-level progress
 
 
 def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if finished.empty:
         print(f"normexp-analyze: no finished runs under {args.results_dir} ({len(tables.runs)} run folder(s), "
               f"listed in {table_dir / 'runs.md'}); no statistics", file=sys.stderr)
+        from normexp.report import write_report
+        write_report(out / "report.html", args.results_dir, tables.runs)
         return 1
     try:
         check_poolable(finished, SWEPT + tuple(args.vary))
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     print(accuracy_table(finished).to_string(index=False, float_format="%.2f"))
     print(describe_verdict(result))
     print(f"tables: {table_dir}\nfigures: {', '.join(str(f) for f in figures)}\nverdict: {out / 'verdict.json'}")
+    from normexp.report import write_report
+    report = write_report(out / "report.html", args.results_dir, tables.runs, result=result,
+                          error=error_table(finished, criteria), figures=figures,
+                          convergence=convergence_table(finished, epochs, args.thresholds))
+    print(f"report: {report}")
     return 0
 
 

@@ -1,27 +1,69 @@
-"""Hydra callback: at the end of a sweep, what finished, failed, diverged or was rejected.
+"""Hydra callback: a sweep's progress, and at its end what finished, failed, diverged or was rejected.
 
-A job that was rejected (bad setting, missing data) or failed leaves a note in its sweep folder;
-the report lists each with its message, and the sweep exits 1 when every job was.
+At the start of a sweep the number of its jobs is written to its sweep folder; each job logs
+"job i of n" when it starts and, when it ends, how many have ended and an ETA. A job that was
+rejected (bad setting, missing data) or failed leaves a note in its sweep folder; the final report
+lists each with its message, and the sweep exits 1 when every job was.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger("normexp")
 
 JOB_PROBLEM = "job_problem.json"
+SWEEP = "sweep.json"
+JOB_ENDED = "job_ended"
+
+
+def _job_count(config: DictConfig) -> int:
+    """How many jobs the basic sweeper makes of the preset's grid and the command line's overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
 
 
 class SweepReport(Callback):
-    """After `-m`, list the runs under results_root by status, each problem with its log, and the
-    jobs that were rejected or failed before any run was recorded."""
+    """Progress lines per job, and after `-m` the runs under results_root by status, each problem
+    with its log, and the jobs that were rejected or failed before any run was recorded."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from normexp import atomic
+
+        total = _job_count(config)
+        atomic.write_json(Path(config.hydra.sweep.dir) / SWEEP, {"jobs": total, "started": time.time()})
+        log.info("sweep of %d job(s); progress lines follow each job's start and end", total)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = _sweep(config)
+        if sweep is not None:
+            log.info("job %d of %d started (%s)", HydraConfig.get().job.num + 1, sweep["jobs"],
+                     " ".join(HydraConfig.get().overrides.task))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        sweep = _sweep(config)
+        if sweep is None:
+            return
+        output = Path(HydraConfig.get().runtime.output_dir)
+        (output / JOB_ENDED).touch()
+        ended = len(list(Path(config.hydra.sweep.dir).glob(f"*/{JOB_ENDED}")))
+        elapsed = time.time() - sweep["started"]
+        eta = elapsed / ended * (sweep["jobs"] - ended)
+        log.info("job %d of %d ended; %d of %d ended after %.0f min, ETA %.0f min (at the pace so far)",
+                 HydraConfig.get().job.num + 1, sweep["jobs"], ended, sweep["jobs"], elapsed / 60, eta / 60)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from normexp.record import read_json
@@ -44,3 +86,11 @@ class SweepReport(Callback):
         if problems and len(problems) >= len(jobs):
             log.error("no job of this sweep trained: all %d were rejected or failed", len(problems))
             sys.exit(1)
+
+
+def _sweep(config: DictConfig) -> dict | None:
+    """The sweep's job count and start time, or None outside a sweep."""
+    try:
+        return json.loads((Path(config.hydra.sweep.dir) / SWEEP).read_text())
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -10,7 +10,6 @@ digest: the data's identity, the same for two identical copies and for a touched
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -24,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from normexp import atomic
+from normexp import atomic, locks
 from normexp.config import PathsConfig
 
 log = logging.getLogger(__name__)
@@ -196,17 +195,14 @@ def _valid_cache(arrays: object) -> bool:
 @contextmanager
 def _building(cache: Path) -> Iterator[None]:
     """Hold the cache's build lock: one process decodes, the others wait for it, then load."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cache.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is building %s; waiting for it", cache)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    lock = cache.with_suffix(".lock")
+    with locks.exclusive(lock, wait=False) as free:
+        if free:
+            yield
+            return
+    log.info("another process is building %s; waiting for it", cache)
+    with locks.exclusive(lock, wait=True):
         yield
-    finally:
-        os.close(fd)
 
 
 def _read_cache(cache: Path) -> dict[str, object] | None:

@@ -1,0 +1,75 @@
+"""The budget study behind `claim`: accuracy of BN and GN at the smallest and the reference batch
+for each training budget, the gaps the verdict looks at, and the compute each budget cost.
+
+Usage: python scripts/budget_study.py results/budget   (writes table.md, table.csv, budget.png there)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from normexp import atomic  # noqa: E402
+from normexp.plots import colour  # noqa: E402
+from normexp.tables import load_runs  # noqa: E402
+
+
+def budget_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per budget (epochs of the training set): mean accuracy per norm x batch, the gaps,
+    and the compute minutes of that budget's runs."""
+    runs = runs.assign(images=runs["epochs"] * (runs["train_subset"].fillna(50_000)))
+    small, ref = min(runs["batch_size"]), max(runs["batch_size"])
+    wanted = pd.MultiIndex.from_product([["bn", "gn8"], [ref, small]])
+    acc = runs.pivot_table(index=["epochs", "images"], columns=["norm", "batch_size"],
+                           values="final_test_acc").reindex(columns=wanted)  # a budget still training: NaN
+    table = pd.DataFrame(index=acc.index)
+    for norm, batch in wanted:
+        table[f"{norm} {batch}"] = acc[(norm, batch)]
+    table[f"bn drop {ref}->{small}"] = acc[("bn", ref)] - acc[("bn", small)]
+    table[f"gn - bn at {small}"] = acc[("gn8", small)] - acc[("bn", small)]
+    table[f"bn - gn at {ref}"] = acc[("bn", ref)] - acc[("gn8", ref)]
+    table["compute min"] = runs.groupby(["epochs", "images"])["compute_seconds"].sum() / 60
+    return table.reset_index().round(2)
+
+
+def budget_figure(runs: pd.DataFrame, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for (norm, batch), rows in runs.sort_values("epochs").groupby(["norm", "batch_size"]):
+        images = rows["epochs"] * rows["train_subset"].fillna(50_000)
+        ax.plot(images / 1e3, rows["final_test_acc"], marker="o", color=colour(norm),
+                linestyle="-" if batch == runs["batch_size"].max() else "--", label=f"{norm}, {batch} per device")
+    ax.set_xlabel("training images per run (thousands)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title("Accuracy by training budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", type=Path)
+    args = parser.parse_args()
+    finished = load_runs(args.results_dir).finished
+    if finished.empty:
+        print(f"no finished runs under {args.results_dir}", file=sys.stderr)
+        return 1
+    table = budget_table(finished)
+    atomic.write_text(args.results_dir / "table.csv", table.to_csv(index=False))
+    atomic.write_text(args.results_dir / "table.md", table.to_markdown(index=False, floatfmt=".2f") + "\n")
+    budget_figure(finished, args.results_dir / "budget.png")
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

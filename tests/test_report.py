@@ -1,0 +1,32 @@
+"""report.html written by the analyze CLI: one self-contained page, no JavaScript."""
+
+import html
+import json
+
+from normexp.cli.analyze import main as analyze
+from normexp.report import REFERENCES
+from normexp.verdict import describe_verdict
+from tests.test_analysis import BN, HOLDS, write_run, write_sweep
+
+
+def test_report_holds_the_verdict_every_figure_and_the_excluded_runs(tmp_path):
+    write_sweep(tmp_path, **HOLDS)
+    write_run(tmp_path, {"name": "ln"}, 2, 0, [60.0, 70.0])
+    failed = write_run(tmp_path, BN, 8, 0, [60.0, 70.0], status="failed")
+    assert analyze([str(tmp_path), "--set", "alpha=0.01"]) == 0
+    page = (tmp_path / "report.html").read_text()
+    result = json.loads((tmp_path / "verdict.json").read_text())
+    assert html.escape(describe_verdict(result)) in page
+    figures = list((tmp_path / "figures").glob("*.png"))
+    assert len(figures) == 4 and page.count('<img src="data:image/png;base64,') == len(figures)
+    assert "<script" not in page.lower()
+    assert "<td>alpha</td>" in page and "<td>override</td>" in page  # each criterion's source
+    assert failed.name in page and "RuntimeError: boom" in page
+    assert all(source in page for source in REFERENCES) and "34.70" in page
+
+
+def test_report_without_finished_runs_lists_the_runs(tmp_path):
+    failed = write_run(tmp_path / "runs", BN, 2, 0, [40.0, 50.0], status="failed")
+    assert analyze([str(tmp_path)]) == 1
+    page = (tmp_path / "report.html").read_text()
+    assert "NO STATISTICS" in page and failed.name in page and "<img" not in page
