@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from normexp import atomic, record, runtime
+from normexp import atomic, record, runtime, trackers
 from normexp.config import ConfigError, seeds, step_batch, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
@@ -58,6 +58,7 @@ class Member:
     directory: Path
     log: logging.Logger
     model: nn.Module
+    tracker: trackers.Tracker
     checkpoint: Optional[dict[str, Any]] = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     loss_log: list[dict[str, Any]] = field(default_factory=list)
@@ -100,12 +101,13 @@ def train_run(cfg: DictConfig) -> list[dict[str, Any]]:
     or any step is trained.
     """
     validate(cfg)
+    trackers.require(cfg)
     if cfg.runtime.threads is not None:
         torch.set_num_threads(cfg.runtime.threads)
     runs = [member_config(cfg, seed) for seed in seeds(cfg)]
     models = [seeded_model(run) for run in runs]
     device = runtime.pick_device(cfg.runtime.device)
-    if len(models) > 1 and step_batch(cfg) <= _pack_limit(cfg, device):
+    if len(models) > 1 and step_batch(cfg) <= pack_limit(cfg, device):
         check_packable(models[0])
     check_writable(Path(cfg.paths.results_root).expanduser())
     data = load_data(cfg)
@@ -123,7 +125,9 @@ def train_run(cfg: DictConfig) -> list[dict[str, Any]]:
                 log.info("%s already done (%s); skipping it", directory.name, summary["status"])
                 summaries.append(summary)
                 continue
-            members.append(Member(run, directory, stack.enter_context(run_logger(directory)), model))
+            run_log = stack.enter_context(run_logger(directory))
+            tracker = stack.enter_context(trackers.open_run(run, directory, run_log))
+            members.append(Member(run, directory, run_log, model, tracker))
         if members:
             try:
                 _train(cfg, members, data, device)
@@ -147,9 +151,10 @@ def _start(member: Member, digest: str, device: torch.device) -> None:
         member.metrics, member.loss_log = state["metrics"], state["train_loss"]
         member.compute_seconds = state["compute_seconds"]
         member.log.info("resuming %s after epoch %d", member.directory.name, len(member.metrics))
+    member.tracker.start(member.metrics, member.loss_log)
 
 
-def _pack_limit(cfg: DictConfig, device: torch.device) -> int:
+def pack_limit(cfg: DictConfig, device: torch.device) -> int:
     """The most images per step at which seeds train packed: `runtime.pack_max_batch`, or where
     packing wins (results/bench): at every batch size on a GPU, up to 4 images per step on CPU."""
     if cfg.runtime.pack_max_batch is not None:
@@ -164,7 +169,7 @@ def _packs(cfg: DictConfig, members: list[Member], device: torch.device) -> list
     for member in members:
         by_start.setdefault(len(member.metrics), []).append(member)
     groups = [group for _, group in sorted(by_start.items())]
-    if step_batch(cfg) > _pack_limit(cfg, device):
+    if step_batch(cfg) > pack_limit(cfg, device):
         groups = [[member] for group in groups for member in group]
     return groups
 
@@ -212,7 +217,10 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                              cfg.runtime.progress)
         eval_start = time.perf_counter()
         due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
-        tested = evaluate_members(pack, [m.model for m in group], test) if due else [(None, None)] * pack.size
+        precise = cfg.norm.get("precise_bn_batches")  # over a fresh, seeded draw of the training set
+        tested = (evaluate_members(pack, [m.model for m in group], test,
+                                   (train, epochs + epoch, precise) if precise else None)
+                  if due else [(None, None)] * pack.size)
         eval_seconds = time.perf_counter() - eval_start
         active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
         for i, member in active:
@@ -239,9 +247,11 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
 
     for member in group:
         member.summary = atomic.finite(record.summary(
-            member.directory.name, member.metrics, member.diverged, member.compute_seconds, pack_size=pack.size,
+            member.directory.name, member.metrics, member.diverged, member.compute_seconds,
+            pack_size=member.metrics[-1]["pack_size"],
             lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source, **runtime.provenance(device)))
         record.write_summary(member.directory, member.summary)
+        member.tracker.finish(member.summary)
 
 
 def _fmt(value: Optional[float], pattern: str) -> str:
@@ -259,3 +269,4 @@ def _record_epoch(member: Member, row: dict[str, Any], tested: tuple[Optional[fl
         row["epoch"], epochs, row["train_loss"], row["train_acc"], _fmt(row["test_loss"], "{:.4f}"),
         _fmt(row["test_acc"], "{:.2f}%"), row["lr"], row["seconds"], row["images_per_s"])
     record.write_progress(member.directory, member.metrics, member.loss_log)
+    member.tracker.log_epoch(row, losses)

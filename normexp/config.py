@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 DATA_SOURCES = ("folder", "torchvision")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
-NOT_IDENTITY = ("runtime", "paths", "verdict", "hydra")  # groups that never change a run's numbers
+NOT_IDENTITY = ("runtime", "paths", "verdict", "logger", "hydra")  # groups that never change a run's numbers
 
 
 @dataclass
@@ -101,6 +101,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     verdict: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
     seed: Any = MISSING  # an integer, or a list of integers trained together as one packed model
 
 
@@ -132,7 +133,7 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("images_per"):
         OmegaConf.register_new_resolver("images_per", _images_per)
     if not OmegaConf.has_resolver("pid"):
-        OmegaConf.register_new_resolver("pid", os.getpid)
+        OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)  # cached like `now`: one per sweep
     if not OmegaConf.has_resolver("writable"):
         OmegaConf.register_new_resolver("writable", _writable)
 

@@ -1,18 +1,21 @@
 """Virtual devices: the GN paper's protocol of N images per GPU on several GPUs, on one device.
 
 A step trains on `devices x batch_size` images; BatchNorm normalizes each device's `batch_size`
-images with their own statistics, as unsynchronized per-GPU BN does. Batch-independent norms are
-unaffected. Running statistics: each device updates them from its own batch, and the model keeps
-the average of the devices' updates (their running estimates averaged). With every device's
-buffers being an unbiased running estimate, this has the same expectation as keeping one device's
-(what Caffe2/Detectron, the GN paper's code, and PyTorch DDP with `broadcast_buffers` evaluate
-with), with 1/devices of its variance. The state dict is plain BatchNorm2d's.
+images with their own statistics, as unsynchronized per-GPU BN does, and Batch Renormalization
+(normexp.layers.BatchRenorm2d) renormalizes them so too. Batch-independent norms are unaffected.
+Running statistics: each device updates them from its own batch, and the model keeps the average
+of the devices' updates (their running estimates averaged). With every device's buffers being an
+unbiased running estimate, this has the same expectation as keeping one device's (what
+Caffe2/Detectron, the GN paper's code, and PyTorch DDP with `broadcast_buffers` evaluate with),
+with 1/devices of its variance. The state dict is plain BatchNorm2d's (BatchRenorm2d's).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from normexp.layers import BatchRenorm2d, update_running_stats
 
 
 class PerDeviceBatchNorm2d(nn.BatchNorm2d):
@@ -38,27 +41,21 @@ class PerDeviceBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             shift = shift + self.bias.view(1, 1, c, 1, 1)
         if self.track_running_stats:
-            self._update_running(mean.detach().view(self.devices, c), var.detach().view(self.devices, c),
+            update_running_stats(self, mean.view(self.devices, c), var.view(self.devices, c),
                                  count=(n // self.devices) * h * w)
         return (chunks * scale + shift).reshape(n, c, h, w)
 
-    @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, count: int) -> None:
-        """Each device's running update, averaged (unbiased variance, as BatchNorm2d)."""
-        self.num_batches_tracked.add_(1)
-        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        unbiased = var * (count / max(1, count - 1))
-        self.running_mean.lerp_(mean.mean(0), momentum)
-        self.running_var.lerp_(unbiased.mean(0), momentum)
-
 
 def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
-    """Replace every BatchNorm2d in `model` (in place) by its per-device version; 1 = unchanged."""
+    """Replace every BatchNorm2d in `model` (in place) by its per-device version, and set every
+    BatchRenorm2d's `devices`; 1 = unchanged."""
     if devices == 1:
         return model
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
             setattr(model, name, PerDeviceBatchNorm2d(child, devices))
+        elif isinstance(child, BatchRenorm2d):
+            child.devices = devices
         else:
             split_batch_statistics(child, devices)
     return model

@@ -6,6 +6,7 @@ read every `log_every` steps, which is also where divergence (a non-finite loss)
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -18,7 +19,8 @@ from torch import nn
 from tqdm import tqdm
 
 from normexp.data import EvalBatches, TrainBatches
-from normexp.packing import Pack
+from normexp.packing import Pack, member_state
+from normexp.precise_bn import recompute_batchnorm_statistics
 
 
 @dataclass
@@ -101,13 +103,22 @@ def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
     return loss_sum.item() / batches.images, 100.0 * correct.item() / batches.images
 
 
-def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches) -> list[tuple[float, float]]:
+def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches,
+                     precise_bn: Optional[tuple[TrainBatches, int, int]] = None) -> list[tuple[float, float]]:
     """Each member's test loss and accuracy; packed members are evaluated one by one as single
-    models (large-batch inference runs faster ungrouped)."""
+    models (large-batch inference runs faster ungrouped). With `precise_bn` = (training batches,
+    epoch, steps), a copy of the model is evaluated whose BatchNorm statistics were recomputed over
+    that many training steps (the training model's running averages stay as they are)."""
+    model = pack.model
+    if precise_bn is not None:
+        train, epoch, steps = precise_bn
+        model = copy.deepcopy(pack.model)
+        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch)), min(steps, train.steps))
     if pack.size == 1:
-        return [evaluate(pack.model, batches)]
+        return [evaluate(model, batches)]
     results = []
-    for i, model in enumerate(members):
-        model.load_state_dict(pack.member_state(i))
-        results.append(evaluate(model, batches))
+    state = model.state_dict()
+    for i, member in enumerate(members):
+        member.load_state_dict(member_state(state, pack.size, i))
+        results.append(evaluate(member, batches))
     return results

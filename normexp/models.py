@@ -1,4 +1,8 @@
-"""The CIFAR ResNet of He et al. (2016), depth 6n+2, with an injected norm layer factory."""
+"""The CIFAR ResNet of He et al. (2016), depth 6n+2, with an injected norm layer factory.
+
+A norm whose layer includes its activation (`includes_activation`, e.g. FRN's TLU) gets no ReLU
+right after it; a `WeightStandardized` factory has every convolution's weight standardized.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,13 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from normexp.norms import NormFactory, build_norm
+from normexp.layers import standardize_conv_weights
+from normexp.norms import NormFactory, WeightStandardized, build_norm
+
+
+def activation_after(norm: nn.Module) -> nn.Module:
+    """The ReLU that follows `norm`, or Identity if `norm` applies its own nonlinearity."""
+    return nn.Identity() if getattr(norm, "includes_activation", False) else nn.ReLU(inplace=True)
 
 
 class BasicBlock(nn.Module):
@@ -16,6 +26,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.norm1 = norm_layer(planes)
+        self.act1 = activation_after(self.norm1)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.norm2 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -26,7 +37,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
@@ -45,9 +56,9 @@ class CifarResNet(nn.Module):
         super().__init__()
         blocks_per_stage = (depth - 2) // 6
         widths = [base_width, 2 * base_width, 4 * base_width]
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, padding=1, bias=False), norm_layer(widths[0]), nn.ReLU(inplace=True)
-        )
+        stem_norm = norm_layer(widths[0])
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), stem_norm,
+                                  activation_after(stem_norm))
         stages: list[nn.Module] = []
         in_planes = widths[0]
         for index, planes in enumerate(widths):
@@ -61,6 +72,8 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
         self._init_weights(zero_init_residual)
+        if isinstance(norm_layer, WeightStandardized):
+            standardize_conv_weights(self)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():

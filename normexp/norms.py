@@ -3,17 +3,21 @@
 A norm is a function registered under a name; its keyword arguments are the fields of its YAML
 in `conf/norm/`. It returns a factory `channels -> nn.Module` that the model calls once per norm
 layer (torchvision's `norm_layer` style). To add a norm, write one such function here and one
-YAML file `conf/norm/<name>.yaml` with `name: <name>` and its arguments.
+YAML file `conf/norm/<name>.yaml` with `name: <name>` and its arguments. A `WeightStandardized`
+factory also has the model standardize its convolutions' weights; a layer with a true
+`includes_activation` (normexp.layers) takes the place of the norm and of the ReLU after it.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
 from normexp.config import ConfigError
+from normexp.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d
 
 NormFactory = Callable[[int], nn.Module]
 NormBuilder = Callable[..., NormFactory]
@@ -35,32 +39,60 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _group_norm(channels: int, groups: int, setting: str) -> nn.GroupNorm:
+def _check_groups(channels: int, groups: int, setting: str) -> None:
     if channels % groups:
         raise ConfigError(
             f"{setting} does not fit a layer with {channels} channels: the group count must divide "
             f"{channels}; valid group counts for this width: {', '.join(map(str, divisors(channels)))}"
         )
+
+
+def _check_group_count(groups: Any) -> None:
+    if not isinstance(groups, int) or groups < 1:
+        raise ConfigError(f"norm.groups={groups!r} is invalid: must be an integer >= 1")
+
+
+def _group_norm(channels: int, groups: int, setting: str) -> nn.GroupNorm:
+    _check_groups(channels, groups, setting)
     return nn.GroupNorm(groups, channels)
 
 
+@dataclass(frozen=True)
+class WeightStandardized:
+    """A norm factory, called as the one it wraps, whose model also standardizes the weights of its
+    convolutions (Weight Standardization, Qiao et al. 2019): WS belongs to the convs the model builds."""
+
+    factory: NormFactory
+
+    def __call__(self, channels: int) -> nn.Module:
+        return self.factory(channels)
+
+
 @register_norm("bn")
-def batch_norm(momentum: float = 0.1) -> NormFactory:
-    """BatchNorm2d: statistics of the current batch in training, running averages in eval."""
+def batch_norm(momentum: float = 0.1, precise_bn_batches: Optional[int] = None) -> NormFactory:
+    """BatchNorm2d: statistics of the current batch in training, running averages in eval. With
+    `precise_bn_batches`, evaluation uses statistics recomputed over that many training steps
+    instead of the running averages (precise BN; the conductor does it, normexp/precise_bn.py)."""
+    if precise_bn_batches is not None and (not isinstance(precise_bn_batches, int) or precise_bn_batches < 1):
+        raise ConfigError(f"norm.precise_bn_batches={precise_bn_batches!r} is invalid: must be null (off) or an "
+                          f"integer >= 1")
     return lambda channels: nn.BatchNorm2d(channels, momentum=momentum)
 
 
 @register_norm("gn")
 def group_norm(groups: Optional[int] = None, channels_per_group: Optional[int] = None) -> NormFactory:
     """GroupNorm with a fixed group count G, or a fixed number of channels per group (GN Table 3)."""
+    return _group_norm_factory("gn", groups, channels_per_group)
+
+
+def _group_norm_factory(name: str, groups: Optional[int], channels_per_group: Optional[int]) -> NormFactory:
     if (groups is None) == (channels_per_group is None):
         raise ConfigError(
-            f"norm=gn needs exactly one of norm.groups or norm.channels_per_group "
+            f"norm={name} needs exactly one of norm.groups or norm.channels_per_group "
             f"(got groups={groups}, channels_per_group={channels_per_group})"
         )
     if groups is not None:
-        if not isinstance(groups, int) or groups < 1:
-            raise ConfigError(f"norm.groups={groups!r} is invalid: must be an integer >= 1")
+        _check_group_count(groups)
         return lambda channels: _group_norm(channels, groups, f"norm.groups={groups}")
     if not isinstance(channels_per_group, int) or channels_per_group < 1:
         raise ConfigError(f"norm.channels_per_group={channels_per_group!r} is invalid: must be an integer >= 1")
@@ -72,6 +104,51 @@ def group_norm(groups: Optional[int] = None, channels_per_group: Optional[int] =
                 f"channels; valid values for this width: {', '.join(map(str, divisors(channels)))}"
             )
         return nn.GroupNorm(channels // channels_per_group, channels)
+
+    return make
+
+
+@register_norm("bn_ws")
+def batch_norm_ws(momentum: float = 0.1) -> NormFactory:
+    """BatchNorm2d after weight-standardized convolutions (Qiao et al. 2019)."""
+    return WeightStandardized(batch_norm(momentum))
+
+
+@register_norm("gn_ws")
+def group_norm_ws(groups: Optional[int] = None, channels_per_group: Optional[int] = None) -> NormFactory:
+    """GroupNorm (settings as norm=gn) after weight-standardized convolutions (Qiao et al. 2019)."""
+    return WeightStandardized(_group_norm_factory("gn_ws", groups, channels_per_group))
+
+
+@register_norm("brn")
+def batch_renorm(momentum: float = 0.1, rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 5000) -> NormFactory:
+    """Batch Renormalization (Ioffe 2017); r_max ramps 1 -> rmax, d_max 0 -> dmax over warmup_steps steps."""
+    if not isinstance(rmax, (int, float)) or rmax < 1:
+        raise ConfigError(f"norm.rmax={rmax!r} is invalid: must be a number >= 1")
+    if not isinstance(dmax, (int, float)) or dmax < 0:
+        raise ConfigError(f"norm.dmax={dmax!r} is invalid: must be a number >= 0")
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ConfigError(f"norm.warmup_steps={warmup_steps!r} is invalid: must be an integer >= 0")
+    return lambda channels: BatchRenorm2d(channels, momentum=momentum, rmax=float(rmax), dmax=float(dmax),
+                                          warmup_steps=warmup_steps)
+
+
+@register_norm("frn")
+def filter_response_norm(eps: float = 1e-6) -> NormFactory:
+    """Filter Response Normalization with its TLU (Singh & Krishnan 2019), in place of norm + ReLU."""
+    if not isinstance(eps, (int, float)) or eps <= 0:
+        raise ConfigError(f"norm.eps={eps!r} is invalid: must be a number > 0")
+    return lambda channels: FilterResponseNorm2d(channels, eps=float(eps))
+
+
+@register_norm("evonorm")
+def evonorm_s0(groups: int = 8) -> NormFactory:
+    """EvoNorm-S0 (Liu et al. 2020) with `groups` groups for its group std, in place of norm + ReLU."""
+    _check_group_count(groups)
+
+    def make(channels: int) -> nn.Module:
+        _check_groups(channels, groups, f"norm.groups={groups}")
+        return EvoNormS02d(channels, groups)
 
     return make
 

@@ -1,12 +1,14 @@
 """Train several runs that differ only in their seed as one grouped model ("packing").
 
 Each run (a member) keeps its own parameters, norm statistics and data order. Convolutions become
-grouped convolutions with one group block per member, BatchNorm gets one set of channels per
-member (its statistics are per channel, so per member), GroupNorm one set of groups per member,
-and the classifier one weight block per member. Members never mix: the packed model computes what
-the members compute alone, in one call per layer instead of K, which is what makes small batches
-fast. Every packed tensor is the members' tensors concatenated along dimension 0, so packed state
-converts to and from ordinary single-run state dicts (checkpoints keep the single-run format).
+grouped convolutions with one group block per member, BatchNorm gets one set of channels per member
+(its statistics are per channel, so per member), GroupNorm one set of groups per member, and the
+classifier one weight block per member; Batch Renorm, FRN and EvoNorm (normexp.layers) are widened
+like BatchNorm2d and GroupNorm, and Weight Standardization standardizes each output filter, so each
+member's filters alone. Members never mix: the packed model computes what the members compute alone,
+in one call per layer instead of K, which is what makes small batches fast. Every packed tensor is
+the members' tensors concatenated along dimension 0, so packed state converts to and from ordinary
+single-run state dicts (checkpoints keep the single-run format).
 
 This module owns the members' layout everywhere: inputs side by side in the channel dimension
 (`join_inputs`), logits member-major in the feature dimension (`Pack.losses`), state and optimizer
@@ -21,13 +23,17 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from normexp.config import ConfigError
+from normexp.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization
 from normexp.models import BasicBlock, CifarResNet
 
 # Modules without their own weights whose forward acts on each channel separately (or only routes
 # tensors between such modules), so that they work unchanged on packed channels.
 CHANNEL_LOCAL = (nn.Sequential, nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d, BasicBlock, CifarResNet)
+# Parametrizations that act on each output row of a weight alone (so on each member's rows alone).
+ROW_LOCAL_PARAMETRIZATIONS = (WeightStandardization,)
 
 
 class PackingError(ConfigError):
@@ -53,13 +59,20 @@ class PackedLinear(nn.Module):
 
 def _widened(module: nn.Module, k: int) -> nn.Module:
     """A K-member version of one layer (fresh weights: `pack` loads the members' state)."""
+    if parametrize.is_parametrized(module):
+        return _widened_parametrized(module, k)
     if type(module) is nn.Conv2d:
-        return nn.Conv2d(module.in_channels * k, module.out_channels * k, module.kernel_size, module.stride,
-                         module.padding, module.dilation, module.groups * k, module.bias is not None,
-                         module.padding_mode)
+        return _widened_conv(module, k)
     if type(module) is nn.BatchNorm2d:
         return nn.BatchNorm2d(module.num_features * k, module.eps, module.momentum, module.affine,
                               module.track_running_stats)
+    if type(module) is BatchRenorm2d:
+        return BatchRenorm2d(module.num_features * k, module.eps, module.momentum, module.rmax, module.dmax,
+                             module.warmup_steps, module.devices)
+    if type(module) is FilterResponseNorm2d:
+        return FilterResponseNorm2d(module.num_features * k, module.eps)
+    if type(module) is EvoNormS02d:
+        return EvoNormS02d(module.num_features * k, module.groups * k, module.eps)
     if type(module) is nn.GroupNorm:
         return nn.GroupNorm(module.num_groups * k, module.num_channels * k, module.eps, module.affine)
     if type(module) is nn.Linear:
@@ -69,9 +82,35 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
             setattr(module, name, _widened(child, k))
         return module
     raise PackingError(
-        f"cannot pack a {type(module).__name__} layer (packing knows Conv2d, BatchNorm2d, GroupNorm, Linear "
-        f"and {', '.join(t.__name__ for t in CHANNEL_LOCAL)}); train one seed per job (seed=<int>)"
+        f"cannot pack a {type(module).__name__} layer (packing knows Conv2d, BatchNorm2d, GroupNorm, Linear, "
+        f"BatchRenorm2d, FilterResponseNorm2d, EvoNormS02d and {', '.join(t.__name__ for t in CHANNEL_LOCAL)}); "
+        f"train one seed per job (seed=<int>)"
     )
+
+
+def _widened_conv(module: nn.Conv2d, k: int) -> nn.Conv2d:
+    return nn.Conv2d(module.in_channels * k, module.out_channels * k, module.kernel_size, module.stride,
+                     module.padding, module.dilation, module.groups * k, module.bias is not None,
+                     module.padding_mode)
+
+
+def _widened_parametrized(module: nn.Module, k: int) -> nn.Module:
+    """A parametrized Conv2d widened with the same parametrizations, if each acts on each output
+    row of its tensor alone (as each member's rows then stay apart)."""
+    base = type(module).__bases__[0]  # parametrize makes the class Parametrized<base>(base)
+    for name, chain in module.parametrizations.items():
+        for p in chain:
+            if base is not nn.Conv2d or not isinstance(p, ROW_LOCAL_PARAMETRIZATIONS):
+                raise PackingError(
+                    f"cannot pack a {base.__name__} layer with a {type(p).__name__} parametrization of its {name} "
+                    f"(packing knows Conv2d with {', '.join(t.__name__ for t in ROW_LOCAL_PARAMETRIZATIONS)}); "
+                    f"train one seed per job (seed=<int>)"
+                )
+    widened = _widened_conv(module, k)
+    for name, chain in module.parametrizations.items():
+        for p in chain:
+            parametrize.register_parametrization(widened, name, p)
+    return widened
 
 
 def check_packable(model: nn.Module) -> None:

@@ -37,13 +37,18 @@ FINISHED, DIVERGED, FAILED, RUNNING, UNFINISHED = "finished", "diverged", "faile
 
 
 def norm_tag(spec: Mapping[str, Any]) -> str:
-    """A short readable label for a norm config, e.g. `bn`, `gn8`, `gn-cpg16`."""
+    """A short readable label for a norm config, e.g. `bn`, `gn8`, `gn-cpg16`, `gn8-ws`, `evonorm8`
+    (no underscores: run folder names split on them)."""
     name = spec["name"]
-    if name == "gn":
-        if spec.get("groups") is not None:
-            return f"gn{spec['groups']}"
-        return f"gn-cpg{spec['channels_per_group']}"
-    return str(name)
+    if name in ("gn", "gn_ws"):
+        groups = spec.get("groups")
+        tag = f"gn{groups}" if groups is not None else f"gn-cpg{spec['channels_per_group']}"
+        return tag + ("-ws" if name == "gn_ws" else "")
+    if name == "evonorm":
+        return f"evonorm{spec['groups']}"
+    if spec.get("precise_bn_batches") is not None:
+        return f"{name}-pbn"
+    return str(name).replace("_", "-")
 
 
 def _without_nulls(value: Any) -> Any:

@@ -52,7 +52,7 @@ def default_threads(parallel_jobs: Optional[int], running_jobs: int) -> int:
     """Torch threads per job so that the jobs on this machine share its cores without
     oversubscribing them (OpenMP threads that outnumber cores spin and slow every job ~40x):
     cores / (parallel jobs of this launcher, or normexp jobs running now), at least 1."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use (a SLURM allocation, not the node)
     jobs = cores if parallel_jobs is not None and parallel_jobs < 0 else (parallel_jobs or 1)
     return max(1, cores // max(jobs, running_jobs))
 

@@ -213,3 +213,18 @@ def test_channels_last_trains_to_the_same_numbers(make_cfg, tmp_path):
     (nhwc,), (nchw,) = (train_run(cfg) for cfg in runs)
     assert nhwc["final_train_loss"] == pytest.approx(nchw["final_train_loss"], rel=1e-4)
     assert nhwc["final_test_loss"] == pytest.approx(nchw["final_test_loss"], rel=1e-4)
+
+
+def test_precise_bn_changes_only_the_evaluation(make_cfg):
+    plain = make_cfg("norm=bn", "trainer.epochs=2")
+    precise = make_cfg("norm=bn_precise", "norm.precise_bn_batches=5", "trainer.epochs=2")
+    train_run(plain)
+    train_run(precise)
+    assert run_dir(precise).name.startswith("bn-pbn_b8_s0_")
+    ours, theirs = record_numbers(run_dir(precise)), record_numbers(run_dir(plain))
+    assert [m["train_loss"] for m in ours] == [m["train_loss"] for m in theirs]  # the same training
+    assert [m["test_loss"] for m in ours] != [m["test_loss"] for m in theirs]  # other test-time statistics
+    checkpoint = torch.load(run_dir(precise) / record.CHECKPOINT, weights_only=False)
+    reference = torch.load(run_dir(plain) / record.CHECKPOINT, weights_only=False)
+    for key, value in reference["model"].items():  # the trained model's running averages are untouched
+        torch.testing.assert_close(checkpoint["model"][key], value)

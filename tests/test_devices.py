@@ -1,5 +1,7 @@
 """The per-device protocol: BN statistics per virtual device, everything else unchanged."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -77,3 +79,20 @@ def test_a_packed_model_on_devices_computes_each_member_as_alone_on_devices():
     out = packed(join_inputs(xs)).view(8, 2, -1)
     for i, (member, x) in enumerate(zip(members, xs)):
         torch.testing.assert_close(out[:, i], member(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_a_whole_model_on_8_devices_equals_8_separate_passes_gradients_included(layout):
+    torch.manual_seed(0)
+    model = build_model({**MODEL, "base_width": 16}, {"name": "bn"})
+    per_device = split_batch_statistics(copy.deepcopy(model), 8).to(memory_format=layout)
+    model = model.to(memory_format=layout)
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (16,))
+    out_ref = torch.cat([model(chunk) for chunk in x.chunk(8)])
+    torch.nn.functional.cross_entropy(out_ref, y).backward()
+    out = per_device(x)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-4)
+    for (name, p_ref), p in zip(model.named_parameters(), per_device.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=name)

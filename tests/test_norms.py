@@ -1,9 +1,12 @@
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
+from normexp.cli.train import CONF_DIR
 from normexp.config import ConfigError
-from normexp.models import CifarResNet
+from normexp.models import CifarResNet, build_model
 from normexp.norms import NORMS, build_norm
 from normexp.record import norm_tag
 
@@ -54,6 +57,9 @@ def test_bn_in_train_mode_normalizes_with_batch_statistics():
         ({"name": "gn", "groups": 32}, "16 channels"),
         ({"name": "gn", "groups": 3}, "1, 2, 4, 8, 16"),
         ({"name": "gn", "channels_per_group": 3}, "norm.channels_per_group=3"),
+        ({"name": "gn_ws", "groups": 3}, "1, 2, 4, 8, 16"),
+        ({"name": "evonorm", "groups": 32}, "norm.groups=32 does not fit a layer with 16 channels"),
+        ({"name": "evonorm", "groups": 3}, "valid group counts for this width: 1, 2, 4, 8, 16"),
     ],
 )
 def test_group_setting_that_does_not_fit_a_layer_is_rejected_at_build(spec, message):
@@ -68,7 +74,13 @@ def test_group_setting_that_does_not_fit_a_layer_is_rejected_at_build(spec, mess
         ({"name": "gn"}, "exactly one of"),
         ({"name": "gn", "groups": 0}, "norm.groups=0"),
         ({"name": "bn", "groups": 8}, "norm.groups is not a setting of norm=bn"),
-        ({"name": "batchnorm"}, "registered norms: bn, gn, in, ln, none"),
+        ({"name": "batchnorm"}, "registered norms: bn, bn_ws, brn, evonorm, frn, gn, gn_ws, in, ln, none"),
+        ({"name": "gn_ws"}, "norm=gn_ws needs exactly one of"),
+        ({"name": "evonorm", "groups": 0}, "norm.groups=0"),
+        ({"name": "brn", "rmax": 0.5}, "norm.rmax=0.5 is invalid"),
+        ({"name": "brn", "dmax": -1}, "norm.dmax=-1 is invalid"),
+        ({"name": "brn", "warmup_steps": 1.5}, "norm.warmup_steps=1.5 is invalid"),
+        ({"name": "frn", "eps": 0}, "norm.eps=0 is invalid"),
     ],
 )
 def test_bad_norm_config_names_the_field(spec, message):
@@ -79,17 +91,39 @@ def test_bad_norm_config_names_the_field(spec, message):
 def test_every_registered_norm_builds_a_model_that_runs():
     x = torch.randn(2, 3, 32, 32)
     for name in NORMS:
-        spec = {"name": name, "groups": 4} if name == "gn" else {"name": name}
+        spec = {"name": name, "groups": 4} if name in ("gn", "gn_ws") else {"name": name}
         model = CifarResNet(build_norm(spec), depth=8, base_width=8, num_classes=10, zero_init_residual=True)
         assert model(x).shape == (2, 10), name
 
 
-def test_zero_init_residual_zeros_last_norm_scale_of_each_block():
-    model = CifarResNet(build_norm({"name": "bn"}), depth=14, base_width=8, num_classes=10, zero_init_residual=True)
+@pytest.mark.parametrize("name", ["bn", "brn", "bn_ws", "frn", "evonorm"])
+def test_zero_init_residual_zeros_last_norm_scale_of_each_block(name):
+    model = CifarResNet(build_norm({"name": name}), depth=14, base_width=8, num_classes=10, zero_init_residual=True)
     blocks = [m for m in model.modules() if m.__class__.__name__ == "BasicBlock"]
     assert len(blocks) == 6
     assert all(float(b.norm2.weight.detach().abs().sum()) == 0 for b in blocks)
     assert all(float(b.norm1.weight.detach().min()) == 1 for b in blocks)
+    norms = [b.norm1 for b in blocks] + [b.norm2 for b in blocks]
+    assert all(float(n.bias.detach().abs().sum()) == 0 for n in norms)
+    assert all(float(n.tau.detach().abs().sum()) == 0 for n in norms if hasattr(n, "tau"))  # TLU = ReLU at init
+    assert all(float(n.v.detach().min()) == 1 == float(n.v.detach().max()) for n in norms if hasattr(n, "v"))
+
+
+@pytest.mark.parametrize("name, relu", [("bn", True), ("brn", True), ("gn_ws", True), ("frn", False), ("evonorm", False)])
+def test_a_norm_with_its_own_activation_gets_no_relu_after_it(name, relu):
+    spec = {"name": name, "groups": 4} if name == "gn_ws" else {"name": name}
+    model = CifarResNet(build_norm(spec), depth=8, base_width=8, num_classes=10, zero_init_residual=True)
+    after_norms = [model.stem[2]] + [m.act1 for m in model.modules() if m.__class__.__name__ == "BasicBlock"]
+    assert all(isinstance(a, nn.ReLU) == relu and isinstance(a, nn.Identity) != relu for a in after_norms)
+    assert all(isinstance(m.relu, nn.ReLU) for m in model.modules() if m.__class__.__name__ == "BasicBlock")
+
+
+@pytest.mark.parametrize("yaml", sorted((CONF_DIR / "norm").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_norm_yaml_builds_a_model_that_runs(yaml):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"norm={yaml.stem}"])
+    model = build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, cfg.model.num_classes)
 
 
 def test_norm_tags():

@@ -84,7 +84,7 @@ def test_launchers_compose():
 
 
 def test_threads_split_the_cores_between_jobs():
-    cores = os.cpu_count()
+    cores = len(os.sched_getaffinity(0))
     assert default_threads(None, running_jobs=1) == cores
     assert default_threads(-1, running_jobs=1) == 1
     assert default_threads(1, running_jobs=1) == cores

@@ -1,0 +1,171 @@
+"""Layers for the small-batch fixes the registry offers (normexp.norms).
+
+BatchRenorm2d (Ioffe 2017) corrects each batch's statistics towards the running ones;
+WeightStandardization (Qiao et al. 2019) standardizes each convolution filter;
+FilterResponseNorm2d (Singh & Krishnan 2019) and EvoNormS02d (Liu et al. 2020) normalize each
+sample alone and carry their own nonlinearity (`includes_activation`: the model puts no ReLU
+directly after them). Every layer keeps per-channel tensors of shape (C,), so packing
+(normexp.packing) concatenates members' state along dimension 0 like BatchNorm2d's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+
+@torch.no_grad()
+def update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
+    """BatchNorm2d's running update from D devices' batch statistics `mean`, `var` (D, C), each
+    device's biased variance over `count` values; the devices' updates are averaged."""
+    bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    unbiased = var * (count / max(1, count - 1))
+    bn.running_mean.lerp_(mean.mean(0), momentum)
+    bn.running_var.lerp_(unbiased.mean(0), momentum)
+
+
+def renorm_limits(step: Tensor, rmax: float, dmax: float, warmup_steps: int) -> tuple[Tensor, Tensor]:
+    """Batch Renormalization's r_max and d_max after `step` steps: linear from (1, 0) to (rmax, dmax)
+    over `warmup_steps` steps, then constant (tensors: no host sync under torch.compile)."""
+    steps = step.float()
+    progress = (steps / warmup_steps).clamp(max=1.0) if warmup_steps else torch.ones_like(steps)
+    return 1.0 + (rmax - 1.0) * progress, dmax * progress
+
+
+@torch.library.custom_op("normexp::renorm_correction", mutates_args=())
+def renorm_correction(mean: Tensor, std: Tensor, running_mean: Tensor, running_var: Tensor, step: Tensor,
+                      rmax: float, dmax: float, warmup_steps: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Batch Renormalization's r and d for batch statistics `mean`, `std` (..., C, 1, 1).
+
+    An opaque op, so that torch.compile saves r and d for the backward: the min-cut partitioner
+    would otherwise recompute them there from the running statistics and step counter, which the
+    forward has updated in place by then, and the gradients would be wrong (pytorch/pytorch#197039).
+    """
+    r_max, d_max = renorm_limits(step, rmax, dmax, warmup_steps)
+    running_std = torch.sqrt(running_var + eps).view(-1, 1, 1)
+    r = torch.clamp(std / running_std, 1.0 / r_max, r_max)
+    d = torch.clamp((mean - running_mean.view(-1, 1, 1)) / running_std, -d_max, d_max)
+    return r, d
+
+
+@renorm_correction.register_fake
+def _(mean: Tensor, std: Tensor, *args: object) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(std), torch.empty_like(mean)
+
+
+class BatchRenorm2d(nn.BatchNorm2d):
+    """Batch Renormalization (Ioffe 2017): in training y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
+    with r = clip(sigma_B / sigma, 1/r_max, r_max) and d = clip((mu_B - mu) / sigma, -d_max, d_max)
+    held constant in backprop (mu, sigma: the running statistics, updated as BatchNorm2d's); eval as
+    BatchNorm2d. r_max ramps linearly from 1 to `rmax` and d_max from 0 to `dmax` over the first
+    `warmup_steps` training forwards, counted by `num_batches_tracked` (step 0 is plain BN).
+    Deviations from the paper: one ramp for both limits, from step 0 (the paper holds plain BN for
+    5k steps, then relaxes r_max over 40k and d_max over 25k), and sigma = sqrt(running_var + eps)
+    with BatchNorm2d's variance update (the paper averages sigma itself).
+
+    With `devices` > 1 the batch is that many consecutive chunks, each renormalized with its own
+    statistics (the per-device protocol, normexp.devices); the running update is their average.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rmax: float = 3.0,
+                 dmax: float = 5.0, warmup_steps: int = 5000, devices: int = 1) -> None:
+        super().__init__(num_features, eps, momentum)
+        self.rmax, self.dmax, self.warmup_steps, self.devices = rmax, dmax, warmup_steps, devices
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, warmup_steps={self.warmup_steps}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % self.devices:
+            raise ValueError(f"a batch of {n} images does not split into {self.devices} devices")
+        chunks = x.view(self.devices, n // self.devices, c, h, w)
+        var, mean = torch.var_mean(chunks, dim=(1, 3, 4), correction=0, keepdim=True)
+        std = torch.sqrt(var + self.eps)
+        r, d = renorm_correction(mean.detach(), std.detach(), self.running_mean, self.running_var,
+                                 self.num_batches_tracked, self.rmax, self.dmax, self.warmup_steps, self.eps)
+        update_running_stats(self, mean.view(self.devices, c), var.view(self.devices, c),
+                             count=(n // self.devices) * h * w)
+        scale = r / std * self.weight.view(1, 1, c, 1, 1)
+        shift = (d - mean * r / std) * self.weight.view(1, 1, c, 1, 1) + self.bias.view(1, 1, c, 1, 1)
+        return (chunks * scale + shift).reshape(n, c, h, w)
+
+
+class WeightStandardization(nn.Module):
+    """Weight Standardization (Qiao et al. 2019) as a parametrization of a conv weight (O, I/g, kh, kw):
+    each output filter minus its mean, over its standard deviation (biased, eps inside the root)."""
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, weight: Tensor) -> Tensor:
+        var, mean = torch.var_mean(weight, dim=(1, 2, 3), correction=0, keepdim=True)
+        return (weight - mean) * torch.rsqrt(var + self.eps)
+
+
+def standardize_conv_weights(model: nn.Module) -> nn.Module:
+    """Register WeightStandardization on every Conv2d's weight of `model` (in place)."""
+    for module in list(model.modules()):
+        if isinstance(module, nn.Conv2d):
+            parametrize.register_parametrization(module, "weight", WeightStandardization())
+    return model
+
+
+class FilterResponseNorm2d(nn.Module):
+    """FRN with TLU (Singh & Krishnan 2019): z = max(gamma * x / sqrt(nu2 + eps) + beta, tau), with
+    nu2 the mean of x^2 over (H, W) of each sample and channel; per-channel gamma, beta, tau.
+
+    The TLU is the layer's activation: the model applies no ReLU right after it (a ReLU there would
+    make it max(y, max(tau, 0)), and tau, starting at 0, would get no gradient). The TLU applies at
+    every norm, also at the last one of a block and the shortcut's, before the residual addition
+    (whose ReLU the model keeps); some implementations (timm's apply_act=False) skip it there.
+    """
+
+    includes_activation = True
+
+    def __init__(self, num_features: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.tau = nn.Parameter(torch.zeros(num_features))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        nu2 = x.square().mean(dim=(2, 3), keepdim=True)
+        y = x * torch.rsqrt(nu2 + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return torch.maximum(y, self.tau.view(1, -1, 1, 1))
+
+
+class EvoNormS02d(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020): y = x * sigmoid(v * x) / group_std(x) * gamma + beta, group_std the
+    standard deviation over each sample's group of C/groups channels x H x W (biased, eps inside the
+    root); per-channel v, gamma, beta. Batch-independent. The sigmoid gate is its activation: as for
+    FilterResponseNorm2d, the model applies no ReLU right after it, and the gate applies at every
+    norm, also before the residual addition.
+    """
+
+    includes_activation = True
+
+    def __init__(self, num_features: int, groups: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features, self.groups, self.eps = num_features, groups, eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.v = nn.Parameter(torch.ones(num_features))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, groups={self.groups}, eps={self.eps}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        grouped = x.unflatten(1, (self.groups, -1))
+        std = torch.sqrt(torch.var(grouped, dim=(2, 3, 4), correction=0, keepdim=True) + self.eps)
+        gated = (x * torch.sigmoid(self.v.view(1, -1, 1, 1) * x)).unflatten(1, (self.groups, -1)) / std
+        return gated.flatten(1, 2) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
