@@ -8,6 +8,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -39,6 +40,27 @@ def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None
     with monkeypatch.context() as patch:
         patch.setattr(conductor, "train_epoch", interrupted)
         yield
+
+
+def assert_packed_equals_members(models: list, mode: str) -> None:
+    """Three models packed as one compute each member exactly as it computes alone, and the packed
+    state splits back into each member's own state (norm statistics included)."""
+    from normexp import packing
+
+    packed = packing.pack(models)
+    inputs = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
+    for model in (*models, packed):
+        model.train(mode == "train")
+    out = packed(packing.join_inputs(inputs)).view(4, 3, 10)
+    for k, (model, x) in enumerate(zip(models, inputs)):
+        torch.testing.assert_close(out[:, k], model(x), rtol=1e-4, atol=1e-5)
+    state = packed.state_dict()
+    for k, model in enumerate(models):
+        alone = model.state_dict()
+        member = packing.member_state(state, 3, k)
+        assert member.keys() == alone.keys()
+        for key in alone:
+            torch.testing.assert_close(member[key], alone[key], rtol=1e-5, atol=1e-6)
 
 
 def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4, seed: int = 0) -> Path:

@@ -10,6 +10,7 @@ from normexp import packing
 from normexp.devices import split_batch_statistics
 from normexp.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization, renorm_limits
 from normexp.models import build_model
+from tests.conftest import assert_packed_equals_members
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": True}
 NEW_NORMS = [{"name": "brn"}, {"name": "bn_ws"}, {"name": "gn_ws", "groups": 4}, {"name": "frn"},
@@ -198,21 +199,7 @@ def _members(spec: dict, seeds=(0, 1, 2)) -> list[nn.Module]:
 @pytest.mark.parametrize("spec", NEW_NORMS, ids=lambda s: s["name"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_packed_new_norms_compute_each_member_exactly_as_alone(spec, mode):
-    models = _members(spec)
-    packed = packing.pack(models)
-    inputs = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
-    for model in (*models, packed):
-        model.train(mode == "train")
-    out = packed(packing.join_inputs(inputs)).view(4, 3, 10)
-    for k, (model, x) in enumerate(zip(models, inputs)):
-        torch.testing.assert_close(out[:, k], model(x), rtol=1e-4, atol=1e-5)
-    state = packed.state_dict()
-    for k, model in enumerate(models):
-        alone = model.state_dict()
-        member = packing.member_state(state, 3, k)
-        assert member.keys() == alone.keys()
-        for key in alone:
-            torch.testing.assert_close(member[key], alone[key], rtol=1e-5, atol=1e-6)
+    assert_packed_equals_members(_members(spec), mode)
 
 
 def test_packed_batch_renorm_on_devices_computes_each_member_as_alone_on_devices():

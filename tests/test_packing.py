@@ -11,7 +11,7 @@ from normexp.config import ConfigError
 from normexp.models import CifarResNet
 from normexp.norms import NORMS, build_norm, register_norm
 from normexp.conductor import train_run
-from tests.conftest import interrupted_at, record_numbers, run_dir
+from tests.conftest import assert_packed_equals_members, interrupted_at, record_numbers, run_dir
 
 PACK = "runtime.pack_max_batch=8"  # make_cfg's batch size is 8
 NORM_SPECS = [{"name": "bn"}, {"name": "gn", "groups": 4}, {"name": "gn", "channels_per_group": 2},
@@ -36,22 +36,7 @@ def _models(spec: dict, seeds=(0, 1, 2)) -> list[nn.Module]:
 @pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: "-".join(map(str, s.values())))
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_packed_model_computes_each_member_exactly_as_alone(spec, mode):
-    models = _models(spec)
-    packed = packing.pack(models)
-    inputs = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
-    for model in (*models, packed):
-        model.train(mode == "train")
-    out = packed(torch.cat(inputs, dim=1)).view(4, 3, 10)
-    for k, (model, x) in enumerate(zip(models, inputs)):
-        torch.testing.assert_close(out[:, k], model(x), rtol=1e-4, atol=1e-5)
-    # the packed state splits back into each member's own state, BN statistics included
-    state = packed.state_dict()
-    for k, model in enumerate(models):
-        alone = model.state_dict()
-        member = packing.member_state(state, 3, k)
-        assert member.keys() == alone.keys()
-        for key in alone:
-            torch.testing.assert_close(member[key], alone[key], rtol=1e-5, atol=1e-6)
+    assert_packed_equals_members(_models(spec), mode)
 
 
 def test_gradients_and_optimizer_state_stay_with_their_member():
