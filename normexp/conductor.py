@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 import time
 import traceback
 from contextlib import ExitStack, contextmanager
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from normexp import atomic, record, runtime, trackers
-from normexp.config import ConfigError, seeds, step_batch, validate
+from normexp.config import ConfigError, seeds, step_batch, unwritable, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
 from normexp.devices import split_batch_statistics
@@ -79,16 +78,6 @@ def seeded_model(cfg: DictConfig) -> nn.Module:
     return build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
 
 
-def check_writable(root: Path) -> None:
-    """Fail early, naming the field, if runs cannot be written under `paths.results_root`."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise ConfigError(f"paths.results_root={str(root)!r} is not writable: {error.strerror or error}") from None
-
-
 def load_data(cfg: DictConfig) -> CifarArrays:
     return load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
 
@@ -109,7 +98,9 @@ def train_run(cfg: DictConfig) -> list[dict[str, Any]]:
     device = runtime.pick_device(cfg.runtime.device)
     if len(models) > 1 and step_batch(cfg) <= pack_limit(cfg, device):
         check_packable(models[0])
-    check_writable(Path(cfg.paths.results_root).expanduser())
+    problem = unwritable(cfg.paths.results_root)
+    if problem:
+        raise ConfigError(problem)
     data = load_data(cfg)
     summaries: list[dict[str, Any]] = []
     with ExitStack() as stack:
@@ -217,9 +208,7 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                              cfg.runtime.progress)
         eval_start = time.perf_counter()
         due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
-        precise = cfg.norm.get("precise_bn_batches")  # over a fresh, seeded draw of the training set
-        tested = (evaluate_members(pack, [m.model for m in group], test,
-                                   (train, epochs + epoch, precise) if precise else None)
+        tested = (evaluate_members(pack, [m.model for m in group], test, _precise_bn(cfg, train, epochs + epoch))
                   if due else [(None, None)] * pack.size)
         eval_seconds = time.perf_counter() - eval_start
         active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
@@ -252,6 +241,16 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
             lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source, **runtime.provenance(device)))
         record.write_summary(member.directory, member.summary)
         member.tracker.finish(member.summary)
+
+
+def _precise_bn(cfg: DictConfig, train: TrainBatches, draw: int) -> Optional[tuple[TrainBatches, int, int]]:
+    """Precise BN's batches (norm.precise_bn_*): the training set at its batch size, in a fresh
+    seeded order and augmentation (`draw` is past every training epoch); None when it is off."""
+    if cfg.norm.get("precise_bn_batches") is None:
+        return None
+    batches = TrainBatches(train.images, train.labels, cfg.norm.precise_bn_batch_size, train.mean, train.std,
+                           seeds=train.seeds, padding=train.padding, flip=train.flip, memory_format=train.memory_format)
+    return batches, draw, cfg.norm.precise_bn_batches
 
 
 def _fmt(value: Optional[float], pattern: str) -> str:

@@ -112,17 +112,25 @@ def _images_per(total: int, per: int) -> int:
     return int(total) // int(per)
 
 
-def _writable(path: str) -> str:
-    """`${writable:${paths.results_root}}` in Hydra's output folders: a results root that cannot be
-    written ends the command at once with one line naming the field (exit 2), before Hydra tries
-    to create its log folder there."""
+def unwritable(path: str) -> Optional[str]:
+    """Why runs cannot be written under results root `path` (one line naming the field), or None."""
     folder = os.path.expanduser(path)
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as error:
-        print(f"paths.results_root={path!r} is not writable: {error.strerror or error}", file=sys.stderr)
+        return f"paths.results_root={path!r} is not writable: {error.strerror or error}"
+    return None
+
+
+def _writable(path: str) -> str:
+    """`${writable:${paths.results_root}}` in Hydra's output folders: a results root that cannot be
+    written ends the command at once with one line (exit 2), before Hydra tries to create its log
+    folder there."""
+    problem = unwritable(path)
+    if problem:
+        print(problem, file=sys.stderr)
         sys.exit(2)
     return path
 
@@ -219,3 +227,9 @@ def validate(cfg: DictConfig) -> None:
              "must be null (auto) or an integer >= 1")
     seeds(cfg)
     _require("name" in cfg.norm, "norm.name", None, "pick a norm with norm=<name> (see conf/norm/)")
+    from normexp.verdict import load_criteria  # the criteria are fixed now: a bad one must not wait for analysis
+
+    try:
+        load_criteria(recorded=OmegaConf.to_container(cfg.verdict, resolve=True))
+    except ValueError as error:
+        raise ConfigError(f"verdict: {error}") from None

@@ -107,13 +107,17 @@ def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches,
                      precise_bn: Optional[tuple[TrainBatches, int, int]] = None) -> list[tuple[float, float]]:
     """Each member's test loss and accuracy; packed members are evaluated one by one as single
     models (large-batch inference runs faster ungrouped). With `precise_bn` = (training batches,
-    epoch, steps), a copy of the model is evaluated whose BatchNorm statistics were recomputed over
-    that many training steps (the training model's running averages stay as they are)."""
+    epoch, batches), a copy of the model is evaluated whose BatchNorm statistics were recomputed
+    over that many training batches, each normalized as one batch (no per-device split); the
+    training model's running averages stay as they are."""
     model = pack.model
     if precise_bn is not None:
-        train, epoch, steps = precise_bn
+        train, epoch, count = precise_bn
         model = copy.deepcopy(pack.model)
-        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch)), min(steps, train.steps))
+        for module in model.modules():
+            if hasattr(module, "devices"):
+                module.devices = 1
+        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch)), min(count, train.steps))
     if pack.size == 1:
         return [evaluate(model, batches)]
     results = []

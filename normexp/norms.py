@@ -1,7 +1,8 @@
 """The registry of normalization layers.
 
 A norm is a function registered under a name; its keyword arguments are the fields of its YAML
-in `conf/norm/`. It returns a factory `channels -> nn.Module` that the model calls once per norm
+in `conf/norm/`, which holds their defaults (an argument defaults to None in the signature only
+where None means "absent" or "off"). It returns a factory `channels -> nn.Module` that the model calls once per norm
 layer (torchvision's `norm_layer` style). To add a norm, write one such function here and one
 YAML file `conf/norm/<name>.yaml` with `name: <name>` and its arguments. A `WeightStandardized`
 factory also has the model standardize its convolutions' weights; a layer with a true
@@ -69,13 +70,17 @@ class WeightStandardized:
 
 
 @register_norm("bn")
-def batch_norm(momentum: float = 0.1, precise_bn_batches: Optional[int] = None) -> NormFactory:
+def batch_norm(momentum: float, precise_bn_batches: Optional[int] = None,
+               precise_bn_batch_size: Optional[int] = None) -> NormFactory:
     """BatchNorm2d: statistics of the current batch in training, running averages in eval. With
-    `precise_bn_batches`, evaluation uses statistics recomputed over that many training steps
-    instead of the running averages (precise BN; the conductor does it, normexp/precise_bn.py)."""
-    if precise_bn_batches is not None and (not isinstance(precise_bn_batches, int) or precise_bn_batches < 1):
-        raise ConfigError(f"norm.precise_bn_batches={precise_bn_batches!r} is invalid: must be null (off) or an "
-                          f"integer >= 1")
+    `precise_bn_batches` (and `precise_bn_batch_size`), evaluation uses statistics recomputed over
+    that many training batches of that many images, each normalized as one batch, instead of the
+    running averages (precise BN; the conductor does it with normexp/precise_bn.py)."""
+    for name, value in (("precise_bn_batches", precise_bn_batches), ("precise_bn_batch_size", precise_bn_batch_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"norm.{name}={value!r} is invalid: must be null (off) or an integer >= 1")
+    if (precise_bn_batches is None) != (precise_bn_batch_size is None):
+        raise ConfigError("norm.precise_bn_batches and norm.precise_bn_batch_size go together: set both or neither")
     return lambda channels: nn.BatchNorm2d(channels, momentum=momentum)
 
 
@@ -109,7 +114,7 @@ def _group_norm_factory(name: str, groups: Optional[int], channels_per_group: Op
 
 
 @register_norm("bn_ws")
-def batch_norm_ws(momentum: float = 0.1) -> NormFactory:
+def batch_norm_ws(momentum: float) -> NormFactory:
     """BatchNorm2d after weight-standardized convolutions (Qiao et al. 2019)."""
     return WeightStandardized(batch_norm(momentum))
 
@@ -121,7 +126,7 @@ def group_norm_ws(groups: Optional[int] = None, channels_per_group: Optional[int
 
 
 @register_norm("brn")
-def batch_renorm(momentum: float = 0.1, rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 5000) -> NormFactory:
+def batch_renorm(momentum: float, rmax: float, dmax: float, warmup_steps: int) -> NormFactory:
     """Batch Renormalization (Ioffe 2017); r_max ramps 1 -> rmax, d_max 0 -> dmax over warmup_steps steps."""
     if not isinstance(rmax, (int, float)) or rmax < 1:
         raise ConfigError(f"norm.rmax={rmax!r} is invalid: must be a number >= 1")
@@ -134,7 +139,7 @@ def batch_renorm(momentum: float = 0.1, rmax: float = 3.0, dmax: float = 5.0, wa
 
 
 @register_norm("frn")
-def filter_response_norm(eps: float = 1e-6) -> NormFactory:
+def filter_response_norm(eps: float) -> NormFactory:
     """Filter Response Normalization with its TLU (Singh & Krishnan 2019), in place of norm + ReLU."""
     if not isinstance(eps, (int, float)) or eps <= 0:
         raise ConfigError(f"norm.eps={eps!r} is invalid: must be a number > 0")
@@ -142,7 +147,7 @@ def filter_response_norm(eps: float = 1e-6) -> NormFactory:
 
 
 @register_norm("evonorm")
-def evonorm_s0(groups: int = 8) -> NormFactory:
+def evonorm_s0(groups: int) -> NormFactory:
     """EvoNorm-S0 (Liu et al. 2020) with `groups` groups for its group std, in place of norm + ReLU."""
     _check_group_count(groups)
 
@@ -184,4 +189,9 @@ def build_norm(spec: Mapping[str, Any]) -> NormFactory:
         raise ConfigError(
             f"norm.{unknown[0]} is not a setting of norm={name}; its settings: {', '.join(allowed) or 'none'}"
         )
+    parameters = inspect.signature(builder).parameters.values()
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in spec]
+    if missing:
+        raise ConfigError(f"norm.{missing[0]} is missing: norm={name} needs {', '.join(missing)} "
+                          f"(its defaults are in conf/norm/{name}.yaml)")
     return builder(**spec)

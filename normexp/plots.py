@@ -14,17 +14,18 @@ from normexp import atomic  # noqa: E402
 from normexp.analysis import accuracy_table  # noqa: E402
 
 GROUP_ORDER = ["ln", "gn2", "gn4", "gn8", "gn16", "gn32", "in"]
-# One colour per norm tag in every figure; tags not listed take the next free colour of tab20 in
-# sorted order, so a figure's colours do not depend on which other norms it shows.
-COLOURS = {"bn": "tab:blue", "gn8": "tab:orange", "ln": "tab:green", "in": "tab:red", "none": "tab:gray",
-           "gn2": "tab:olive", "gn4": "tab:cyan", "gn16": "tab:brown", "gn-cpg16": "tab:pink", "gn32": "tab:purple"}
+# One colour per norm tag in every figure, whichever other norms it shows: the presets' tags are
+# listed (all distinct); another tag takes a colour of tab20 that none of these uses, by its name.
+COLOURS = {"bn": "#1f77b4", "gn8": "#ff7f0e", "ln": "#2ca02c", "in": "#d62728", "none": "#7f7f7f",
+           "gn2": "#bcbd22", "gn4": "#17becf", "gn16": "#8c564b", "gn-cpg16": "#e377c2", "gn32": "#9467bd",
+           "brn": "#000000", "bn-pbn": "#aec7e8", "gn8-ws": "#ffbb78", "frn": "#98df8a", "evonorm8": "#ff9896"}
 
 
 def colour(norm: str) -> str:
     if norm in COLOURS:
         return COLOURS[norm]
-    free = [c for c in plt.get_cmap("tab20").colors if c not in COLOURS.values()]
-    return matplotlib.colors.to_hex(free[sum(map(ord, norm)) % len(free)])
+    free = [h for h in map(matplotlib.colors.to_hex, plt.get_cmap("tab20").colors) if h not in COLOURS.values()]
+    return free[sum(map(ord, norm)) % len(free)]
 
 
 def _seeds(counts: pd.Series) -> str:
@@ -99,7 +100,7 @@ def group_ablation(runs: pd.DataFrame, path: Path) -> Path:
     """Test accuracy of each group setting (LN ... IN, channels-per-group) at each batch size."""
     table = accuracy_table(runs)
     order = [n for n in GROUP_ORDER if n in set(table["norm"])]
-    order += sorted(n for n in set(table["norm"]) - set(order) if n.startswith("gn"))
+    order += sorted(n for n in set(runs[runs["norm_name"] == "gn"]["norm"]) - set(order))
     table = table[table["norm"].isin(order)]
     batches = sorted(table["batch_size"].unique())
     fig, ax = plt.subplots(figsize=(1.1 * len(order) + 2, 4))

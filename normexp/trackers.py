@@ -10,7 +10,6 @@ by `require` before any data is read.
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import json
 import logging
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from normexp import locks
 from normexp.config import ConfigError
 
 Row = Mapping[str, Any]
@@ -206,17 +206,9 @@ class MlflowTracker(Tracker):
 def _experiment_id(client: Any, name: str, store: Optional[Path]) -> str:
     """The experiment's id, created if new (under a file lock on a local store, where concurrent
     jobs could otherwise each create one of the same name)."""
-    with _locked(store / ".normexp.lock") if store is not None else nullcontext():
+    with locks.exclusive(store / ".normexp.lock", wait=True) if store is not None else nullcontext():
         found = client.get_experiment_by_name(name)
         return found.experiment_id if found is not None else client.create_experiment(name)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 TRACKERS: dict[str, type[Tracker]] = {"none": Tracker, "tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}

@@ -68,11 +68,11 @@ def load_criteria(overrides: Mapping[str, Any] | None = None,
         for key, value in (layer or {}).items():
             if key not in allowed:
                 raise ValueError(f"unknown verdict criterion {key!r} ({origin}); allowed: {', '.join(allowed)}")
-            values[key], source[key] = _checked(key, value), origin
+            values[key], source[key] = value, origin
     missing = [name for name in allowed if name not in values]
     if missing:
         raise ValueError(f"{DEFAULTS} lacks verdict criteria: {', '.join(missing)}")
-    return Criteria(**values), source
+    return Criteria(**{key: _checked(key, value) for key, value in values.items()}), source
 
 
 def _contrast(terms: Sequence[tuple[int, np.ndarray]], alpha: float) -> dict[str, float]:
@@ -148,11 +148,25 @@ def check_poolable(runs: pd.DataFrame, varying: Sequence[str]) -> None:
             problems.append(f"runs differ in {key}: " + ", ".join(f"{v} ({n} runs)" for v, n in counts.items()))
     if problems:
         problems[-1] += "; analyze them separately"
+    problems += _mixed_cells(runs)
     repeats = runs[runs.duplicated(["norm", "batch_size", "seed"], keep=False)]
     for (norm, batch, seed), group in repeats.groupby(["norm", "batch_size", "seed"]):
         problems.append(f"runs repeat {norm} batch {batch} seed {seed}: {', '.join(map(str, group['run']))}; keep one")
     if problems:
         raise PoolingError("; ".join(problems))
+
+
+def _mixed_cells(runs: pd.DataFrame) -> list[str]:
+    """The tables and the verdict pool a (norm tag, batch size) cell's runs as seeds of one setting:
+    within a cell, runs may differ in their seed only."""
+    problems = []
+    for (norm, batch), cell in runs.groupby(["norm", "batch_size"]):
+        settings = [{k: v for k, v in _flat(identity).items() if k != "seed"} for identity in cell["identity"]]
+        differing = sorted(k for k in set().union(*settings) if len({str(s.get(k)) for s in settings}) > 1)
+        if differing:
+            problems.append(f"the {norm} runs at batch {batch} differ in {', '.join(differing)}, not only in "
+                            f"their seed; analyze them separately")
+    return problems
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,10 @@
 """The budget study behind `claim`: accuracy of BN and GN at the smallest and the reference batch
 for each training budget, the gaps the verdict looks at, and the compute each budget cost.
 
-Usage: python scripts/budget_study.py results/budget   (writes table.md, table.csv, budget.png there)
+Usage: python scripts/budget_study.py results/budget --also results/claim
+(writes table.md, table.csv, budget.png in the first folder). `--also` adds the runs of another
+folder that belong to the study's grid (its norms, batch sizes and seeds): the study's longest
+budget is the `claim` budget, whose seed-0 runs at those batches are trained once, in results/claim.
 """
 
 from __future__ import annotations
@@ -58,8 +61,13 @@ def budget_figure(runs: pd.DataFrame, path: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path)
+    parser.add_argument("--also", type=Path, action="append", default=[], help="another folder to take grid runs from")
     args = parser.parse_args()
     finished = load_runs(args.results_dir).finished
+    grid = finished[["norm", "batch_size", "seed"]].drop_duplicates()
+    for folder in args.also:
+        extra = load_runs(folder).finished.merge(grid, on=["norm", "batch_size", "seed"])
+        finished = pd.concat([finished, extra[~extra["run"].isin(finished["run"])]], ignore_index=True)
     if finished.empty:
         print(f"no finished runs under {args.results_dir}", file=sys.stderr)
         return 1

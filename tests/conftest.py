@@ -105,6 +105,15 @@ def make_cfg(image_folder: Path, tmp_path: Path):
     return make
 
 
+def norm_spec(name: str, **settings: object) -> dict:
+    """The `norm` config of conf/norm/<name>.yaml (where a norm's defaults live), with `settings`."""
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        spec = OmegaConf.to_container(compose(config_name="config", overrides=[f"norm={name}"]).norm)
+    return {**spec, **settings}
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """Where the conductor puts the run of `cfg` (its name covers the data's content digest)."""
     return record.run_dir(cfg, conductor.load_data(cfg).digest)

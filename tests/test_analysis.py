@@ -126,7 +126,8 @@ def test_analyze_refuses_to_pool_runs_that_differ_or_repeat(tmp_path, capsys):
     write_run(tmp_path / "a", BN, 2, 9, [40.0], epochs=1)
     assert analyze([str(tmp_path / "a")]) == 2
     assert "trainer.epochs" in capsys.readouterr().err
-    assert analyze([str(tmp_path / "a"), "--vary", "trainer.epochs"]) == 0
+    assert analyze([str(tmp_path / "a"), "--vary", "trainer.epochs"]) == 2  # pooled into one cell: refused
+    assert "bn runs at batch 2 differ in trainer.epochs" in capsys.readouterr().err
     write_run(tmp_path / "b", BN, 2, 0, [40.0, 50.0], digest="cifar")
     write_run(tmp_path / "b", BN, 2, 1, [40.0, 50.0], digest="other-data")
     assert analyze([str(tmp_path / "b")]) == 2
@@ -173,3 +174,12 @@ def test_compare_sweeps_lines_up_the_same_runs():
     assert row["before acc %"] == "41.00 ± 1.41" and row["after acc %"] == "41.25 ± 0.35"
     assert row["largest per-seed difference"] == 1.0
     assert (row["minutes before"], row["minutes after"]) == (20.0, 10.0)
+
+
+def test_every_preset_norm_has_its_own_colour():
+    from normexp.plots import COLOURS, colour
+
+    tags = ["bn", "gn8", "ln", "in", "none", "gn2", "gn4", "gn16", "gn-cpg16", "brn", "bn-pbn", "gn8-ws", "frn",
+            "evonorm8"]
+    assert len({colour(tag) for tag in tags}) == len(tags)
+    assert colour("a-new-norm") not in COLOURS.values() and colour("a-new-norm") == colour("a-new-norm")

@@ -14,7 +14,7 @@ from normexp.config import ConfigError
 from normexp.conductor import train_run
 from normexp.models import build_model
 from normexp.runtime import memory_format
-from tests.conftest import interrupted_at, make_image_folder, record_numbers, run_dir
+from tests.conftest import norm_spec, interrupted_at, make_image_folder, record_numbers, run_dir
 
 MODEL = {"depth": 8, "num_classes": 10, "zero_init_residual": True}
 
@@ -201,7 +201,7 @@ def test_cli_bad_input_exits_2_with_a_one_line_reason(tmp_path):
 def test_channels_last_only_where_onednn_gets_it_right(make_cfg):
     """oneDNN#6035: strided 1x1 convolutions with < 16 input channels go wrong in NHWC on CPU."""
     cpu = torch.device("cpu")
-    narrow, wide = (build_model({**MODEL, "base_width": width}, {"name": "bn"}) for width in (8, 16))
+    narrow, wide = (build_model({**MODEL, "base_width": width}, norm_spec("bn")) for width in (8, 16))
     assert memory_format(True, narrow, cpu) == torch.contiguous_format
     assert memory_format(True, wide, cpu) == torch.channels_last
     assert memory_format(False, wide, cpu) == torch.contiguous_format
@@ -216,11 +216,12 @@ def test_channels_last_trains_to_the_same_numbers(make_cfg, tmp_path):
 
 
 def test_precise_bn_changes_only_the_evaluation(make_cfg):
-    plain = make_cfg("norm=bn", "trainer.epochs=2")
-    precise = make_cfg("norm=bn_precise", "norm.precise_bn_batches=5", "trainer.epochs=2")
+    precise = make_cfg("norm=bn_precise", "norm.precise_bn_batches=3", "norm.precise_bn_batch_size=32",
+                       "trainer.epochs=2", "data.devices=2", "data.batch_size=4")
+    plain = make_cfg("norm=bn", "trainer.epochs=2", "data.devices=2", "data.batch_size=4")
     train_run(plain)
     train_run(precise)
-    assert run_dir(precise).name.startswith("bn-pbn_b8_s0_")
+    assert run_dir(precise).name.startswith("bn-pbn_b4x2_s0_")
     ours, theirs = record_numbers(run_dir(precise)), record_numbers(run_dir(plain))
     assert [m["train_loss"] for m in ours] == [m["train_loss"] for m in theirs]  # the same training
     assert [m["test_loss"] for m in ours] != [m["test_loss"] for m in theirs]  # other test-time statistics

@@ -51,7 +51,7 @@ def test_corrupt_cache_is_rebuilt(image_folder, tmp_path):
 
 
 def test_missing_folder_and_wrong_layout_name_the_path(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="not found.*paths.cifar10_folder.*runtime.download=true"):
         _folder(tmp_path / "nowhere", tmp_path)
     (tmp_path / "bad" / "train" / "cats").mkdir(parents=True)
     with pytest.raises(DataError, match=r"bad/train must hold exactly one folder per CIFAR-10 class.*missing: "

@@ -9,6 +9,7 @@ from torch import nn
 from normexp.devices import PerDeviceBatchNorm2d, split_batch_statistics
 from normexp.models import build_model
 from normexp.packing import pack
+from tests.conftest import norm_spec
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": False}
 
@@ -56,7 +57,7 @@ def test_one_device_and_eval_mode_are_plain_batchnorm():
 
 def test_split_batch_statistics_swaps_only_batchnorm_and_keeps_the_state_dict():
     torch.manual_seed(0)
-    bn_model = build_model(MODEL, {"name": "bn"})
+    bn_model = build_model(MODEL, norm_spec("bn"))
     keys = bn_model.state_dict().keys()
     split_batch_statistics(bn_model, 4)
     bns = [m for m in bn_model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -69,7 +70,7 @@ def test_split_batch_statistics_swaps_only_batchnorm_and_keeps_the_state_dict():
 
 def test_a_packed_model_on_devices_computes_each_member_as_alone_on_devices():
     torch.manual_seed(0)
-    members = [build_model(MODEL, {"name": "bn"}) for _ in range(2)]
+    members = [build_model(MODEL, norm_spec("bn")) for _ in range(2)]
     packed = split_batch_statistics(pack(members), 4)
     for member in members:
         split_batch_statistics(member, 4)
@@ -84,7 +85,7 @@ def test_a_packed_model_on_devices_computes_each_member_as_alone_on_devices():
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_a_whole_model_on_8_devices_equals_8_separate_passes_gradients_included(layout):
     torch.manual_seed(0)
-    model = build_model({**MODEL, "base_width": 16}, {"name": "bn"})
+    model = build_model({**MODEL, "base_width": 16}, norm_spec("bn"))
     per_device = split_batch_statistics(copy.deepcopy(model), 8).to(memory_format=layout)
     model = model.to(memory_format=layout)
     x = torch.randn(16, 3, 32, 32).contiguous(memory_format=layout)

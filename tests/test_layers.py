@@ -10,11 +10,11 @@ from normexp import packing
 from normexp.devices import split_batch_statistics
 from normexp.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization, renorm_limits
 from normexp.models import build_model
-from tests.conftest import assert_packed_equals_members
+from tests.conftest import norm_spec, assert_packed_equals_members
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": True}
-NEW_NORMS = [{"name": "brn"}, {"name": "bn_ws"}, {"name": "gn_ws", "groups": 4}, {"name": "frn"},
-             {"name": "evonorm", "groups": 4}]
+NEW_NORMS = [norm_spec("brn"), norm_spec("bn_ws"), norm_spec("gn_ws", groups=4), norm_spec("frn"),
+             norm_spec("evonorm", groups=4)]
 
 
 def _brn(channels: int = 6, step: int = 2500, **kwargs) -> BatchRenorm2d:
@@ -92,7 +92,7 @@ def test_batch_renorm_is_batchnorm_at_its_first_step_and_in_eval_mode():
 
 def test_batch_renorm_on_4_devices_equals_4_separate_passes():
     torch.manual_seed(2)
-    model = build_model(MODEL, {"name": "brn"})
+    model = build_model(MODEL, norm_spec("brn"))
     keys = model.state_dict().keys()
     split_batch_statistics(model, 4)
     assert model.state_dict().keys() == keys
@@ -141,10 +141,10 @@ def test_weight_standardization_standardizes_each_filter_of_every_conv():
     torch.testing.assert_close(conv.weight, expected.view_as(w))
     x = torch.randn(2, 4, 5, 5)
     torch.testing.assert_close(conv(x), F.conv2d(x, expected.view_as(w), conv.bias, groups=2))
-    for spec in ({"name": "bn_ws"}, {"name": "gn_ws", "groups": 4}):
+    for spec in (norm_spec("bn_ws"), norm_spec("gn_ws", groups=4)):
         convs = [m for m in build_model(MODEL, spec).modules() if isinstance(m, nn.Conv2d)]
         assert len(convs) == 9 and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
-    assert not any(nn.utils.parametrize.is_parametrized(m) for m in build_model(MODEL, {"name": "bn"}).modules())
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in build_model(MODEL, norm_spec("bn")).modules())
 
 
 def test_filter_response_norm_is_the_papers_formula_per_sample():
@@ -203,7 +203,7 @@ def test_packed_new_norms_compute_each_member_exactly_as_alone(spec, mode):
 
 
 def test_packed_batch_renorm_on_devices_computes_each_member_as_alone_on_devices():
-    members = _members({"name": "brn"}, seeds=(0, 1))
+    members = _members(norm_spec("brn"), seeds=(0, 1))
     packed = split_batch_statistics(packing.pack(members), 2)
     for member in members:
         split_batch_statistics(member, 2)
@@ -219,7 +219,7 @@ class _Doubled(nn.Module):
 
 
 def test_a_parametrization_packing_does_not_know_is_refused():
-    model = build_model(MODEL, {"name": "bn_ws"})
+    model = build_model(MODEL, norm_spec("bn_ws"))
     packing.check_packable(model)
     nn.utils.parametrize.register_parametrization(model.stem[0], "weight", _Doubled())
     with pytest.raises(packing.PackingError, match="cannot pack a Conv2d layer with a _Doubled parametrization"):

@@ -9,6 +9,7 @@ from normexp.config import ConfigError
 from normexp.models import CifarResNet, build_model
 from normexp.norms import NORMS, build_norm
 from normexp.record import norm_tag
+from tests.conftest import norm_spec
 
 
 def test_gn_with_one_group_equals_layer_norm_over_chw():
@@ -44,7 +45,7 @@ def test_channels_per_group_sets_group_count_per_layer():
 def test_bn_in_train_mode_normalizes_with_batch_statistics():
     torch.manual_seed(0)
     x = torch.randn(2, 8, 4, 4) * 5 + 3
-    bn = build_norm({"name": "bn"})(8).train()
+    bn = build_norm(norm_spec("bn"))(8).train()
     y = bn(x)
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(dim=(0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
@@ -77,10 +78,10 @@ def test_group_setting_that_does_not_fit_a_layer_is_rejected_at_build(spec, mess
         ({"name": "batchnorm"}, "registered norms: bn, bn_ws, brn, evonorm, frn, gn, gn_ws, in, ln, none"),
         ({"name": "gn_ws"}, "norm=gn_ws needs exactly one of"),
         ({"name": "evonorm", "groups": 0}, "norm.groups=0"),
-        ({"name": "brn", "rmax": 0.5}, "norm.rmax=0.5 is invalid"),
-        ({"name": "brn", "dmax": -1}, "norm.dmax=-1 is invalid"),
-        ({"name": "brn", "warmup_steps": 1.5}, "norm.warmup_steps=1.5 is invalid"),
-        ({"name": "frn", "eps": 0}, "norm.eps=0 is invalid"),
+        (norm_spec("brn", rmax=0.5), "norm.rmax=0.5 is invalid"),
+        (norm_spec("brn", dmax=-1), "norm.dmax=-1 is invalid"),
+        (norm_spec("brn", warmup_steps=1.5), "norm.warmup_steps=1.5 is invalid"),
+        (norm_spec("frn", eps=0), "norm.eps=0 is invalid"),
     ],
 )
 def test_bad_norm_config_names_the_field(spec, message):
@@ -91,14 +92,14 @@ def test_bad_norm_config_names_the_field(spec, message):
 def test_every_registered_norm_builds_a_model_that_runs():
     x = torch.randn(2, 3, 32, 32)
     for name in NORMS:
-        spec = {"name": name, "groups": 4} if name in ("gn", "gn_ws") else {"name": name}
+        spec = norm_spec(name, groups=4) if name in ("gn", "gn_ws") else norm_spec(name)
         model = CifarResNet(build_norm(spec), depth=8, base_width=8, num_classes=10, zero_init_residual=True)
         assert model(x).shape == (2, 10), name
 
 
 @pytest.mark.parametrize("name", ["bn", "brn", "bn_ws", "frn", "evonorm"])
 def test_zero_init_residual_zeros_last_norm_scale_of_each_block(name):
-    model = CifarResNet(build_norm({"name": name}), depth=14, base_width=8, num_classes=10, zero_init_residual=True)
+    model = CifarResNet(build_norm(norm_spec(name)), depth=14, base_width=8, num_classes=10, zero_init_residual=True)
     blocks = [m for m in model.modules() if m.__class__.__name__ == "BasicBlock"]
     assert len(blocks) == 6
     assert all(float(b.norm2.weight.detach().abs().sum()) == 0 for b in blocks)
@@ -111,7 +112,7 @@ def test_zero_init_residual_zeros_last_norm_scale_of_each_block(name):
 
 @pytest.mark.parametrize("name, relu", [("bn", True), ("brn", True), ("gn_ws", True), ("frn", False), ("evonorm", False)])
 def test_a_norm_with_its_own_activation_gets_no_relu_after_it(name, relu):
-    spec = {"name": name, "groups": 4} if name == "gn_ws" else {"name": name}
+    spec = norm_spec(name, groups=4) if name == "gn_ws" else norm_spec(name)
     model = CifarResNet(build_norm(spec), depth=8, base_width=8, num_classes=10, zero_init_residual=True)
     after_norms = [model.stem[2]] + [m.act1 for m in model.modules() if m.__class__.__name__ == "BasicBlock"]
     assert all(isinstance(a, nn.ReLU) == relu and isinstance(a, nn.Identity) != relu for a in after_norms)

@@ -11,10 +11,10 @@ from normexp.config import ConfigError
 from normexp.models import CifarResNet
 from normexp.norms import NORMS, build_norm, register_norm
 from normexp.conductor import train_run
-from tests.conftest import assert_packed_equals_members, interrupted_at, record_numbers, run_dir
+from tests.conftest import norm_spec, assert_packed_equals_members, interrupted_at, record_numbers, run_dir
 
 PACK = "runtime.pack_max_batch=8"  # make_cfg's batch size is 8
-NORM_SPECS = [{"name": "bn"}, {"name": "gn", "groups": 4}, {"name": "gn", "channels_per_group": 2},
+NORM_SPECS = [norm_spec("bn"), {"name": "gn", "groups": 4}, {"name": "gn", "channels_per_group": 2},
               {"name": "ln"}, {"name": "in"}, {"name": "none"}]
 
 
@@ -40,7 +40,7 @@ def test_packed_model_computes_each_member_exactly_as_alone(spec, mode):
 
 
 def test_gradients_and_optimizer_state_stay_with_their_member():
-    models = _models({"name": "bn"}, seeds=(0, 1))
+    models = _models(norm_spec("bn"), seeds=(0, 1))
     packed = packing.pack(models)
     xs = [torch.randn(2, 3, 32, 32) for _ in models]
     ys = [torch.randint(0, 10, (2,)) for _ in models]

@@ -60,7 +60,7 @@ def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
         raise DataError(
             f"CIFAR-10 image folder not found: {root}. Point paths.cifar10_folder (or the environment variable "
             f"NORMEXP_CIFAR10_FOLDER) at a folder holding train/<class>/ and test/<class>/, or use "
-            f"data.source=torchvision data.download=true."
+            f"data.source=torchvision runtime.download=true."
         )
     files: dict[str, list[tuple[Path, int]]] = {}
     for split in SPLITS:
