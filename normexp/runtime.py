@@ -32,19 +32,23 @@ def pick_device(name: str) -> torch.device:
 
 @contextmanager
 def registered_job(folder: Path) -> Iterator[int]:
-    """Register this process as a running normexp job under `folder` (a locked file, gone with the
-    process) and yield how many are registered now, this one included."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".job", dir=folder)
+    """Register this process as a running normexp job of this host under `folder` (a locked file,
+    gone with the process) and yield how many of this host's are registered now, this one included."""
+    host = folder / platform.node()
+    host.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".starting", dir=host)
     os.close(fd)
-    mine = Path(name)
+    starting = Path(name)
+    mine = starting.with_suffix(".job")
     try:
-        with locks.exclusive(mine, wait=True):
-            others = [path for path in folder.glob("*.job") if path != mine]
+        with locks.exclusive(starting, wait=True):
+            starting.rename(mine)  # locked before others can see it as a job
+            others = [path for path in host.glob("*.job") if path != mine]
             for gone in (path for path in others if not locks.is_held(path)):
                 gone.unlink(missing_ok=True)
             yield 1 + sum(path.exists() for path in others)
     finally:
+        starting.unlink(missing_ok=True)
         mine.unlink(missing_ok=True)
 
 

@@ -132,9 +132,10 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_poolable(runs: pd.DataFrame, varying: Sequence[str]) -> None:
+def check_poolable(runs: pd.DataFrame, varying: Sequence[str], cell: Sequence[str] = ("norm", "batch_size")) -> None:
     """Raise PoolingError unless the runs differ only in the `varying` fields (a dotted name covers
-    everything below it) and in nothing else, including `data_digest`, and no run is repeated."""
+    everything below it) and in nothing else, including `data_digest`; within each `cell` (the
+    columns a table pools seeds by) only in their seed; and no run is repeated."""
     def swept(key: str) -> bool:
         return any(key == v or key.startswith(v + ".") for v in varying)
 
@@ -148,24 +149,24 @@ def check_poolable(runs: pd.DataFrame, varying: Sequence[str]) -> None:
             problems.append(f"runs differ in {key}: " + ", ".join(f"{v} ({n} runs)" for v, n in counts.items()))
     if problems:
         problems[-1] += "; analyze them separately"
-    problems += _mixed_cells(runs)
-    repeats = runs[runs.duplicated(["norm", "batch_size", "seed"], keep=False)]
-    for (norm, batch, seed), group in repeats.groupby(["norm", "batch_size", "seed"]):
-        problems.append(f"runs repeat {norm} batch {batch} seed {seed}: {', '.join(map(str, group['run']))}; keep one")
+    problems += _mixed_cells(runs, list(cell))
+    repeats = runs[runs.duplicated([*cell, "seed"], keep=False)]
+    for key, group in repeats.groupby([*cell, "seed"]):
+        problems.append(f"runs repeat {' '.join(map(str, key))}: {', '.join(map(str, group['run']))}; keep one")
     if problems:
         raise PoolingError("; ".join(problems))
 
 
-def _mixed_cells(runs: pd.DataFrame) -> list[str]:
-    """The tables and the verdict pool a (norm tag, batch size) cell's runs as seeds of one setting:
-    within a cell, runs may differ in their seed only."""
+def _mixed_cells(runs: pd.DataFrame, cell: list[str]) -> list[str]:
+    """Tables pool a cell's runs as seeds of one setting: within a cell, runs may differ in their seed only."""
     problems = []
-    for (norm, batch), cell in runs.groupby(["norm", "batch_size"]):
-        settings = [{k: v for k, v in _flat(identity).items() if k != "seed"} for identity in cell["identity"]]
+    for key, group in runs.groupby(cell):
+        settings = [{k: v for k, v in _flat(identity).items() if k != "seed"} for identity in group["identity"]]
         differing = sorted(k for k in set().union(*settings) if len({str(s.get(k)) for s in settings}) > 1)
         if differing:
-            problems.append(f"the {norm} runs at batch {batch} differ in {', '.join(differing)}, not only in "
-                            f"their seed; analyze them separately")
+            where = ", ".join(f"{name}={value}" for name, value in zip(cell, key))
+            problems.append(f"the runs at {where} differ in {', '.join(differing)}, not only in their seed; "
+                            f"analyze them separately")
     return problems
 
 

@@ -127,7 +127,7 @@ def test_analyze_refuses_to_pool_runs_that_differ_or_repeat(tmp_path, capsys):
     assert analyze([str(tmp_path / "a")]) == 2
     assert "trainer.epochs" in capsys.readouterr().err
     assert analyze([str(tmp_path / "a"), "--vary", "trainer.epochs"]) == 2  # pooled into one cell: refused
-    assert "bn runs at batch 2 differ in trainer.epochs" in capsys.readouterr().err
+    assert "runs at norm=bn, batch_size=2 differ in trainer.epochs" in capsys.readouterr().err
     write_run(tmp_path / "b", BN, 2, 0, [40.0, 50.0], digest="cifar")
     write_run(tmp_path / "b", BN, 2, 1, [40.0, 50.0], digest="other-data")
     assert analyze([str(tmp_path / "b")]) == 2

@@ -185,7 +185,9 @@ def test_the_digest_follows_the_content_not_the_copy_or_its_times(tmp_path):
 def test_two_processes_build_a_fresh_cache_once(tmp_path):
     root = make_image_folder(tmp_path / "data", train_per_class=30, test_per_class=5)
     script = (
-        "import logging, sys; from types import SimpleNamespace as S; from normexp.data import load_cifar10;"
+        "import logging, sys, time; from types import SimpleNamespace as S; from normexp.data import load_cifar10;"
+        "import normexp.data.sources as src; decode = src._decode_image;"
+        "src._decode_image = lambda path: (time.sleep(0.02), decode(path))[1];"  # a decode slow enough to overlap
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
         f"d = load_cifar10('folder', S(cifar10_folder={str(root)!r}, cache_dir={str(tmp_path / 'cache')!r}, "
         "torchvision_root=None)); print('digest', d.digest)"
@@ -195,4 +197,5 @@ def test_two_processes_build_a_fresh_cache_once(tmp_path):
     outputs = [job.communicate(timeout=120)[0] for job in jobs]
     assert all(job.returncode == 0 for job in jobs), outputs
     assert sum(out.count("decoding 300 train images") for out in outputs) == 1, outputs
+    assert sum(out.count("waiting for it") for out in outputs) == 1, outputs  # the lock, not luck, kept it once
     assert len({line for out in outputs for line in out.splitlines() if line.startswith("digest")}) == 1

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,6 @@ def test_running_jobs_are_counted_and_forgotten_when_they_end(tmp_path):
             assert second == 2
     with registered_job(tmp_path) as again:
         assert again == 1
-    (tmp_path / "999999999.job").write_text("")  # left by a process that is gone
+    (tmp_path / platform.node() / "999999999.job").write_text("")  # left by a process that is gone
     with registered_job(tmp_path) as after_crash:
         assert after_crash == 1

@@ -12,6 +12,7 @@ from tests.test_analysis import BN, HOLDS, write_run, write_sweep
 def test_report_holds_the_verdict_every_figure_and_the_excluded_runs(tmp_path):
     write_sweep(tmp_path, **HOLDS)
     write_run(tmp_path, {"name": "ln"}, 2, 0, [60.0, 70.0])
+    write_run(tmp_path, {"name": "in"}, 2, 0, [60.0, 69.0])  # with gn8, a group ablation: a fourth figure
     failed = write_run(tmp_path, BN, 8, 0, [60.0, 70.0], status="failed")
     assert analyze([str(tmp_path), "--set", "alpha=0.01"]) == 0
     page = (tmp_path / "report.html").read_text()

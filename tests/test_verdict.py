@@ -188,7 +188,7 @@ def test_other_differences_are_refused_by_name():
 
 
 def test_repeated_runs_are_refused_by_name():
-    with pytest.raises(PoolingError, match="runs repeat bn batch 2 seed 0: run0, run1"):
+    with pytest.raises(PoolingError, match="runs repeat bn 2 0: run0, run1"):
         check_poolable(pool(seeds=lambda i: 0 if i < 2 else i % 3), VARYING)
 
 

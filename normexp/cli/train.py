@@ -6,6 +6,7 @@ Torch is imported only when a job trains, so --help, --cfg and bad input answer 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def app(cfg: DictConfig) -> None:
     try:
         with registered_job(Path(cfg.paths.cache_dir).expanduser() / "jobs") as running:
             if cfg.runtime.threads is None:
-                cfg.runtime.threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), running)
+                # under SLURM the CPU affinity is this job's allocation: other jobs on the node don't share it
+                others = running if "SLURM_JOB_ID" not in os.environ else 1
+                cfg.runtime.threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), others)
             train_run(cfg)
     except (ConfigError, DataError) as error:
         log.error("%s", error)
