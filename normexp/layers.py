@@ -26,24 +26,26 @@ def update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: i
     bn.running_var.lerp_(unbiased.mean(0), momentum)
 
 
-def renorm_limits(step: Tensor, rmax: float, dmax: float, warmup_steps: int) -> tuple[Tensor, Tensor]:
-    """Batch Renormalization's r_max and d_max after `step` steps: linear from (1, 0) to (rmax, dmax)
-    over `warmup_steps` steps, then constant (tensors: no host sync under torch.compile)."""
-    steps = step.float()
-    progress = (steps / warmup_steps).clamp(max=1.0) if warmup_steps else torch.ones_like(steps)
+def renorm_limits(images: Tensor, rmax: float, dmax: float, warmup_images: int) -> tuple[Tensor, Tensor]:
+    """Batch Renormalization's r_max and d_max after a device has trained on `images` images: linear
+    from (1, 0) to (rmax, dmax) over `warmup_images`, then constant (tensors: no host sync under
+    torch.compile)."""
+    seen = images.float()
+    progress = (seen / warmup_images).clamp(max=1.0) if warmup_images else torch.ones_like(seen)
     return 1.0 + (rmax - 1.0) * progress, dmax * progress
 
 
 @torch.library.custom_op("normexp::renorm_correction", mutates_args=())
 def renorm_correction(mean: Tensor, std: Tensor, running_mean: Tensor, running_var: Tensor, step: Tensor,
-                      rmax: float, dmax: float, warmup_steps: int, eps: float) -> tuple[Tensor, Tensor]:
+                      images_per_step: int, rmax: float, dmax: float, warmup_images: int,
+                      eps: float) -> tuple[Tensor, Tensor]:
     """Batch Renormalization's r and d for batch statistics `mean`, `std` (..., C, 1, 1).
 
     An opaque op, so that torch.compile saves r and d for the backward: the min-cut partitioner
     would otherwise recompute them there from the running statistics and step counter, which the
     forward has updated in place by then, and the gradients would be wrong (pytorch/pytorch#197039).
     """
-    r_max, d_max = renorm_limits(step, rmax, dmax, warmup_steps)
+    r_max, d_max = renorm_limits(step * images_per_step, rmax, dmax, warmup_images)
     running_std = torch.sqrt(running_var + eps).view(-1, 1, 1)
     r = torch.clamp(std / running_std, 1.0 / r_max, r_max)
     d = torch.clamp((mean - running_mean.view(-1, 1, 1)) / running_std, -d_max, d_max)
@@ -59,8 +61,10 @@ class BatchRenorm2d(nn.BatchNorm2d):
     """Batch Renormalization (Ioffe 2017): in training y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
     with r = clip(sigma_B / sigma, 1/r_max, r_max) and d = clip((mu_B - mu) / sigma, -d_max, d_max)
     held constant in backprop (mu, sigma: the running statistics, updated as BatchNorm2d's); eval as
-    BatchNorm2d. r_max ramps linearly from 1 to `rmax` and d_max from 0 to `dmax` over the first
-    `warmup_steps` training forwards, counted by `num_batches_tracked` (step 0 is plain BN).
+    BatchNorm2d. r_max ramps linearly from 1 to `rmax` and d_max from 0 to `dmax` while each device
+    trains on its first `warmup_images` images (training forwards, counted by `num_batches_tracked`,
+    times the images per device; step 0 is plain BN). Counting images rather than steps puts the
+    ramp at the same share of training for every batch size at a fixed number of epochs.
     Deviations from the paper: one ramp for both limits, from step 0 (the paper holds plain BN for
     5k steps, then relaxes r_max over 40k and d_max over 25k), and sigma = sqrt(running_var + eps)
     with BatchNorm2d's variance update (the paper averages sigma itself).
@@ -70,12 +74,12 @@ class BatchRenorm2d(nn.BatchNorm2d):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rmax: float = 3.0,
-                 dmax: float = 5.0, warmup_steps: int = 5000, devices: int = 1) -> None:
+                 dmax: float = 5.0, warmup_images: int = 6250, devices: int = 1) -> None:
         super().__init__(num_features, eps, momentum)
-        self.rmax, self.dmax, self.warmup_steps, self.devices = rmax, dmax, warmup_steps, devices
+        self.rmax, self.dmax, self.warmup_images, self.devices = rmax, dmax, warmup_images, devices
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, warmup_steps={self.warmup_steps}"
+        return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, warmup_images={self.warmup_images}"
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -87,7 +91,8 @@ class BatchRenorm2d(nn.BatchNorm2d):
         var, mean = torch.var_mean(chunks, dim=(1, 3, 4), correction=0, keepdim=True)
         std = torch.sqrt(var + self.eps)
         r, d = renorm_correction(mean.detach(), std.detach(), self.running_mean, self.running_var,
-                                 self.num_batches_tracked, self.rmax, self.dmax, self.warmup_steps, self.eps)
+                                 self.num_batches_tracked, n // self.devices, self.rmax, self.dmax,
+                                 self.warmup_images, self.eps)
         update_running_stats(self, mean.view(self.devices, c), var.view(self.devices, c),
                              count=(n // self.devices) * h * w)
         scale = r / std * self.weight.view(1, 1, c, 1, 1)

@@ -126,16 +126,17 @@ def group_norm_ws(groups: Optional[int] = None, channels_per_group: Optional[int
 
 
 @register_norm("brn")
-def batch_renorm(momentum: float, rmax: float, dmax: float, warmup_steps: int) -> NormFactory:
-    """Batch Renormalization (Ioffe 2017); r_max ramps 1 -> rmax, d_max 0 -> dmax over warmup_steps steps."""
+def batch_renorm(momentum: float, rmax: float, dmax: float, warmup_images: int) -> NormFactory:
+    """Batch Renormalization (Ioffe 2017); r_max ramps 1 -> rmax, d_max 0 -> dmax while each device
+    trains on its first warmup_images images."""
     if not isinstance(rmax, (int, float)) or rmax < 1:
         raise ConfigError(f"norm.rmax={rmax!r} is invalid: must be a number >= 1")
     if not isinstance(dmax, (int, float)) or dmax < 0:
         raise ConfigError(f"norm.dmax={dmax!r} is invalid: must be a number >= 0")
-    if not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ConfigError(f"norm.warmup_steps={warmup_steps!r} is invalid: must be an integer >= 0")
+    if not isinstance(warmup_images, int) or warmup_images < 0:
+        raise ConfigError(f"norm.warmup_images={warmup_images!r} is invalid: must be an integer >= 0")
     return lambda channels: BatchRenorm2d(channels, momentum=momentum, rmax=float(rmax), dmax=float(dmax),
-                                          warmup_steps=warmup_steps)
+                                          warmup_images=warmup_images)
 
 
 @register_norm("frn")

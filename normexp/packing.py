@@ -68,7 +68,7 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
                               module.track_running_stats)
     if type(module) is BatchRenorm2d:
         return BatchRenorm2d(module.num_features * k, module.eps, module.momentum, module.rmax, module.dmax,
-                             module.warmup_steps, module.devices)
+                             module.warmup_images, module.devices)
     if type(module) is FilterResponseNorm2d:
         return FilterResponseNorm2d(module.num_features * k, module.eps)
     if type(module) is EvoNormS02d:

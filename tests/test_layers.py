@@ -18,8 +18,9 @@ NEW_NORMS = [norm_spec("brn"), norm_spec("bn_ws"), norm_spec("gn_ws", groups=4),
 
 
 def _brn(channels: int = 6, step: int = 2500, **kwargs) -> BatchRenorm2d:
-    """A BRN half-way through its ramp (r_max 2, d_max 2.5) with non-trivial state."""
-    brn = BatchRenorm2d(channels, **kwargs)
+    """A BRN half-way through its ramp (r_max 2, d_max 2.5) for 4 images per device, with
+    non-trivial state."""
+    brn = BatchRenorm2d(channels, **{"warmup_images": 2 * 2500 * 4, **kwargs})
     with torch.no_grad():
         brn.weight.normal_(1.0, 0.5)
         brn.bias.normal_()
@@ -74,9 +75,9 @@ def test_batch_renorm_training_step_is_the_papers_formula_with_r_and_d_constant(
 
 @pytest.mark.parametrize("step, limits", [(0, (1.0, 0.0)), (1250, (1.5, 1.25)), (5000, (3.0, 5.0)), (9000, (3.0, 5.0))])
 def test_batch_renorm_relaxes_r_max_and_d_max_linearly_over_its_warmup(step, limits):
-    r_max, d_max = renorm_limits(torch.tensor(step), rmax=3.0, dmax=5.0, warmup_steps=5000)
+    r_max, d_max = renorm_limits(torch.tensor(step), rmax=3.0, dmax=5.0, warmup_images=5000)
     assert (float(r_max), float(d_max)) == pytest.approx(limits)
-    assert tuple(map(float, renorm_limits(torch.tensor(0), 3.0, 5.0, warmup_steps=0))) == (3.0, 5.0)
+    assert tuple(map(float, renorm_limits(torch.tensor(0), 3.0, 5.0, warmup_images=0))) == (3.0, 5.0)
 
 
 def test_batch_renorm_is_batchnorm_at_its_first_step_and_in_eval_mode():
@@ -98,8 +99,8 @@ def test_batch_renorm_on_4_devices_equals_4_separate_passes():
     assert model.state_dict().keys() == keys
     assert all(m.devices == 4 for m in model.modules() if isinstance(m, BatchRenorm2d))
 
-    brn = _brn(devices=4)
-    copies = [_brn(devices=1) for _ in range(4)]
+    brn = _brn(devices=4, warmup_images=2 * 2500 * 2)  # half-way at 2 images per device, like each copy
+    copies = [_brn(devices=1, warmup_images=2 * 2500 * 2) for _ in range(4)]
     for c in copies:
         c.load_state_dict(brn.state_dict())
     x = torch.randn(8, 6, 3, 3).contiguous(memory_format=torch.channels_last) * 2
@@ -224,3 +225,13 @@ def test_a_parametrization_packing_does_not_know_is_refused():
     nn.utils.parametrize.register_parametrization(model.stem[0], "weight", _Doubled())
     with pytest.raises(packing.PackingError, match="cannot pack a Conv2d layer with a _Doubled parametrization"):
         packing.check_packable(model)
+
+
+def test_batch_renorm_ramp_ends_at_the_same_share_of_training_for_every_batch_size():
+    """claim: 8 devices, 50,000 images per epoch: one epoch is 6,250 images per device at any batch."""
+    for per_device in (2, 8, 32, 64):
+        steps_per_epoch = 50_000 // (8 * per_device)
+        r_max, _ = renorm_limits(torch.tensor(steps_per_epoch * per_device), 3.0, 5.0, warmup_images=6250)
+        assert float(r_max) == pytest.approx(3.0, abs=0.01)
+        r_half, _ = renorm_limits(torch.tensor(steps_per_epoch // 2 * per_device), 3.0, 5.0, warmup_images=6250)
+        assert float(r_half) == pytest.approx(2.0, abs=0.02)

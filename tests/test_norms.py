@@ -80,7 +80,7 @@ def test_group_setting_that_does_not_fit_a_layer_is_rejected_at_build(spec, mess
         ({"name": "evonorm", "groups": 0}, "norm.groups=0"),
         (norm_spec("brn", rmax=0.5), "norm.rmax=0.5 is invalid"),
         (norm_spec("brn", dmax=-1), "norm.dmax=-1 is invalid"),
-        (norm_spec("brn", warmup_steps=1.5), "norm.warmup_steps=1.5 is invalid"),
+        (norm_spec("brn", warmup_images=1.5), "norm.warmup_images=1.5 is invalid"),
         (norm_spec("frn", eps=0), "norm.eps=0 is invalid"),
     ],
 )
