@@ -232,6 +232,6 @@ def test_batch_renorm_ramp_ends_at_the_same_share_of_training_for_every_batch_si
     for per_device in (2, 8, 32, 64):
         steps_per_epoch = 50_000 // (8 * per_device)
         r_max, _ = renorm_limits(torch.tensor(steps_per_epoch * per_device), 3.0, 5.0, warmup_images=6250)
-        assert float(r_max) == pytest.approx(3.0, abs=0.01)
+        assert float(r_max) == pytest.approx(3.0, abs=0.02)  # up to the dropped last batch
         r_half, _ = renorm_limits(torch.tensor(steps_per_epoch // 2 * per_device), 3.0, 5.0, warmup_images=6250)
         assert float(r_half) == pytest.approx(2.0, abs=0.02)
