@@ -9,7 +9,8 @@ from torch import nn
 from normexp.devices import PerDeviceBatchNorm2d, split_batch_statistics
 from normexp.models import build_model
 from normexp.packing import pack
-from tests.conftest import norm_spec
+from normexp.conductor import train_run
+from tests.conftest import interrupted_at, norm_spec, record_numbers, run_dir
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": False}
 
@@ -97,3 +98,24 @@ def test_a_whole_model_on_8_devices_equals_8_separate_passes_gradients_included(
     torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-4)
     for (name, p_ref), p in zip(model.named_parameters(), per_device.parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_a_run_on_devices_resumes_to_the_uninterrupted_numbers(make_cfg, tmp_path, monkeypatch):
+    settings = ("data.devices=2", "data.batch_size=4", "trainer.epochs=3", "norm=bn")
+    reference = make_cfg(*settings, f"paths.results_root={tmp_path / 'reference'}")
+    train_run(reference)
+    cfg = make_cfg(*settings)
+    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    train_run(cfg)
+    assert "resuming" in (run_dir(cfg) / "train.log").read_text()
+    assert record_numbers(run_dir(cfg)) == record_numbers(run_dir(reference))
+
+
+@pytest.mark.parametrize("name", ["gn", "ln", "in", "none", "frn", "evonorm"])
+def test_batch_independent_norms_compute_the_same_on_any_number_of_devices(name):
+    torch.manual_seed(0)
+    model = build_model(MODEL, norm_spec(name, groups=4) if name in ("gn", "evonorm") else norm_spec(name))
+    on_devices = split_batch_statistics(copy.deepcopy(model), 4)
+    x = torch.randn(8, 3, 32, 32)
+    torch.testing.assert_close(on_devices(x), model(x))
