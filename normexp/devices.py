@@ -13,9 +13,10 @@ with 1/devices of its variance. The state dict is plain BatchNorm2d's (BatchReno
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normexp.layers import BatchRenorm2d, update_running_stats
+from normexp.layers import BatchRenorm2d
 
 
 class PerDeviceBatchNorm2d(nn.BatchNorm2d):
@@ -30,20 +31,28 @@ class PerDeviceBatchNorm2d(nn.BatchNorm2d):
         if not self.training or self.devices == 1:
             return super().forward(x)
         n, c, h, w = x.shape
-        if n % self.devices:
-            raise ValueError(f"a batch of {n} images does not split into {self.devices} devices")
-        chunks = x.view(self.devices, n // self.devices, c, h, w)
-        var, mean = torch.var_mean(chunks, dim=(1, 3, 4), unbiased=False, keepdim=True)
-        scale = torch.rsqrt(var + self.eps)
-        if self.affine:
-            scale = scale * self.weight.view(1, 1, c, 1, 1)
-        shift = -mean * scale
-        if self.affine:
-            shift = shift + self.bias.view(1, 1, c, 1, 1)
+        d = self.devices
+        if n % d:
+            raise ValueError(f"a batch of {n} images does not split into {d} devices")
+        # each device's images as channels of their own: (d*b, c, h, w) -> (b, d*c, h, w), so that the
+        # fused batch_norm kernel computes per-device statistics (about 2x faster than explicit ops)
+        per_device = x.view(d, n // d, c, h, w).transpose(0, 1).reshape(n // d, d * c, h, w)
+        running = [t.repeat(d) if t is not None else None for t in (self.running_mean, self.running_var)]
+        out = F.batch_norm(per_device, running[0], running[1],
+                           self.weight.repeat(d) if self.affine else None, self.bias.repeat(d) if self.affine else None,
+                           True, self._momentum(), self.eps)
         if self.track_running_stats:
-            update_running_stats(self, mean.view(self.devices, c), var.view(self.devices, c),
-                                 count=(n // self.devices) * h * w)
-        return (chunks * scale + shift).reshape(n, c, h, w)
+            with torch.no_grad():  # the average of the devices' own running updates
+                self.running_mean.copy_(running[0].view(d, c).mean(0))
+                self.running_var.copy_(running[1].view(d, c).mean(0))
+        return out.view(n // d, d, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+
+    def _momentum(self) -> float:
+        """BatchNorm2d's update rate, counting this step (momentum None: the cumulative average)."""
+        if not self.track_running_stats:
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        return self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
 
 
 def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
