@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from normexp import atomic  # noqa: E402
 from normexp.plots import colour  # noqa: E402
 from normexp.cli.analyze import SWEPT  # noqa: E402
-from normexp.tables import load_runs  # noqa: E402
+from normexp.collect import load_runs  # noqa: E402
 from normexp.verdict import check_poolable, load_criteria  # noqa: E402
 
 

@@ -6,7 +6,7 @@ Usage: python scripts/compare_sweeps.py BEFORE_RESULTS_DIR AFTER_RESULTS_DIR
 import sys
 
 from normexp.analysis import compare_sweeps
-from normexp.tables import load_runs
+from normexp.collect import load_runs
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:

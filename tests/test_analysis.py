@@ -11,7 +11,7 @@ import pytest
 from normexp import record
 from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table
 from normexp.cli.analyze import main as analyze
-from normexp.tables import load_runs
+from normexp.collect import load_runs
 from normexp.verdict import load_criteria
 
 

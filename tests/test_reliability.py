@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from normexp import record
-from normexp.tables import load_runs
+from normexp.collect import load_runs
 from normexp.conductor import train_run
 from tests.conftest import record_numbers, run_dir
 

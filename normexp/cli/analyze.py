@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from normexp import plots
     from normexp.analysis import accuracy_table, convergence_table, error_table
-    from normexp.tables import load_runs
+    from normexp.collect import load_runs
     from normexp.verdict import PoolingError, check_poolable, describe_verdict, load_criteria, verdict
 
     out = args.out or args.results_dir

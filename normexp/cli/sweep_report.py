@@ -67,7 +67,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from normexp.record import read_json
-        from normexp.tables import load_runs
+        from normexp.collect import load_runs
 
         root = Path(config.paths.results_root).expanduser()
         sweep_dir = Path(config.hydra.sweep.dir)

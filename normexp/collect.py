@@ -1,4 +1,4 @@
-"""Collect the run records under a results folder into pandas tables (through normexp.record).
+"""Collect the run records under a results folder into pandas DataFrames (through normexp.record).
 
 `runs`: one row per run folder (identity columns, summary metrics, `status`, the `identity` dict,
 and the verdict `criteria` its config recorded);
