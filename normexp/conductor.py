@@ -202,14 +202,16 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                 len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
 
     forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
+    precise = _precise_bn_batches(cfg, train)
     for epoch in range(len(group[0].metrics) + 1, epochs + 1):
         epoch_start = time.perf_counter()
         result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every,
                              cfg.runtime.progress)
         eval_start = time.perf_counter()
         due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
-        tested = (evaluate_members(pack, [m.model for m in group], test, _precise_bn(cfg, train, epochs + epoch))
-                  if due else [(None, None)] * pack.size)
+        tested = (evaluate_members(pack, [m.model for m in group], test,
+                                   (precise, epochs + epoch, cfg.norm.precise_bn_batches) if precise else None)
+                  if due else [(None, None)] * pack.size)  # precise BN's draw: past every training epoch
         eval_seconds = time.perf_counter() - eval_start
         active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
         for i, member in active:
@@ -220,13 +222,14 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                 member.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
                                    epoch, result.diverged[i]["step"])
         share = (time.perf_counter() - epoch_start) / pack.size  # the job's wall time, split over its runs
-        optimizer_state = optimizer.state_dict()
+        states = pack.member_states(optimizer)
         for i, member in active:
             member.compute_seconds += share
             if member.diverged is None:
+                model_state, optimizer_state = states[i]
                 checkpoint = {
-                    "model": pack.member_state(i),
-                    "optimizer": Pack.split_optimizer_state(optimizer_state, pack.size, i),
+                    "model": model_state,
+                    "optimizer": optimizer_state,
                     "scheduler": scheduler.state_dict(), "metrics": member.metrics,
                     "train_loss": member.loss_log, "compute_seconds": member.compute_seconds,
                 }
@@ -243,14 +246,13 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
         member.tracker.finish(member.summary)
 
 
-def _precise_bn(cfg: DictConfig, train: TrainBatches, draw: int) -> Optional[tuple[TrainBatches, int, int]]:
-    """Precise BN's batches (norm.precise_bn_*): the training set at its batch size, in a fresh
-    seeded order and augmentation (`draw` is past every training epoch); None when it is off."""
+def _precise_bn_batches(cfg: DictConfig, train: TrainBatches) -> Optional[TrainBatches]:
+    """Precise BN's batches (norm.precise_bn_*): the training set at their own batch size; None when
+    it is off."""
     if cfg.norm.get("precise_bn_batches") is None:
         return None
-    batches = TrainBatches(train.images, train.labels, cfg.norm.precise_bn_batch_size, train.mean, train.std,
-                           seeds=train.seeds, padding=train.padding, flip=train.flip, memory_format=train.memory_format)
-    return batches, draw, cfg.norm.precise_bn_batches
+    return TrainBatches(train.images, train.labels, cfg.norm.precise_bn_batch_size, train.mean, train.std,
+                        seeds=train.seeds, padding=train.padding, flip=train.flip, memory_format=train.memory_format)
 
 
 def _fmt(value: Optional[float], pattern: str) -> str:

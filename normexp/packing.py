@@ -12,7 +12,7 @@ single-run state dicts (checkpoints keep the single-run format).
 
 This module owns the members' layout everywhere: inputs side by side in the channel dimension
 (`join_inputs`), logits member-major in the feature dimension (`Pack.losses`), state and optimizer
-state concatenated along dimension 0 (`Pack.member_state`, `Pack.load_optimizer`).
+state concatenated along dimension 0 (`Pack.member_states`, `Pack.load_optimizer`).
 """
 
 from __future__ import annotations
@@ -191,13 +191,11 @@ class Pack:
         loss = F.cross_entropy(out.flatten(0, 1), labels.flatten(), reduction="none").view(-1, self.size).mean(0)
         return loss, (out.argmax(-1) == labels).sum(0)
 
-    def member_state(self, index: int) -> dict[str, Tensor]:
-        return member_state(self.model.state_dict(), self.size, index)
-
-    @staticmethod
-    def split_optimizer_state(packed: dict[str, Any], size: int, index: int) -> dict[str, Any]:
-        """Member `index`'s optimizer state from the pack's optimizer state dict."""
-        return member_optimizer_state(packed, size, index) if size > 1 else packed
+    def member_states(self, optimizer: torch.optim.Optimizer) -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
+        """Each member's (model state, optimizer state), in the single-run format of a checkpoint."""
+        model, optim = self.model.state_dict(), optimizer.state_dict()
+        return [(member_state(model, self.size, i), member_optimizer_state(optim, self.size, i))
+                for i in range(self.size)]
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, states: Sequence[dict[str, Any]]) -> None:
-        optimizer.load_state_dict(pack_optimizer_state(states) if self.size > 1 else states[0])
+        optimizer.load_state_dict(pack_optimizer_state(states))
