@@ -41,14 +41,22 @@ def _criteria(directory: Path) -> dict | None:
         return None
 
 
-def load_runs(root: Path) -> RunTables:
-    """Read every run folder (one holding identity.json) below `root`, skipping hidden folders."""
+def _run_folders(roots: tuple[Path, ...]) -> list[Path]:
+    """Every folder holding identity.json below any of `roots`, skipping hidden folders, each once."""
+    folders = {}
+    for root in map(Path, roots):
+        for identity_path in root.rglob(record.IDENTITY):
+            directory = identity_path.parent
+            if not any(part.startswith(".") for part in directory.relative_to(root).parts):
+                folders[directory.resolve()] = directory
+    return [folders[key] for key in sorted(folders)]
+
+
+def load_runs(*roots: Path) -> RunTables:
+    """Read every run folder (one holding identity.json) below the given folders, skipping hidden ones."""
     rows, epoch_rows, loss_rows = [], [], []
-    root = Path(root)
-    for identity_path in sorted(root.rglob(record.IDENTITY)):
-        directory = identity_path.parent
-        if any(part.startswith(".") for part in directory.relative_to(root).parts):
-            continue
+    for directory in _run_folders(roots):
+        identity_path = directory / record.IDENTITY
         ident = record.read_json(identity_path)
         if ident is None:
             continue

@@ -129,7 +129,7 @@ def _runs(runs: pd.DataFrame) -> str:
             + f"<h3>All runs</h3>{_table(listed, classes='runs')}")
 
 
-def render(source: Path, runs: pd.DataFrame, result: Mapping[str, Any] | None = None,
+def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | None = None,
            error: pd.DataFrame | None = None, convergence: pd.DataFrame | None = None,
            figures: Sequence[Path] = ()) -> str:
     """The report page; without `result` (no finished runs) it holds only the runs."""
@@ -152,7 +152,7 @@ def render(source: Path, runs: pd.DataFrame, result: Mapping[str, Any] | None = 
             f"written {stamp} by normexp-analyze</p><p>{contents}</p>\n{body}\n</body></html>\n")
 
 
-def write_report(path: Path, source: Path, runs: pd.DataFrame, **sections: Any) -> Path:
+def write_report(path: Path, source: str | Path, runs: pd.DataFrame, **sections: Any) -> Path:
     """Render the report (see `render`) to `path` atomically; returns `path`."""
     atomic.write_text(path, render(source, runs, **sections))
     return path

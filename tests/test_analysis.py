@@ -2,6 +2,7 @@
 normexp.record (no training)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,25 @@ def test_analyze_refuses_to_pool_runs_that_differ_or_repeat(tmp_path, capsys):
     write_run(tmp_path / "c" / "sweep1", BN, 2, 0, [40.0, 50.0])
     write_run(tmp_path / "c" / "sweep2", BN, 2, 0, [40.0, 51.0])
     assert analyze([str(tmp_path / "c")]) == 2
+    assert "repeat" in capsys.readouterr().err
+
+
+def test_analyze_pools_several_results_dirs_into_out_and_refuses_a_copied_run(tmp_path, capsys):
+    write_sweep(tmp_path / "seeds_0-2", **HOLDS)
+    for norm, accs in ((BN, HOLDS["bn_acc"]), (GN, HOLDS["gn_acc"])):
+        for batch, acc in accs.items():
+            for seed in (3, 4, 5):
+                write_run(tmp_path / "seeds_3-5", norm, batch, seed, [acc - 10, acc])
+    dirs = [str(tmp_path / "seeds_0-2"), str(tmp_path / "seeds_3-5")]
+    assert analyze(dirs) == 2
+    assert "--out is required" in capsys.readouterr().err
+    assert analyze([*dirs, "--out", str(tmp_path / "all")]) == 0
+    pooled = pd.read_csv(tmp_path / "all" / "tables" / "accuracy.csv")
+    assert set(pooled["n"]) == {6} and len(pooled) == 8
+    assert json.loads((tmp_path / "all" / "verdict.json").read_text())["runs"]["finished"] == 48
+    assert not (tmp_path / "seeds_0-2" / "verdict.json").exists()
+    shutil.copytree(tmp_path / "seeds_0-2", tmp_path / "copy")
+    assert analyze([dirs[0], str(tmp_path / "copy"), "--out", str(tmp_path / "all")]) == 2
     assert "repeat" in capsys.readouterr().err
 
 

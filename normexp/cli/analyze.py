@@ -1,6 +1,7 @@
-"""`normexp-analyze RESULTS_DIR`: tables, figures and the claim verdict from run records.
+"""`normexp-analyze RESULTS_DIR [RESULTS_DIR ...]`: tables, figures and the claim verdict from run records.
 
-Needs no training and takes seconds: it only reads the records below RESULTS_DIR. It refuses to
+Needs no training and takes seconds: it only reads the records below the RESULTS_DIRs (several
+pool their runs, e.g. two seed sets, and then need `--out`). It refuses to
 pool runs that differ in anything but the swept fields (norm, batch size, devices, seed) or on
 other data, and repeats of one run; the verdict's criteria come from the runs' recorded config
 (fixed when the sweep was launched; conf/verdict/default.yaml), and `--set KEY=VALUE` overrides
@@ -23,8 +24,10 @@ THRESHOLDS = (50.0, 60.0, 70.0, 80.0)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="normexp-analyze", description=__doc__.splitlines()[0])
-    parser.add_argument("results_dir", type=Path, help="folder whose subfolders hold run records")
-    parser.add_argument("--out", type=Path, help="where tables/, figures/ and verdict.json go (default: RESULTS_DIR)")
+    parser.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR",
+                        help="folder whose subfolders hold run records; several are pooled")
+    parser.add_argument("--out", type=Path,
+                        help="where tables/, figures/ and verdict.json go (default: RESULTS_DIR when there is one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a verdict criterion (see conf/verdict/default.yaml), e.g. --set alpha=0.01")
     parser.add_argument("--vary", action="append", default=[], metavar="FIELD",
@@ -55,26 +58,31 @@ def _recorded_criteria(runs) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.results_dir.is_dir():
-        print(f"normexp-analyze: RESULTS_DIR {args.results_dir} is not a folder", file=sys.stderr)
+    for results_dir in args.results_dirs:
+        if not results_dir.is_dir():
+            print(f"normexp-analyze: RESULTS_DIR {results_dir} is not a folder", file=sys.stderr)
+            return 2
+    if len(args.results_dirs) > 1 and args.out is None:
+        print("normexp-analyze: --out is required with several RESULTS_DIRs", file=sys.stderr)
         return 2
     from normexp import plots
     from normexp.analysis import accuracy_table, convergence_table, error_table
     from normexp.collect import load_runs
     from normexp.verdict import PoolingError, check_poolable, describe_verdict, load_criteria, verdict
 
-    out = args.out or args.results_dir
+    out = args.out or args.results_dirs[0]
+    source = ", ".join(map(str, args.results_dirs))
     table_dir, figure_dir = out / "tables", out / "figures"
-    tables = load_runs(args.results_dir)
+    tables = load_runs(*args.results_dirs)
     _write_table(tables.runs.drop(columns=["path", "identity", "criteria"], errors="ignore"), table_dir, "runs")
     for _, run in tables.excluded.iterrows():
         print(f"excluded {run['run']}: {run['status']} - {run['reason']}")
     finished = tables.finished
     if finished.empty:
-        print(f"normexp-analyze: no finished runs under {args.results_dir} ({len(tables.runs)} run folder(s), "
+        print(f"normexp-analyze: no finished runs under {source} ({len(tables.runs)} run folder(s), "
               f"listed in {table_dir / 'runs.md'}); no statistics", file=sys.stderr)
         from normexp.report import write_report
-        write_report(out / "report.html", args.results_dir, tables.runs)
+        write_report(out / "report.html", source, tables.runs)
         return 1
     try:
         check_poolable(finished, SWEPT + tuple(args.vary))
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_verdict(result))
     print(f"tables: {table_dir}\nfigures: {', '.join(str(f) for f in figures)}\nverdict: {out / 'verdict.json'}")
     from normexp.report import write_report
-    report = write_report(out / "report.html", args.results_dir, tables.runs, result=result,
+    report = write_report(out / "report.html", source, tables.runs, result=result,
                           error=error_table(finished, criteria), figures=figures,
                           convergence=convergence_table(finished, epochs, args.thresholds))
     print(f"report: {report}")
