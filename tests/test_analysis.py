@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from normexp import record
-from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table
+from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table, verdict_table
 from normexp.cli.analyze import main as analyze
 from normexp.collect import load_runs
 from normexp.verdict import load_criteria
@@ -156,6 +156,20 @@ def test_analyze_pools_several_results_dirs_into_out_and_refuses_a_copied_run(tm
     shutil.copytree(tmp_path / "seeds_0-2", tmp_path / "copy")
     assert analyze([dirs[0], str(tmp_path / "copy"), "--out", str(tmp_path / "all")]) == 2
     assert "repeat" in capsys.readouterr().err
+
+
+def test_verdicts_of_two_run_sets_side_by_side_show_where_they_disagree(tmp_path):
+    write_sweep(tmp_path / "holds", **HOLDS)
+    write_sweep(tmp_path / "flat_bn", bn_acc={32: 80.0, 2: 80.1}, gn_acc={32: 78.0, 2: 78.0})
+    for name in ("holds", "flat_bn"):
+        assert analyze([str(tmp_path / name)]) == 0
+    verdicts = {name: json.loads((tmp_path / name / "verdict.json").read_text()) for name in ("holds", "flat_bn")}
+    table = verdict_table(verdicts)
+    assert list(table.columns) == ["holds", "flat_bn"]
+    assert table.loc["verdict", "holds"] == "HOLDS" and table.loc["verdict", "flat_bn"] == "DOES NOT HOLD"
+    assert table.loc["BN degrades: drop (lower bound)", "holds"].endswith(" yes")
+    assert table.loc["BN degrades: drop (lower bound)", "flat_bn"].endswith(" NO")
+    assert table.loc["finished runs", "holds"] == "24" and table.loc["batch sizes", "flat_bn"] == "2, 32"
 
 
 def test_analyze_overrides_are_reported_and_bad_ones_named(tmp_path, capsys):

@@ -1,0 +1,24 @@
+"""The claim verdicts of several analyzed run sets side by side, as a markdown table (e.g. whether two
+disjoint seed sets reach the same decision).
+
+Usage: python scripts/compare_verdicts.py LABEL=RESULTS_DIR [LABEL=RESULTS_DIR ...]
+       (each RESULTS_DIR holds the verdict.json that normexp-analyze wrote)
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from normexp.analysis import verdict_table
+
+if __name__ == "__main__":
+    pairs = [arg.partition("=") for arg in sys.argv[1:]]
+    if not pairs or any(not sep or not label for label, sep, _ in pairs):
+        sys.exit(__doc__.strip().split("\n\n")[-1])
+    verdicts = {}
+    for label, _, folder in pairs:
+        path = Path(folder) / "verdict.json"
+        if not path.is_file():
+            sys.exit(f"compare_verdicts: {path} does not exist (run normexp-analyze {folder} first)")
+        verdicts[label] = json.loads(path.read_text())
+    print(verdict_table(verdicts).to_markdown())
