@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import pandas as pd
 
@@ -71,31 +71,3 @@ def convergence_table(runs: pd.DataFrame, epochs: pd.DataFrame, thresholds: Sequ
     table["final_train_loss"] = grouped["final_train_loss"].mean()
     table["final_train_acc"] = grouped["final_train_acc"].mean()
     return table.reset_index().round(3)
-
-
-def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """The claim verdicts of several run sets side by side (e.g. two disjoint seed sets and both
-    pooled): one row per check with its estimate, bound and outcome, one column per set."""
-    def outcome(held: bool) -> str:
-        return "yes" if held else "NO"
-
-    columns = {}
-    for label, result in verdicts.items():
-        if result["undecided"]:
-            columns[label] = {"verdict": f"UNDECIDED: {result['reason']}"}
-            continue
-        k = result["checks"]
-        d, g, i, b, p = (k[n] for n in ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch",
-                                         "parity"))
-        columns[label] = {
-            "verdict": "HOLDS" if result["holds"] else "DOES NOT HOLD",
-            "batch sizes": ", ".join(map(str, result["batch_sizes"])),
-            "finished runs": str(result["runs"]["finished"]),
-            "BN degrades: drop (lower bound)": f"{d['drop']:.2f} ({d['lower_bound']:.2f}) {outcome(d['holds'])}",
-            "GN holds: change (lower bound)": f"{g['change']:+.2f} ({g['lower_bound']:+.2f}) {outcome(g['holds'])}",
-            "interaction (lower bound)": f"{i['estimate']:.2f} ({i['lower_bound']:.2f}) {outcome(i['holds'])}",
-            "GN beats BN at smallest: gap (p)": f"{b['gap']:+.2f} ({b['p_value_one_sided']:.4f}) {outcome(b['holds'])}",
-            "parity at reference: BN - GN [CI]": f"{p['gap']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] "
-                                                 f"{outcome(p['holds'])}{'' if p['required'] else ' (not required)'}",
-        }
-    return pd.DataFrame(columns).fillna("").rename_axis("check")

@@ -52,10 +52,10 @@ def _run_folders(roots: tuple[Path, ...]) -> list[Path]:
     return [folders[key] for key in sorted(folders)]
 
 
-def load_runs(*roots: Path) -> RunTables:
-    """Read every run folder (one holding identity.json) below the given folders, skipping hidden ones."""
+def load_runs(root: Path, *more: Path) -> RunTables:
+    """Read every run folder (one holding identity.json) below `root` and `more`, skipping hidden ones."""
     rows, epoch_rows, loss_rows = [], [], []
-    for directory in _run_folders(roots):
+    for directory in _run_folders((root, *more)):
         identity_path = directory / record.IDENTITY
         ident = record.read_json(identity_path)
         if ident is None:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from normexp import atomic
-from normexp.verdict import describe_verdict
+from normexp.verdict_text import describe_verdict
 
 # Published test error (%) by batch size (images per GPU), shown beside this sweep's numbers.
 REFERENCE_BATCHES = (32, 16, 8, 4, 2)

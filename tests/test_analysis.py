@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from normexp import record
-from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table, verdict_table
+from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table
 from normexp.cli.analyze import main as analyze
 from normexp.collect import load_runs
 from normexp.verdict import load_criteria
+from normexp.verdict_text import verdict_table
 
 
 def write_run(root: Path, norm: dict, batch: int, seed: int, accs: list[float], status: str = "finished",
@@ -147,7 +148,12 @@ def test_analyze_pools_several_results_dirs_into_out_and_refuses_a_copied_run(tm
                 write_run(tmp_path / "seeds_3-5", norm, batch, seed, [acc - 10, acc])
     dirs = [str(tmp_path / "seeds_0-2"), str(tmp_path / "seeds_3-5")]
     assert analyze(dirs) == 2
-    assert "--out is required" in capsys.readouterr().err
+    assert "need an --out of their own" in capsys.readouterr().err
+    assert analyze([*dirs, "--out", dirs[0]]) == 2
+    assert not (tmp_path / "seeds_0-2" / "verdict.json").exists()
+    for reached_twice, finished in (([dirs[0], dirs[0]], 24), ([str(tmp_path), dirs[0]], 48)):  # same, nested
+        assert analyze([*reached_twice, "--out", str(tmp_path / "twice")]) == 0
+        assert json.loads((tmp_path / "twice" / "verdict.json").read_text())["runs"]["finished"] == finished
     assert analyze([*dirs, "--out", str(tmp_path / "all")]) == 0
     pooled = pd.read_csv(tmp_path / "all" / "tables" / "accuracy.csv")
     assert set(pooled["n"]) == {6} and len(pooled) == 8
@@ -169,7 +175,13 @@ def test_verdicts_of_two_run_sets_side_by_side_show_where_they_disagree(tmp_path
     assert table.loc["verdict", "holds"] == "HOLDS" and table.loc["verdict", "flat_bn"] == "DOES NOT HOLD"
     assert table.loc["BN degrades: drop (lower bound)", "holds"].endswith(" yes")
     assert table.loc["BN degrades: drop (lower bound)", "flat_bn"].endswith(" NO")
-    assert table.loc["finished runs", "holds"] == "24" and table.loc["batch sizes", "flat_bn"] == "2, 32"
+    assert table.loc["finished runs", "holds"] == "24" and table.loc["batch sizes (reference)", "flat_bn"] == "2, 32 (32)"
+    verdicts["holds"]["checks"]["bn_degrades"]["lower_bound"] = None  # a statistic the verdict could not compute
+    verdicts["undecided"] = {"undecided": True, "reason": "no gn8 runs"}
+    table = verdict_table(verdicts)
+    assert table.loc["BN degrades: drop (lower bound)", "holds"].startswith("8.") and "(n/a)" in table.loc[
+        "BN degrades: drop (lower bound)", "holds"]
+    assert table.loc["verdict", "undecided"] == "UNDECIDED: no gn8 runs"
 
 
 def test_analyze_overrides_are_reported_and_bad_ones_named(tmp_path, capsys):

@@ -5,7 +5,7 @@ import json
 
 from normexp.cli.analyze import main as analyze
 from normexp.report import REFERENCES
-from normexp.verdict import describe_verdict
+from normexp.verdict_text import describe_verdict
 from tests.test_analysis import BN, HOLDS, write_run, write_sweep
 
 

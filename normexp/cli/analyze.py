@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from normexp import atomic
+from normexp import atomic, record
 
 SWEPT = ("norm", "data.batch_size", "data.devices", "seed")
 THRESHOLDS = (50.0, 60.0, 70.0, 80.0)
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR",
                         help="folder whose subfolders hold run records; several are pooled")
     parser.add_argument("--out", type=Path,
-                        help="where tables/, figures/ and verdict.json go (default: RESULTS_DIR when there is one)")
+                        help="where tables/, figures/ and verdict.json go (default: the RESULTS_DIR when only one is given)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a verdict criterion (see conf/verdict/default.yaml), e.g. --set alpha=0.01")
     parser.add_argument("--vary", action="append", default=[], metavar="FIELD",
@@ -62,13 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         if not results_dir.is_dir():
             print(f"normexp-analyze: RESULTS_DIR {results_dir} is not a folder", file=sys.stderr)
             return 2
-    if len(args.results_dirs) > 1 and args.out is None:
-        print("normexp-analyze: --out is required with several RESULTS_DIRs", file=sys.stderr)
+    if len(args.results_dirs) > 1 and (args.out is None or args.out.resolve() in
+                                       {d.resolve() for d in args.results_dirs}):
+        print("normexp-analyze: several RESULTS_DIRs need an --out of their own (not one of them: the pooled "
+              "analysis would replace that set's own)", file=sys.stderr)
         return 2
     from normexp import plots
     from normexp.analysis import accuracy_table, convergence_table, error_table
     from normexp.collect import load_runs
-    from normexp.verdict import PoolingError, check_poolable, describe_verdict, load_criteria, verdict
+    from normexp.verdict import PoolingError, check_poolable, load_criteria, verdict
+    from normexp.verdict_text import describe_verdict
 
     out = args.out or args.results_dirs[0]
     source = ", ".join(map(str, args.results_dirs))
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     _write_table(accuracy_table(finished), table_dir, "accuracy")
     _write_table(error_table(finished, criteria), table_dir, "error_by_batch", index=True)
     finished_runs = set(finished["run"])
-    epochs = tables.epochs[tables.epochs["run"].isin(finished_runs)]
+    epochs = tables.epochs[tables.epochs["run"].isin(finished_runs) & (tables.epochs["status"] == record.FINISHED)]
     _write_table(convergence_table(finished, epochs, args.thresholds), table_dir, "convergence")
     figures = [plots.error_vs_batch(finished, figure_dir / "error_vs_batch.png"),
                plots.accuracy_curves(epochs, figure_dir / "accuracy_by_epoch.png")]
