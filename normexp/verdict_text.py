@@ -16,6 +16,11 @@ def num(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def p_spec(p: float | None) -> str:
+    """Four decimals, or two significant digits below 0.0001 (never a p printed as 0.0000)."""
+    return ".1e" if p is not None and p < 1e-4 else ".4f"
+
+
 def describe_verdict(result: Mapping[str, Any]) -> str:
     """A few human lines: the overall verdict, then each check's comparison and its outcome."""
     if result["undecided"]:
@@ -50,7 +55,8 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
         f"  {mark[b['holds']]} {gn} beats {bn} at batch {small}: {num(b['gn_mean'])}% vs {num(b['bn_mean'])}% (gap "
         f"{num(b['gap'], '+.2f')}; Welch t={num(b['welch_t'])}, df={num(b['df'], '.1f')}; "
         f"n={b['n_gn']}/{b['n_bn']}), "
-        + compare(b, "one-sided p=", b["p_value_one_sided"], "<", f"{b['alpha']:g}", ".4f"),
+        + compare(b, "one-sided p=", b["p_value_one_sided"], "<", f"{b['alpha']:g}",
+                  p_spec(b["p_value_one_sided"])),
         f"  {mark[p['holds']]} parity at batch {ref} ({'required' if p['required'] else 'reported; not required'}): "
         f"{bn} - {gn} {num(p['gap'], '+.2f')} points, "
         + (f"{level} CI {ci} within ±{p['max_gap']:.2f}" if p["holds"]
@@ -83,7 +89,7 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             "GN holds: change (lower bound)": f"{num(g['change'], '+.2f')} ({num(g['lower_bound'], '+.2f')}) "
                                               f"{outcome(g)}",
             "interaction (lower bound)": f"{num(i['estimate'])} ({num(i['lower_bound'])}) {outcome(i)}",
-            "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} ({num(b['p_value_one_sided'], '.4f')}) "
+            "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} ({num(b['p_value_one_sided'], p_spec(b['p_value_one_sided']))}) "
                                                       f"{outcome(b)}",
             "parity at reference: BN - GN [CI]": f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, "
                                                  f"{num(p['ci_high'], '+.2f')}] {outcome(p)}"

@@ -14,7 +14,7 @@ from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, 
 from normexp.cli.analyze import main as analyze
 from normexp.collect import load_runs
 from normexp.verdict import load_criteria
-from normexp.verdict_text import verdict_table
+from normexp.verdict_text import describe_verdict, verdict_table
 
 
 def write_run(root: Path, norm: dict, batch: int, seed: int, accs: list[float], status: str = "finished",
@@ -177,11 +177,14 @@ def test_verdicts_of_two_run_sets_side_by_side_show_where_they_disagree(tmp_path
     assert table.loc["BN degrades: drop (lower bound)", "flat_bn"].endswith(" NO")
     assert table.loc["finished runs", "holds"] == "24" and table.loc["batch sizes (reference)", "flat_bn"] == "2, 32 (32)"
     verdicts["holds"]["checks"]["bn_degrades"]["lower_bound"] = None  # a statistic the verdict could not compute
+    verdicts["holds"]["checks"]["gn_beats_bn_at_smallest_batch"]["p_value_one_sided"] = 3e-7
+    assert "one-sided p=3.0e-07 < 0.05" in describe_verdict(verdicts["holds"])
     verdicts["undecided"] = {"undecided": True, "reason": "no gn8 runs"}
     table = verdict_table(verdicts)
     assert table.loc["BN degrades: drop (lower bound)", "holds"].startswith("8.") and "(n/a)" in table.loc[
         "BN degrades: drop (lower bound)", "holds"]
     assert table.loc["verdict", "undecided"] == "UNDECIDED: no gn8 runs"
+    assert "(3.0e-07) yes" in table.loc["GN beats BN at smallest batch: gap (p)", "holds"]
 
 
 def test_analyze_overrides_are_reported_and_bad_ones_named(tmp_path, capsys):
