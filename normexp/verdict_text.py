@@ -64,6 +64,11 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
     ])
 
 
+def outcome(check: Mapping[str, Any]) -> str:
+    """A check's outcome in a table cell."""
+    return "yes" if check["holds"] else "NO"
+
+
 def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Several run sets' verdicts side by side: one row per check with its estimate, bound and
     outcome, one column per set, and the criteria each set was judged by."""
@@ -74,9 +79,6 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             continue
         c, (d, g, i, b, p) = result["criteria"], (result["checks"][name] for name in CHECKS)
         bn, gn = c["bn"], c["gn"]
-
-        def outcome(check: Mapping[str, Any]) -> str:
-            return "yes" if check["holds"] else "NO"
 
         columns[label] = {
             "verdict": "HOLDS" if result["holds"] else "DOES NOT HOLD",
@@ -89,7 +91,8 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             "GN holds: change (lower bound)": f"{num(g['change'], '+.2f')} ({num(g['lower_bound'], '+.2f')}) "
                                               f"{outcome(g)}",
             "interaction (lower bound)": f"{num(i['estimate'])} ({num(i['lower_bound'])}) {outcome(i)}",
-            "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} ({num(b['p_value_one_sided'], p_spec(b['p_value_one_sided']))}) "
+            "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} "
+                                                      f"({num(b['p_value_one_sided'], p_spec(b['p_value_one_sided']))}) "
                                                       f"{outcome(b)}",
             "parity at reference: BN - GN [CI]": f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, "
                                                  f"{num(p['ci_high'], '+.2f')}] {outcome(p)}"
