@@ -94,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normexp-analyze: {error}", file=sys.stderr)
         return 2
 
-    _write_table(accuracy_table(finished), table_dir, "accuracy")
-    _write_table(error_table(finished, criteria), table_dir, "error_by_batch", index=True)
+    accuracy, error = accuracy_table(finished), error_table(finished, criteria)
+    _write_table(accuracy, table_dir, "accuracy")
+    _write_table(error, table_dir, "error_by_batch", index=True)
     finished_runs = set(finished["run"])
     epochs = tables.epochs[tables.epochs["run"].isin(finished_runs) & (tables.epochs["status"] == record.FINISHED)]
-    _write_table(convergence_table(finished, epochs, args.thresholds), table_dir, "convergence")
+    convergence = convergence_table(finished, epochs, args.thresholds)
+    _write_table(convergence, table_dir, "convergence")
     figures = [plots.error_vs_batch(finished, figure_dir / "error_vs_batch.png"),
                plots.accuracy_curves(epochs, figure_dir / "accuracy_by_epoch.png")]
     if not tables.train_loss.empty:
@@ -113,13 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                       "excluded": tables.excluded[["run", "status", "reason"]].to_dict("records")}
     atomic.write_json(out / "verdict.json", result)
 
-    print(accuracy_table(finished).to_string(index=False, float_format="%.2f"))
+    print(accuracy.to_string(index=False, float_format="%.2f"))
     print(describe_verdict(result))
     print(f"tables: {table_dir}\nfigures: {', '.join(str(f) for f in figures)}\nverdict: {out / 'verdict.json'}")
     from normexp.report import write_report
     report = write_report(out / "report.html", source, tables.runs, result=result,
-                          error=error_table(finished, criteria), figures=figures,
-                          convergence=convergence_table(finished, epochs, args.thresholds))
+                          error=error, figures=figures, convergence=convergence)
     print(f"report: {report}")
     return 0
 
