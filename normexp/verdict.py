@@ -75,7 +75,7 @@ def load_criteria(overrides: Mapping[str, Any] | None = None,
     return Criteria(**{key: _checked(key, value) for key, value in values.items()}), source
 
 
-def _contrast(terms: Sequence[tuple[int, np.ndarray]], alpha: float) -> dict[str, float]:
+def welch_contrast(terms: Sequence[tuple[int, np.ndarray]], alpha: float) -> dict[str, float]:
     """Sum of coef x group mean with Welch-Satterthwaite df: estimate, SE, t, one-sided p (> 0),
     one-sided (1 - alpha) lower bound and two-sided (1 - alpha) CI."""
     parts = np.array([c * c * g.var(ddof=1) / len(g) for c, g in terms])
@@ -195,12 +195,12 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
         return _plain({**result, "undecided": True, "reason": "; ".join(problems)})
     small, ref = shared[0], c.reference_batch
     bn_ref, bn_small, gn_ref, gn_small = (groups[t, b] for t in (c.bn, c.gn) for b in (ref, small))
-    drop = _contrast([(1, bn_ref), (-1, bn_small)], c.alpha)
+    drop = welch_contrast([(1, bn_ref), (-1, bn_small)], c.alpha)
     gn_batches = np.concatenate([np.full(len(groups[c.gn, b]), b) for b in shared])
     trend = _trend(gn_batches, np.concatenate([groups[c.gn, b] for b in shared]), c.alpha)
-    interaction = _contrast([(1, bn_ref), (-1, bn_small), (-1, gn_ref), (1, gn_small)], c.alpha)
-    beats = _contrast([(1, gn_small), (-1, bn_small)], c.alpha)
-    parity = _contrast([(1, bn_ref), (-1, gn_ref)], c.alpha)
+    interaction = welch_contrast([(1, bn_ref), (-1, bn_small), (-1, gn_ref), (1, gn_small)], c.alpha)
+    beats = welch_contrast([(1, gn_small), (-1, bn_small)], c.alpha)
+    parity = welch_contrast([(1, bn_ref), (-1, gn_ref)], c.alpha)
     result["checks"] = {
         "bn_degrades": {"holds": drop["lower_bound"] > c.min_bn_drop, "bn_ref_mean": bn_ref.mean(),
                         "n_ref": len(bn_ref), "bn_small_mean": bn_small.mean(), "n_small": len(bn_small),

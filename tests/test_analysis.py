@@ -112,7 +112,7 @@ def test_analyze_writes_tables_figures_and_verdict(tmp_path, capsys):
     assert analyze([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "claim verdict: HOLDS" in out and f"excluded {unfinished.name}: unfinished" in out
-    for name in ("accuracy", "error_by_batch", "convergence", "runs"):
+    for name in ("accuracy", "error_by_batch", "convergence", "runs", "versus_bn", "versus_gn8", "batch_change"):
         assert (tmp_path / "tables" / f"{name}.csv").stat().st_size > 0
         assert (tmp_path / "tables" / f"{name}.md").read_text().startswith("|")
     for name in ("error_vs_batch", "accuracy_by_epoch", "train_loss", "group_ablation"):
@@ -121,6 +121,7 @@ def test_analyze_writes_tables_figures_and_verdict(tmp_path, capsys):
     assert saved["holds"] is True and saved["runs"]["finished"] == 26
     assert saved["runs"]["excluded"][0]["status"] == "unfinished"
     assert set(saved["criteria_source"].values()) == {"default"}
+    assert (tmp_path / "tables" / "group_shape.csv").exists()  # a group ablation (ln, gn8, in); 1 seed: no rows
 
 
 def test_analyze_refuses_to_pool_runs_that_differ_or_repeat(tmp_path, capsys):

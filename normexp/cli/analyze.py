@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print("normexp-analyze: several RESULTS_DIRs need an --out of their own (not one of them: the pooled "
               "analysis would replace that set's own)", file=sys.stderr)
         return 2
-    from normexp import plots
+    from normexp import landscape, plots
     from normexp.analysis import accuracy_table, convergence_table, error_table
     from normexp.collect import load_runs
     from normexp.verdict import PoolingError, check_poolable, load_criteria, verdict
@@ -106,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     if not tables.train_loss.empty:
         losses = tables.train_loss[tables.train_loss["run"].isin(finished_runs)]
         figures.append(plots.train_loss_curves(losses, figure_dir / "train_loss.png"))
+    if finished["norm"].nunique() > 2:  # a sweep of many norms: each against BN and GN, each across batch sizes
+        for baseline in sorted({criteria.bn, criteria.gn} & set(finished["norm"])):
+            _write_table(landscape.versus(finished, baseline, criteria.alpha), table_dir, f"versus_{baseline}")
+        _write_table(landscape.batch_change(finished, criteria.alpha), table_dir, "batch_change")
     if finished[finished["norm_name"].isin(["gn", "ln", "in"])]["norm"].nunique() > 2:  # a group ablation
         figures.append(plots.group_ablation(finished, figure_dir / "group_ablation.png"))
+        _write_table(landscape.group_shape(finished, criteria.alpha), table_dir, "group_shape")
 
     result = verdict(finished, criteria)
     result["criteria_source"] = provenance
@@ -126,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_table(table, directory: Path, name: str, index: bool = False) -> None:
+    """CSV and Markdown; in the Markdown, numbers with 2 decimals and p-values (columns "p", "p_...")
+    with 4 (never a p printed as 0.00)."""
+    columns = ([table.index.name] if index else []) + list(table.columns)
+    formats = tuple(".4g" if str(c) == "p" or str(c).startswith("p_") else ".2f" for c in columns)
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
-    atomic.write_text(directory / f"{name}.md", table.to_markdown(index=index, floatfmt=".2f") + "\n")
+    atomic.write_text(directory / f"{name}.md", table.to_markdown(index=index, floatfmt=formats) + "\n")
 
 
 if __name__ == "__main__":
