@@ -75,7 +75,7 @@ def load_criteria(overrides: Mapping[str, Any] | None = None,
     return Criteria(**{key: _checked(key, value) for key, value in values.items()}), source
 
 
-def welch_contrast(terms: Sequence[tuple[int, np.ndarray]], alpha: float) -> dict[str, float]:
+def welch_contrast(terms: Sequence[tuple[float, np.ndarray]], alpha: float) -> dict[str, float]:
     """Sum of coef x group mean with Welch-Satterthwaite df: estimate, SE, t, one-sided p (> 0),
     one-sided (1 - alpha) lower bound and two-sided (1 - alpha) CI."""
     parts = np.array([c * c * g.var(ddof=1) / len(g) for c, g in terms])

@@ -1,19 +1,23 @@
 """Run `claim_gpu` at the longest budget that fits a wall-clock allowance on this machine.
 
-1. A probe runs the sweep's jobs at once (joblib: the GPU idles between one job's small steps, so
-   jobs side by side share it) for 2 epochs of a stratified subset of the training set, so each
-   batch size keeps its share of the steps. The slowest job's second epoch, scaled to the full
-   set, is the time per epoch; the probe's wall time minus its 2 epochs is the start-up (processes,
-   data, compilation). A job that fails with compilation is probed again eager (runtime.compile=false).
-2. epochs = floor((allowance left - start-up) / (margin x slowest job's full epoch)), at most the preset's
-   100. The step schedule's milestones (30/60/90 of 100 epochs) are scaled to that many epochs, and
-   parity is required only at the preset's full, converged budget. The choice and its evidence go
-   to OUT/budget.json before the sweep starts.
-3. The sweep trains into OUT/runs (stopped at the allowance's end; finished runs stay), and
-   normexp-analyze writes OUT's tables, figures and verdict.
+1. A probe runs the sweep's jobs at once (joblib) for 2 epochs of a stratified subset of the
+   training set, so each batch size keeps its share of the steps. The jobs time-share the GPU, so
+   the longest job (the smallest batch, the most steps) ends about when the whole probe's work is
+   done: its 2 epochs, less its compilation (epoch 1 minus epoch 2), are 2 epochs of the whole
+   sweep's work, scaled to the full training set. Start-up (processes, data) is the probe's wall
+   time before that job's first epoch; compilation is added once more for the sweep. A probe whose
+   jobs fail with compilation is rerun eager (runtime.compile=false).
+2. epochs = floor((allowance left - start-up - compilation) / (margin x the sweep's epoch)), at most
+   the preset's 100. The step schedule's milestones (30/60/90 of 100 epochs) are scaled to that many
+   epochs (rounded half up), and parity is required only at the preset's full, converged budget.
+   The choice and its evidence (each probe job's epochs) go to OUT/budget.json before the sweep starts.
+3. The sweep trains into OUT/runs. At the allowance's end it is stopped (SIGTERM, then SIGKILL);
+   finished runs stay, budget.json records how many finished, and the script exits 1 unless all did.
+   normexp-analyze then writes OUT's tables, figures and verdict.
 
 Usage: python scripts/claim_gpu.py --seconds 480 --out results/claim_gpu [override ...]
-(overrides go to every normexp-train call, e.g. paths.cifar10_folder=/tmp/cifar10-jpeg).
+(overrides go to every normexp-train call before the chosen budget, e.g.
+paths.cifar10_folder=/tmp/cifar10-jpeg).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,79 +50,96 @@ def train(overrides: list[str], timeout: float | None = None) -> int:
     except subprocess.TimeoutExpired:
         print(f"stopped at the allowance's end ({timeout:.0f} s)", flush=True)
         os.killpg(process.pid, signal.SIGTERM)
-        return process.wait()
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait()
+
+
+def finished_runs(root: Path) -> int:
+    return len(list(root.glob("*/summary.json")))
 
 
 def probe_epochs(root: Path) -> list[dict]:
-    """Each probe run's epochs 1 and 2 (runs that did not finish both are left out)."""
+    """Each probe run's first two epochs' seconds (runs that did not finish both are left out)."""
     found = []
     for metrics in sorted(root.glob("*/metrics.jsonl")):
         epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         if len(epochs) >= 2:
-            found.append({"run": metrics.parent.name, "epoch1": epochs[0], "epoch2": epochs[1]})
+            found.append({"run": metrics.parent.name, "epoch1_s": epochs[0]["seconds"], "epoch2_s": epochs[1]["seconds"]})
     return found
 
 
-def probe(overrides: list[str], images: int, train_images: int, expected: int) -> dict:
-    """Time the sweep's jobs on `images` training images and scale to `train_images`; falls back
-    to eager if a job fails."""
-    for compile_flag in ([], ["runtime.compile=false"]):
+def probe(overrides: list[str], probe_images: int, train_images: int, expected_runs: int) -> dict:
+    """Time the sweep's work on `probe_images` training images and scale it to `train_images`;
+    reruns eager if a job fails."""
+    for compile_overrides in ([], ["runtime.compile=false"]):
         root = Path(tempfile.mkdtemp(prefix="claim_gpu_probe_"))
         start = time.monotonic()
-        train([f"data.train_subset={images}", "trainer.epochs=2", f"paths.results_root={root}",
-               *compile_flag, *overrides])
+        train([f"data.train_subset={probe_images}", "trainer.epochs=2", f"paths.results_root={root}",
+               *compile_overrides, *overrides])
         wall = time.monotonic() - start
         runs = probe_epochs(root)
-        if len(runs) == expected:
-            scale = train_images / images
-            full = max(r["epoch2"]["train_seconds"] * scale + r["epoch2"]["eval_seconds"] for r in runs)
-            slowest = max(r["epoch2"]["seconds"] for r in runs)
-            return {"probe_images": images, "probe_wall_s": wall, "runs": len(runs), "compile_flag": compile_flag,
-                    "startup_s": max(wall - 2 * slowest, 0.0), "full_epoch_s": full}
-        print(f"probe: {len(runs)} of {expected} runs finished 2 epochs", flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+        if len(runs) == expected_runs:
+            longest = max(runs, key=lambda r: r["epoch1_s"] + r["epoch2_s"])
+            compile_s = max(r["epoch1_s"] - r["epoch2_s"] for r in runs)
+            two_epochs = longest["epoch1_s"] + longest["epoch2_s"] - compile_s
+            return {"probe_images": probe_images, "probe_wall_s": wall, "compile_overrides": compile_overrides,
+                    "startup_s": max(wall - longest["epoch1_s"] - longest["epoch2_s"], 0.0), "compile_s": compile_s,
+                    "sweep_epoch_s": two_epochs / 2 * train_images / probe_images, "probe_runs": runs}
+        print(f"probe: {len(runs)} of {expected_runs} runs finished 2 epochs", flush=True)
     raise SystemExit("the probe failed with and without compilation; see the logs above")
 
 
 def budget(allowance_left: float, timing: dict, margin: float) -> dict:
     """The epochs that fit, the scaled milestones and whether parity is required."""
-    per_epoch = timing["full_epoch_s"] * margin
-    epochs = min(PRESET_EPOCHS, math.floor((allowance_left - timing["startup_s"]) / per_epoch))
+    fixed = timing["startup_s"] + timing["compile_s"]
+    epochs = min(PRESET_EPOCHS, math.floor((allowance_left - fixed) / (timing["sweep_epoch_s"] * margin)))
     if epochs < 1:
         raise SystemExit(f"not even one epoch fits: {allowance_left:.0f} s left, probe {timing}")
-    milestones = sorted({max(1, round(f * epochs)) for f in PRESET_MILESTONES} - {epochs})
-    return {"epochs": epochs, "milestones": milestones, "require_parity": epochs == PRESET_EPOCHS}
+    milestones = sorted({max(1, math.floor(f * epochs + 0.5)) for f in PRESET_MILESTONES} - {epochs})
+    return {"epochs": epochs, "milestones": milestones, "require_parity": epochs == PRESET_EPOCHS,
+            "predicted_sweep_s": fixed + epochs * timing["sweep_epoch_s"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, required=True, help="wall-clock allowance, probe included")
     parser.add_argument("--out", type=Path, required=True, help="results folder (runs go to OUT/runs)")
-    parser.add_argument("--probe-images", type=int, default=4096)
+    parser.add_argument("--probe-images", type=int, default=8192)
     parser.add_argument("--train-images", type=int, default=CIFAR10_TRAIN,
                         help="train the sweep on a stratified subset of this many images (tests)")
-    parser.add_argument("--jobs", type=int, default=12, help="jobs of the sweep (norms x batch sizes)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per job (one run folder each)")
-    parser.add_argument("--margin", type=float, default=1.3,
-                        help="factor on the probe's epoch: the slowest job's 2nd probe epoch runs beside fewer "
-                             "jobs than its epochs in the sweep do")
+    parser.add_argument("--parallel", type=int, default=12, help="jobs at once (joblib n_jobs)")
+    parser.add_argument("--runs", type=int, default=36, help="runs the sweep makes (2 norms x 6 batch sizes x 3 seeds)")
+    parser.add_argument("--margin", type=float, default=1.2, help="factor on the probe's time per epoch")
     parser.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the analysis")
     args, overrides = parser.parse_known_args()
     deadline = time.monotonic() + args.seconds - args.reserve
-    launcher = [f"hydra.launcher.n_jobs={args.jobs}"]
+    launcher = [f"hydra.launcher.n_jobs={args.parallel}"]
     subset = [f"data.train_subset={args.train_images}"] if args.train_images < CIFAR10_TRAIN else []
 
-    timing = probe(launcher + overrides, args.probe_images, args.train_images, args.jobs * args.seeds)
+    timing = probe(launcher + overrides, args.probe_images, args.train_images, args.runs)
     chosen = budget(deadline - time.monotonic(), timing, args.margin)
     record = {"allowance_s": args.seconds, "margin": args.margin, **timing, **chosen,
               "overrides": overrides, "command": " ".join(sys.argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "budget.json").write_text(json.dumps(record, indent=2) + "\n")
-    print("budget:", json.dumps(record), flush=True)
+    print("budget:", json.dumps({k: v for k, v in record.items() if k != "probe_runs"}), flush=True)
 
-    train([f"trainer.epochs={chosen['epochs']}", f"optim.milestones=[{','.join(map(str, chosen['milestones']))}]",
-           f"verdict.require_parity={str(chosen['require_parity']).lower()}", f"paths.results_root={args.out / 'runs'}",
-           *subset, *timing["compile_flag"], *launcher, *overrides], timeout=max(deadline - time.monotonic(), 1.0))
+    start = time.monotonic()
+    code = train([*launcher, *overrides, *subset, *timing["compile_overrides"], f"trainer.epochs={chosen['epochs']}",
+                  f"optim.milestones=[{','.join(map(str, chosen['milestones']))}]",
+                  f"verdict.require_parity={str(chosen['require_parity']).lower()}",
+                  f"paths.results_root={args.out / 'runs'}"], timeout=max(deadline - time.monotonic(), 1.0))
+    finished = finished_runs(args.out / "runs")
+    record.update(sweep_s=time.monotonic() - start, sweep_exit_code=code, finished_runs=finished)
+    (args.out / "budget.json").write_text(json.dumps(record, indent=2) + "\n")
     subprocess.run([sys.executable, "-m", "normexp.cli.analyze", str(args.out)], check=False)
+    if finished < args.runs:
+        raise SystemExit(f"only {finished} of {args.runs} runs finished in the allowance: the verdict above "
+                         "is on the batch sizes that finished (see budget.json)")
 
 
 if __name__ == "__main__":

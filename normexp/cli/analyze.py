@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_table(landscape.batch_change(finished, criteria.alpha), table_dir, "batch_change")
     if finished[finished["norm_name"].isin(["gn", "ln", "in"])]["norm"].nunique() > 2:  # a group ablation
         figures.append(plots.group_ablation(finished, figure_dir / "group_ablation.png"))
-        _write_table(landscape.group_shape(finished, criteria.alpha), table_dir, "group_shape")
+        # "flat" uses the verdict's parity margin: the same "close enough" as BN vs GN at the reference batch
+        _write_table(landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap), table_dir, "group_shape")
 
     result = verdict(finished, criteria)
     result["criteria_source"] = provenance
