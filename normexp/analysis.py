@@ -6,7 +6,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from normexp.verdict import Criteria
+from normexp.verdict import Criteria, welch_contrast
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -17,21 +17,32 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def compare_sweeps(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """Two sweeps of the same runs (e.g. a rerun with other code): accuracy mean +- std per norm x
-    batch size in each, the largest per-seed difference, and the compute minutes of each."""
+def compare_sweeps(before: pd.DataFrame, after: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Two sweeps of the same runs (e.g. a rerun with other code, or on another device), paired by run
+    name, which is the run's identity: per norm x batch size, accuracy mean +- std in each, after minus
+    before with a two-sided (1 - alpha) Welch CI, the largest per-seed difference, and the compute
+    minutes of each. Runs in only one sweep are left out (`unpaired_runs` lists them)."""
+    shared = sorted(set(before["run"]) & set(after["run"]))
+    old_runs, new_runs = (frame.set_index("run").loc[shared] for frame in (before, after))
     rows = []
-    for (norm, batch), new in after.groupby(["norm", "batch_size"]):
-        old = before[(before["norm"] == norm) & (before["batch_size"] == batch)]
-        diff = (new.set_index("seed")["final_test_acc"] - old.set_index("seed")["final_test_acc"]).abs()
+    for (norm, batch), new in new_runs.groupby(["norm", "batch_size"]):
+        old, new_acc = old_runs.loc[new.index, "final_test_acc"], new["final_test_acc"]
+        difference = welch_contrast([(1, new_acc.to_numpy(float)), (-1, old.to_numpy(float))], alpha)
         rows.append({
-            "norm": norm, "batch": batch,
-            "before acc %": f"{old['final_test_acc'].mean():.2f} ± {old['final_test_acc'].std():.2f}",
-            "after acc %": f"{new['final_test_acc'].mean():.2f} ± {new['final_test_acc'].std():.2f}",
-            "largest per-seed difference": diff.max(), "minutes before": old["compute_seconds"].sum() / 60,
+            "norm": norm, "batch": batch, "n": len(new),
+            "before acc %": f"{old.mean():.2f} ± {old.std():.2f}", "after acc %": f"{new_acc.mean():.2f} ± {new_acc.std():.2f}",
+            "after - before": difference["estimate"], "ci low": difference["ci_low"], "ci high": difference["ci_high"],
+            "largest per-seed difference": (new_acc - old).abs().max(),
+            "minutes before": old_runs.loc[new.index, "compute_seconds"].sum() / 60,
             "minutes after": new["compute_seconds"].sum() / 60,
         })
     return pd.DataFrame(rows)
+
+
+def unpaired_runs(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, list[str]]:
+    """The finished runs of each sweep that the other lacks (by run name)."""
+    return {"only before": sorted(set(before["run"]) - set(after["run"])),
+            "only after": sorted(set(after["run"]) - set(before["run"]))}
 
 
 def error_table(runs: pd.DataFrame, criteria: Criteria) -> pd.DataFrame:

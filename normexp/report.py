@@ -1,12 +1,13 @@
 """`report.html`: one self-contained page per sweep (the verdict with its statistics and criteria, the
-headline error table beside published numbers, every figure as a data URI, the convergence table and
-the runs), written by `normexp-analyze`. Plain HTML and inline CSS, no JavaScript, so the file opens
-offline and can be mailed."""
+headline error table beside published numbers, for sweeps of many norms their comparison tables, every
+figure as a data URI, the convergence table and the runs), written by `normexp-analyze`. Plain HTML
+and inline CSS, no JavaScript, so the file opens offline and can be mailed."""
 
 from __future__ import annotations
 
 import base64
 import html
+import inspect
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from normexp import atomic
-from normexp.verdict_text import describe_verdict
+from normexp import landscape as landscape_stats
+from normexp.verdict_text import describe_verdict, is_p_column, p_text
 
 # Published test error (%) by batch size (images per GPU), shown beside this sweep's numbers.
 REFERENCE_BATCHES = (32, 16, 8, 4, 2)
@@ -47,7 +49,9 @@ figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 
 
 def _table(frame: pd.DataFrame, index: bool = False, classes: str = "") -> str:
-    """A DataFrame as an HTML table (headers may wrap at underscores); missing values as an en dash."""
+    """A DataFrame as an HTML table (headers may wrap at underscores); numbers to 2 decimals, p-values
+    by the verdict text's rule; missing values as an en dash."""
+    frame = frame.assign(**{c: frame[c].map(p_text) for c in frame.columns if is_p_column(c)})
     frame = frame.rename(columns=lambda c: str(c).replace("_", " "))
     return ("<div class='wide'>" + frame.to_html(index=index, border=0, na_rep="–", classes=classes or None,
                                                  float_format=lambda v: f"{v:.2f}") + "</div>")
@@ -115,6 +119,17 @@ def _figures(figures: Sequence[Path]) -> str:
         "</figcaption></figure>" for f in figures)
 
 
+def _landscape(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The many-norm tables, each under its file name with what it holds (its normexp.landscape docstring)."""
+    parts = []
+    for name, table in tables.items():
+        kind, _, baseline = name.partition("_") if name.startswith("versus_") else (name, "", "")
+        caption = " ".join(inspect.getdoc(getattr(landscape_stats, kind)).split()).replace("`baseline`", baseline)
+        parts.append(f"<h3>tables/{html.escape(name)}</h3><p class='muted'>{html.escape(caption)}</p>"
+                     f"{_table(table)}")
+    return "\n".join(parts)
+
+
 def _runs(runs: pd.DataFrame) -> str:
     """Status counts, the excluded runs with their reasons, then every run."""
     if runs.empty:
@@ -131,8 +146,9 @@ def _runs(runs: pd.DataFrame) -> str:
 
 def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | None = None,
            error: pd.DataFrame | None = None, convergence: pd.DataFrame | None = None,
-           figures: Sequence[Path] = ()) -> str:
-    """The report page; without `result` (no finished runs) it holds only the runs."""
+           figures: Sequence[Path] = (), landscape: Mapping[str, pd.DataFrame] | None = None) -> str:
+    """The report page; without `result` (no finished runs) it holds only the runs. `landscape`
+    (sweeps of many norms) adds a section with those tables."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         ("verdict", "Verdict", _verdict(result)),
@@ -144,6 +160,8 @@ def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | N
          "reached it; 'reached N' counts them) and final training loss and accuracy.</p>"),
         ("runs", "Runs", _runs(runs)),
     ]
+    if landscape:
+        sections.insert(2, ("landscape", "Every norm", _landscape(landscape)))
     contents = " · ".join(f"<a href='#{key}'>{title}</a>" for key, title, _ in sections)
     body = "\n".join(f"<h2 id='{key}'>{title}</h2>\n{text}" for key, title, text in sections)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>normexp report: "

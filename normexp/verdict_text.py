@@ -21,6 +21,16 @@ def p_spec(p: float | None) -> str:
     return ".1e" if p is not None and p < 1e-4 else ".4f"
 
 
+def is_p_column(name: object) -> bool:
+    """Whether a table column holds p-values: "p" or "p_..." (e.g. p_two_sided)."""
+    return str(name) == "p" or str(name).startswith("p_")
+
+
+def p_text(p: float | None) -> str:
+    """A p-value as text by `p_spec`'s rule; "n/a" where it is missing."""
+    return "n/a" if p is None or pd.isna(p) else format(p, p_spec(p))
+
+
 def describe_verdict(result: Mapping[str, Any]) -> str:
     """A few human lines: the overall verdict, then each check's comparison and its outcome."""
     if result["undecided"]:

@@ -8,8 +8,9 @@
    time before that job's first epoch; compilation is added once more for the sweep. A probe whose
    jobs fail with compilation is rerun eager (runtime.compile=false).
 2. epochs = floor((allowance left - start-up - compilation) / (margin x the sweep's epoch)), at most
-   the preset's 100. The step schedule's milestones (30/60/90 of 100 epochs) are scaled to that many
-   epochs (rounded half up), and parity is required only at the preset's full, converged budget.
+   the preset's (100, composed with the overrides like every number here). The step schedule's
+   milestones (30/60/90 of 100 epochs) are scaled to that many epochs (`scaled_milestones`), and
+   parity is required only at the preset's full, converged budget.
    The choice and its evidence (each probe job's epochs) go to OUT/budget.json before the sweep starts.
 3. The sweep trains into OUT/runs. At the allowance's end it is stopped (SIGTERM, then SIGKILL);
    finished runs stay, budget.json records how many finished, and the script exits 1 unless all did.
@@ -34,9 +35,28 @@ import tempfile
 import time
 from pathlib import Path
 
+from normexp import atomic
+
 CIFAR10_TRAIN = 50_000  # claim_gpu trains on the whole training split
-PRESET_EPOCHS = 100
-PRESET_MILESTONES = (0.3, 0.6, 0.9)  # claim_gpu's [30, 60, 90] of 100 epochs
+
+
+def preset(overrides: list[str]) -> dict:
+    """`claim_gpu` as composed with `overrides`: its epochs, its milestones as fractions of them,
+    whether its verdict requires parity, and the runs its sweep makes (grid points x seeds)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from normexp.cli.train import CONF_DIR
+    from normexp.config import seeds
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["experiment=claim_gpu", *overrides],
+                          return_hydra_config=True)
+    except ConfigCompositionException as error:  # e.g. a sweep override (a,b): the grid is the preset's
+        raise SystemExit(f"claim_gpu.py: {error}") from error
+    grid = math.prod(len(str(values).split(",")) for values in cfg.hydra.sweeper.params.values())
+    return {"epochs": cfg.trainer.epochs, "milestone_fractions": [m / cfg.trainer.epochs for m in cfg.optim.milestones],
+            "require_parity": bool(cfg.verdict.require_parity), "runs": grid * len(seeds(cfg))}
 
 
 def train(overrides: list[str], timeout: float | None = None) -> int:
@@ -93,14 +113,21 @@ def probe(overrides: list[str], probe_images: int, train_images: int, expected_r
     raise SystemExit("the probe failed with and without compilation; see the logs above")
 
 
-def budget(allowance_left: float, timing: dict, margin: float) -> dict:
-    """The epochs that fit, the scaled milestones and whether parity is required."""
+def scaled_milestones(fractions: list[float], epochs: int) -> list[int]:
+    """The preset's milestones at `epochs`: rounded half up, and at most the last epoch but one so that
+    each decay takes effect (5 epochs: [2, 3, 4]; 100: [30, 60, 90])."""
+    return sorted({min(epochs - 1, math.floor(f * epochs + 0.5)) for f in fractions} - {0})
+
+
+def budget(allowance_left: float, timing: dict, margin: float, full: dict) -> dict:
+    """The epochs that fit (at most the preset's), its milestones scaled to them, and whether parity
+    is required (only at the preset's full budget, and only if the preset requires it)."""
     fixed = timing["startup_s"] + timing["compile_s"]
-    epochs = min(PRESET_EPOCHS, math.floor((allowance_left - fixed) / (timing["sweep_epoch_s"] * margin)))
+    epochs = min(full["epochs"], math.floor((allowance_left - fixed) / (timing["sweep_epoch_s"] * margin)))
     if epochs < 1:
         raise SystemExit(f"not even one epoch fits: {allowance_left:.0f} s left, probe {timing}")
-    milestones = sorted({max(1, math.floor(f * epochs + 0.5)) for f in PRESET_MILESTONES} - {epochs})
-    return {"epochs": epochs, "milestones": milestones, "require_parity": epochs == PRESET_EPOCHS,
+    return {"epochs": epochs, "milestones": scaled_milestones(full["milestone_fractions"], epochs),
+            "require_parity": full["require_parity"] and epochs == full["epochs"],
             "predicted_sweep_s": fixed + epochs * timing["sweep_epoch_s"]}
 
 
@@ -112,20 +139,20 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=CIFAR10_TRAIN,
                         help="train the sweep on a stratified subset of this many images (tests)")
     parser.add_argument("--parallel", type=int, default=12, help="jobs at once (joblib n_jobs)")
-    parser.add_argument("--runs", type=int, default=36, help="runs the sweep makes (2 norms x 6 batch sizes x 3 seeds)")
     parser.add_argument("--margin", type=float, default=1.2, help="factor on the probe's time per epoch")
     parser.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the analysis")
     args, overrides = parser.parse_known_args()
+    full = preset(overrides)
     deadline = time.monotonic() + args.seconds - args.reserve
     launcher = [f"hydra.launcher.n_jobs={args.parallel}"]
     subset = [f"data.train_subset={args.train_images}"] if args.train_images < CIFAR10_TRAIN else []
 
-    timing = probe(launcher + overrides, args.probe_images, args.train_images, args.runs)
-    chosen = budget(deadline - time.monotonic(), timing, args.margin)
+    timing = probe(launcher + overrides, args.probe_images, args.train_images, full["runs"])
+    chosen = budget(deadline - time.monotonic(), timing, args.margin, full)
     record = {"allowance_s": args.seconds, "margin": args.margin, **timing, **chosen,
               "overrides": overrides, "command": " ".join(sys.argv)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "budget.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic.write_json(args.out / "budget.json", record)
     print("budget:", json.dumps({k: v for k, v in record.items() if k != "probe_runs"}), flush=True)
 
     start = time.monotonic()
@@ -135,10 +162,10 @@ def main() -> None:
                   f"paths.results_root={args.out / 'runs'}"], timeout=max(deadline - time.monotonic(), 1.0))
     finished = finished_runs(args.out / "runs")
     record.update(sweep_s=time.monotonic() - start, sweep_exit_code=code, finished_runs=finished)
-    (args.out / "budget.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic.write_json(args.out / "budget.json", record)
     subprocess.run([sys.executable, "-m", "normexp.cli.analyze", str(args.out)], check=False)
-    if finished < args.runs:
-        raise SystemExit(f"only {finished} of {args.runs} runs finished in the allowance: the verdict above "
+    if finished < full["runs"]:
+        raise SystemExit(f"only {finished} of {full['runs']} runs finished in the allowance: the verdict above "
                          "is on the batch sizes that finished (see budget.json)")
 
 

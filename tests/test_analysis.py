@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from normexp import record
-from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table
+from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table, unpaired_runs
 from normexp.cli.analyze import main as analyze
 from normexp.collect import load_runs
 from normexp.verdict import load_criteria
@@ -216,14 +216,17 @@ def test_one_epoch_curves_are_drawn_with_markers(tmp_path):
     assert second_panel.sum() > 20
 
 
-def test_compare_sweeps_lines_up_the_same_runs():
-    before = pd.DataFrame({"norm": ["bn"] * 2, "batch_size": [2, 2], "seed": [0, 1],
-                           "final_test_acc": [40.0, 42.0], "compute_seconds": [600.0, 600.0]})
-    after = before.assign(final_test_acc=[41.0, 41.5], compute_seconds=[300.0, 300.0])
+def test_compare_sweeps_pairs_the_same_runs_by_name():
+    before = pd.DataFrame({"run": ["bn_s0", "bn_s1", "bn_s2"], "norm": ["bn"] * 3, "batch_size": [2] * 3,
+                           "seed": [0, 1, 2], "final_test_acc": [40.0, 42.0, 90.0], "compute_seconds": [600.0] * 3})
+    after = before.iloc[:2].assign(final_test_acc=[41.0, 41.5], compute_seconds=[300.0, 300.0])
+    after = pd.concat([after, after.iloc[:1].assign(run="bn_other", final_test_acc=10.0)])  # another identity
     [row] = compare_sweeps(before, after).to_dict("records")
-    assert row["before acc %"] == "41.00 ± 1.41" and row["after acc %"] == "41.25 ± 0.35"
+    assert row["n"] == 2 and row["before acc %"] == "41.00 ± 1.41" and row["after acc %"] == "41.25 ± 0.35"
+    assert row["after - before"] == pytest.approx(0.25) and row["ci low"] < 0.25 < row["ci high"]
     assert row["largest per-seed difference"] == 1.0
     assert (row["minutes before"], row["minutes after"]) == (20.0, 10.0)
+    assert unpaired_runs(before, after) == {"only before": ["bn_s2"], "only after": ["bn_other"]}
 
 
 def test_every_preset_norm_has_its_own_colour():

@@ -3,9 +3,11 @@
 import html
 import json
 
+import pandas as pd
+
 from normexp.cli.analyze import main as analyze
 from normexp.report import REFERENCES
-from normexp.verdict_text import describe_verdict
+from normexp.verdict_text import describe_verdict, p_text
 from tests.test_analysis import BN, HOLDS, write_run, write_sweep
 
 
@@ -31,3 +33,17 @@ def test_report_without_finished_runs_lists_the_runs(tmp_path):
     assert analyze([str(tmp_path)]) == 1
     page = (tmp_path / "report.html").read_text()
     assert "NO STATISTICS" in page and failed.name in page and "<img" not in page
+
+
+def test_a_sweep_of_many_norms_reports_its_comparison_tables_with_readable_p_values(tmp_path):
+    write_sweep(tmp_path, **HOLDS)
+    for seed, acc in enumerate((60.0, 60.2, 59.9)):  # LN far below BN at 64: p far below 0.0001
+        write_run(tmp_path, {"name": "ln"}, 64, seed, [50.0, acc])
+    assert analyze([str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "id='landscape'" in page
+    assert all(f"tables/{name}" in page for name in ("versus_bn", "versus_gn8", "batch_change"))
+    versus_bn = pd.read_csv(tmp_path / "tables" / "versus_bn.csv").set_index("norm")
+    p = versus_bn.loc["ln", "p_two_sided"]
+    assert p < 1e-4 and p_text(p) in page and p_text(p) in (tmp_path / "tables" / "versus_bn.md").read_text()
+    assert "e-" in p_text(p) and p_text(0.01234) == "0.0123" and p_text(float("nan")) == "n/a"

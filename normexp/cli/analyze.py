@@ -106,14 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     if not tables.train_loss.empty:
         losses = tables.train_loss[tables.train_loss["run"].isin(finished_runs)]
         figures.append(plots.train_loss_curves(losses, figure_dir / "train_loss.png"))
-    if finished["norm"].nunique() > 2:  # a sweep of many norms: each against BN and GN, each across batch sizes
+    landscape_tables = {}  # name -> table, for sweeps of many norms
+    if finished["norm"].nunique() > 2:  # each norm against BN and GN, each across batch sizes
         for baseline in sorted({criteria.bn, criteria.gn} & set(finished["norm"])):
-            _write_table(landscape.versus(finished, baseline, criteria.alpha), table_dir, f"versus_{baseline}")
-        _write_table(landscape.batch_change(finished, criteria.alpha), table_dir, "batch_change")
+            landscape_tables[f"versus_{baseline}"] = landscape.versus(finished, baseline, criteria.alpha)
+        landscape_tables["batch_change"] = landscape.batch_change(finished, criteria.alpha)
     if finished[finished["norm_name"].isin(["gn", "ln", "in"])]["norm"].nunique() > 2:  # a group ablation
         figures.append(plots.group_ablation(finished, figure_dir / "group_ablation.png"))
         # "flat" uses the verdict's parity margin: the same "close enough" as BN vs GN at the reference batch
-        _write_table(landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap), table_dir, "group_shape")
+        landscape_tables["group_shape"] = landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap)
+    for name, table in landscape_tables.items():
+        _write_table(table, table_dir, name)
 
     result = verdict(finished, criteria)
     result["criteria_source"] = provenance
@@ -126,19 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tables: {table_dir}\nfigures: {', '.join(str(f) for f in figures)}\nverdict: {out / 'verdict.json'}")
     from normexp.report import write_report
     report = write_report(out / "report.html", source, tables.runs, result=result,
-                          error=error, figures=figures, convergence=convergence)
+                          error=error, figures=figures, convergence=convergence,
+                          landscape=landscape_tables)
     print(f"report: {report}")
     return 0
 
 
 def _write_table(table, directory: Path, name: str, index: bool = False) -> None:
-    """CSV and Markdown; in the Markdown, numbers with 2 decimals and p-values (columns "p", "p_...")
-    with 4 (never a p printed as 0.00)."""
-    columns = ([table.index.name] if index else []) + list(table.columns)
-    formats = tuple(".4g" if str(c) == "p" or str(c).startswith("p_") else ".2f" for c in columns)
+    """CSV, and Markdown with numbers to 2 decimals and p-values (columns "p", "p_...") by the verdict
+    text's rule (never a p printed as 0.00)."""
+    from normexp.verdict_text import is_p_column, p_text
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
-    atomic.write_text(directory / f"{name}.md", table.to_markdown(index=index, floatfmt=formats) + "\n")
-
+    shown = table.assign(**{c: table[c].map(p_text) for c in table.columns if is_p_column(c)})
+    p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c)]  # tabulate must not reformat them
+    atomic.write_text(directory / f"{name}.md",
+                      shown.to_markdown(index=index, floatfmt=".2f", disable_numparse=p_at or False) + "\n")
 
 if __name__ == "__main__":
     sys.exit(main())
