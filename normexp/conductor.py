@@ -26,6 +26,7 @@ from normexp.data.loader import maybe_subset
 from normexp.devices import split_batch_statistics
 from normexp.engine import evaluate_members, train_epoch
 from normexp.models import build_model
+from normexp.norms import canonical_spec
 from normexp.optim import build_optimizer, build_scheduler, scaled_lr
 from normexp.packing import Pack, check_packable
 
@@ -67,9 +68,11 @@ class Member:
 
 
 def member_config(cfg: DictConfig, seed: int) -> DictConfig:
-    """The config of the single run with this seed (what its identity and record hold)."""
+    """The config of the single run with this seed (what its identity and record hold), its norm
+    settings in canonical types (norms.canonical_spec)."""
     run = copy.deepcopy(cfg)
     run.seed = seed
+    run.norm = canonical_spec(OmegaConf.to_container(cfg.norm, resolve=True))
     return run
 
 

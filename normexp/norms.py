@@ -12,6 +12,7 @@ factory also has the model standardize its convolutions' weights; a layer with a
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -175,6 +176,20 @@ def instance_norm() -> NormFactory:
 def no_norm() -> NormFactory:
     """No normalization (identity)."""
     return lambda channels: nn.Identity()
+
+
+def canonical_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with each whole number given to a float argument of its builder as a float, so that a
+    run's identity does not depend on how a number was typed (norm.rmax=3 and the YAML's 3.0 are the
+    same run). Unknown norms and settings pass through unchanged for `build_norm` to refuse."""
+    builder = NORMS.get(spec.get("name"))
+    hints = typing.get_type_hints(builder) if builder else {}
+    return {key: float(value) if _takes_float(hints.get(key)) and type(value) is int else value
+            for key, value in spec.items()}
+
+
+def _takes_float(hint: Any) -> bool:
+    return hint is float or float in typing.get_args(hint)
 
 
 def build_norm(spec: Mapping[str, Any]) -> NormFactory:

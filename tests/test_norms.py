@@ -131,3 +131,17 @@ def test_norm_tags():
     assert norm_tag({"name": "bn"}) == "bn"
     assert norm_tag({"name": "gn", "groups": 8}) == "gn8"
     assert norm_tag({"name": "gn", "channels_per_group": 16}) == "gn-cpg16"
+
+
+def test_a_whole_number_typed_for_a_float_setting_is_the_same_run():
+    from normexp.conductor import member_config
+    from normexp.record import identity
+
+    def run_identity(*overrides):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return identity(member_config(compose(config_name="config", overrides=list(overrides)), 0), "data")
+
+    assert run_identity("norm=brn", "norm.rmax=3") == run_identity("norm=brn")  # the YAML says 3.0
+    assert run_identity("norm=brn", "norm.rmax=3")["norm"]["rmax"] == 3.0
+    assert run_identity("norm=brn", "norm.warmup_images=6250")["norm"]["warmup_images"] == 6250  # an int stays
+    assert run_identity("norm=brn", "norm.rmax=4") != run_identity("norm=brn")
