@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import pandas as pd
+from scipy import stats
 
-from normexp.verdict import Criteria, welch_contrast
+from normexp.verdict import Criteria
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -19,20 +20,27 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def compare_sweeps(before: pd.DataFrame, after: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Two sweeps of the same runs (e.g. a rerun with other code, or on another device), paired by run
-    name, which is the run's identity: per norm x batch size, accuracy mean +- std in each, after minus
-    before with a two-sided (1 - alpha) Welch CI, the largest per-seed difference, and the compute
-    minutes of each. Runs in only one sweep are left out (`unpaired_runs` lists them)."""
+    name, which is the run's identity (a code change that alters a default renames runs: they are
+    then unpaired). Per norm x batch size: accuracy mean +- std in each, after minus before with the
+    paired t (1 - alpha) CI over its runs (a pair shares its seed, so its initialization and data
+    order), the largest per-run difference, and the compute minutes of each. Runs in only one sweep
+    are left out (`unpaired_runs` lists them)."""
+    for name, sweep in (("before", before), ("after", after)):
+        repeated = sorted(set(sweep["run"][sweep["run"].duplicated()]))
+        if repeated:
+            raise ValueError(f"the {name} sweep holds run(s) more than once: {', '.join(repeated)}")
     shared = sorted(set(before["run"]) & set(after["run"]))
     old_runs, new_runs = (frame.set_index("run").loc[shared] for frame in (before, after))
     rows = []
     for (norm, batch), new in new_runs.groupby(["norm", "batch_size"]):
         old, new_acc = old_runs.loc[new.index, "final_test_acc"], new["final_test_acc"]
-        difference = welch_contrast([(1, new_acc.to_numpy(float)), (-1, old.to_numpy(float))], alpha)
+        low, high = (stats.ttest_rel(new_acc, old).confidence_interval(1 - alpha) if len(new) > 1
+                     else (float("nan"), float("nan")))
         rows.append({
             "norm": norm, "batch": batch, "n": len(new),
             "before acc %": f"{old.mean():.2f} ± {old.std():.2f}", "after acc %": f"{new_acc.mean():.2f} ± {new_acc.std():.2f}",
-            "after - before": difference["estimate"], "ci low": difference["ci_low"], "ci high": difference["ci_high"],
-            "largest per-seed difference": (new_acc - old).abs().max(),
+            "after - before": (new_acc - old).mean(), "ci low": low, "ci high": high,
+            "largest per-run difference": (new_acc - old).abs().max(),
             "minutes before": old_runs.loc[new.index, "compute_seconds"].sum() / 60,
             "minutes after": new["compute_seconds"].sum() / 60,
         })

@@ -5,6 +5,7 @@ normexp.verdict. Cells with fewer than 2 seeds on either side are left out (Welc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
 
 import numpy as np
@@ -30,6 +31,11 @@ def _final_acc(runs: pd.DataFrame, **where: object) -> np.ndarray:
 def _two_sided(estimate: dict[str, float]) -> dict[str, float]:
     return {"difference": estimate["estimate"], "ci_low": estimate["ci_low"], "ci_high": estimate["ci_high"],
             "p_two_sided": 2 * min(estimate["p_one_sided"], 1 - estimate["p_one_sided"])}
+
+
+def caption(statistic: Callable[..., pd.DataFrame], baseline: str = "") -> str:
+    """What a table of `statistic` holds, for a report: its docstring on one line, with `baseline` named."""
+    return " ".join((statistic.__doc__ or "").split()).replace("`baseline`", baseline)
 
 
 def versus(runs: pd.DataFrame, baseline: str, alpha: float) -> pd.DataFrame:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import inspect
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 import pandas as pd
 
 from normexp import atomic
-from normexp import landscape as landscape_stats
 from normexp.verdict_text import describe_verdict, is_p_column, p_text
 
 # Published test error (%) by batch size (images per GPU), shown beside this sweep's numbers.
@@ -79,7 +77,8 @@ def _verdict(result: Mapping[str, Any] | None) -> str:
              f"degrades. <span class='verdict {outcome[0]}'>{outcome[1]}</span></p>",
              f"<pre>{html.escape(describe_verdict(result))}</pre>", "<div class='checks'>"]
     for name, check in result["checks"].items():
-        rows = pd.DataFrame({"statistic": list(check), "value": [_value(v) for v in check.values()]})
+        rows = pd.DataFrame({"statistic": list(check),
+                             "value": [p_text(v) if is_p_column(k) else _value(v) for k, v in check.items()]})
         parts.append(f"<div><h3>{html.escape(name.replace('_', ' '))}</h3>{_table(rows, classes='text')}</div>")
     sources = result.get("criteria_source", {})
     criteria = pd.DataFrame({"criterion": list(c), "value": [_value(v) for v in c.values()],
@@ -119,15 +118,12 @@ def _figures(figures: Sequence[Path]) -> str:
         "</figcaption></figure>" for f in figures)
 
 
-def _landscape(tables: Mapping[str, pd.DataFrame]) -> str:
-    """The many-norm tables, each under its file name with what it holds (its normexp.landscape docstring)."""
-    parts = []
-    for name, table in tables.items():
-        kind, _, baseline = name.partition("_") if name.startswith("versus_") else (name, "", "")
-        caption = " ".join(inspect.getdoc(getattr(landscape_stats, kind)).split()).replace("`baseline`", baseline)
-        parts.append(f"<h3>tables/{html.escape(name)}</h3><p class='muted'>{html.escape(caption)}</p>"
-                     f"{_table(table)}")
-    return "\n".join(parts)
+def _landscape(tables: Mapping[str, tuple[pd.DataFrame, str]]) -> str:
+    """The many-norm tables, each under its file name with what it holds."""
+    return "\n".join(
+        f"<h3>tables/{html.escape(name)}</h3><p class='muted'>{html.escape(caption)}</p>"
+        + (_table(table) if len(table) else "<p>No cells with 2 or more seeds on both sides.</p>")
+        for name, (table, caption) in tables.items())
 
 
 def _runs(runs: pd.DataFrame) -> str:
@@ -146,13 +142,14 @@ def _runs(runs: pd.DataFrame) -> str:
 
 def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | None = None,
            error: pd.DataFrame | None = None, convergence: pd.DataFrame | None = None,
-           figures: Sequence[Path] = (), landscape: Mapping[str, pd.DataFrame] | None = None) -> str:
+           figures: Sequence[Path] = (), landscape: Mapping[str, tuple[pd.DataFrame, str]] | None = None) -> str:
     """The report page; without `result` (no finished runs) it holds only the runs. `landscape`
-    (sweeps of many norms) adds a section with those tables."""
+    (sweeps of many norms: name -> (table, what it holds)) adds a section with those tables."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         ("verdict", "Verdict", _verdict(result)),
         ("headline", "Test error by batch size", _headline(error, result and result["criteria"])),
+        *([("landscape", "Every norm", _landscape(landscape))] if landscape else []),
         ("figures", "Figures", _figures(figures)),
         ("convergence", "Convergence",
          "<p>No finished runs.</p>" if convergence is None else
@@ -160,8 +157,6 @@ def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | N
          "reached it; 'reached N' counts them) and final training loss and accuracy.</p>"),
         ("runs", "Runs", _runs(runs)),
     ]
-    if landscape:
-        sections.insert(2, ("landscape", "Every norm", _landscape(landscape)))
     contents = " · ".join(f"<a href='#{key}'>{title}</a>" for key, title, _ in sections)
     body = "\n".join(f"<h2 id='{key}'>{title}</h2>\n{text}" for key, title, text in sections)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>normexp report: "

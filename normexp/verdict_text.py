@@ -102,7 +102,7 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                                               f"{outcome(g)}",
             "interaction (lower bound)": f"{num(i['estimate'])} ({num(i['lower_bound'])}) {outcome(i)}",
             "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} "
-                                                      f"({num(b['p_value_one_sided'], p_spec(b['p_value_one_sided']))}) "
+                                                      f"({p_text(b['p_value_one_sided'])}) "
                                                       f"{outcome(b)}",
             "parity at reference: BN - GN [CI]": f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, "
                                                  f"{num(p['ci_high'], '+.2f')}] {outcome(p)}"

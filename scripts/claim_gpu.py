@@ -38,25 +38,40 @@ from pathlib import Path
 from normexp import atomic
 
 CIFAR10_TRAIN = 50_000  # claim_gpu trains on the whole training split
+FITTED = {"trainer.epochs", "optim.milestones", "verdict.require_parity"}  # what the script sets for the sweep
 
 
 def preset(overrides: list[str]) -> dict:
-    """`claim_gpu` as composed with `overrides`: its epochs, its milestones as fractions of them,
-    whether its verdict requires parity, and the runs its sweep makes (grid points x seeds)."""
+    """`claim_gpu` as its sweep composes it with `overrides`: its epochs, milestones and schedule,
+    whether its verdict requires parity, and the runs the sweep makes (grid points x seeds; a
+    command-line value of a swept key replaces the preset's values, as Hydra's sweeper does)."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     from normexp.cli.train import CONF_DIR
     from normexp.config import seeds
+
+    def count(override) -> int:
+        return len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+
+    parser = OverridesParser.create()
     try:
+        given = parser.parse_overrides(overrides)
+        fitted = sorted({o.key_or_group for o in given if o.is_sweep_override()} & FITTED)
+        if fitted:
+            raise SystemExit(f"claim_gpu.py chooses {', '.join(fitted)} itself: do not sweep them")
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["experiment=claim_gpu", *overrides],
-                          return_hydra_config=True)
-    except ConfigCompositionException as error:  # e.g. a sweep override (a,b): the grid is the preset's
+            cfg = compose(config_name="config", return_hydra_config=True, overrides=[
+                "experiment=claim_gpu", "hydra/launcher=joblib", *(o.input_line for o in given if not o.is_sweep_override())])
+        axes = {o.key_or_group: count(o) for o in
+                parser.parse_overrides([f"{key}={values}" for key, values in cfg.hydra.sweeper.params.items()])}
+    except HydraException as error:
         raise SystemExit(f"claim_gpu.py: {error}") from error
-    grid = math.prod(len(str(values).split(",")) for values in cfg.hydra.sweeper.params.values())
-    return {"epochs": cfg.trainer.epochs, "milestone_fractions": [m / cfg.trainer.epochs for m in cfg.optim.milestones],
-            "require_parity": bool(cfg.verdict.require_parity), "runs": grid * len(seeds(cfg))}
+    axes.update({o.key_or_group: count(o) for o in given if o.is_sweep_override() or o.key_or_group in axes})
+    return {"epochs": cfg.trainer.epochs, "milestones": list(cfg.optim.milestones),
+            "step_schedule": cfg.optim.schedule == "step", "require_parity": bool(cfg.verdict.require_parity),
+            "runs": math.prod(axes.values()) * len(seeds(cfg))}
 
 
 def train(overrides: list[str], timeout: float | None = None) -> int:
@@ -97,8 +112,8 @@ def probe(overrides: list[str], probe_images: int, train_images: int, expected_r
     for compile_overrides in ([], ["runtime.compile=false"]):
         root = Path(tempfile.mkdtemp(prefix="claim_gpu_probe_"))
         start = time.monotonic()
-        train([f"data.train_subset={probe_images}", "trainer.epochs=2", f"paths.results_root={root}",
-               *compile_overrides, *overrides])
+        train([*overrides, *compile_overrides, f"data.train_subset={probe_images}", "trainer.epochs=2",
+               f"paths.results_root={root}"])  # the probe's own settings last: they win
         wall = time.monotonic() - start
         runs = probe_epochs(root)
         shutil.rmtree(root, ignore_errors=True)
@@ -113,10 +128,14 @@ def probe(overrides: list[str], probe_images: int, train_images: int, expected_r
     raise SystemExit("the probe failed with and without compilation; see the logs above")
 
 
-def scaled_milestones(fractions: list[float], epochs: int) -> list[int]:
-    """The preset's milestones at `epochs`: rounded half up, and at most the last epoch but one so that
-    each decay takes effect (5 epochs: [2, 3, 4]; 100: [30, 60, 90])."""
-    return sorted({min(epochs - 1, math.floor(f * epochs + 0.5)) for f in fractions} - {0})
+def scaled_milestones(full: dict, epochs: int) -> list[int]:
+    """The preset's milestones at `epochs`: unchanged at its own epochs; otherwise scaled, rounded
+    half up and at most the last epoch but one, so that every decay takes effect and the LR ends
+    where the preset's does (5 of 100 epochs: [30, 60, 90] -> [2, 3, 4]; 2: [1, 1, 1])."""
+    if epochs == full["epochs"]:
+        return list(full["milestones"])
+    scaled = (min(epochs - 1, math.floor(m / full["epochs"] * epochs + 0.5)) for m in full["milestones"])
+    return sorted(m for m in scaled if m >= 1)
 
 
 def budget(allowance_left: float, timing: dict, margin: float, full: dict) -> dict:
@@ -124,9 +143,11 @@ def budget(allowance_left: float, timing: dict, margin: float, full: dict) -> di
     is required (only at the preset's full budget, and only if the preset requires it)."""
     fixed = timing["startup_s"] + timing["compile_s"]
     epochs = min(full["epochs"], math.floor((allowance_left - fixed) / (timing["sweep_epoch_s"] * margin)))
-    if epochs < 1:
-        raise SystemExit(f"not even one epoch fits: {allowance_left:.0f} s left, probe {timing}")
-    return {"epochs": epochs, "milestones": scaled_milestones(full["milestone_fractions"], epochs),
+    milestones = scaled_milestones(full, epochs) if epochs >= 1 else []
+    if epochs < 1 or (full["step_schedule"] and full["milestones"] and not milestones):
+        raise SystemExit(f"too few epochs fit ({epochs}; a step schedule needs 2): {allowance_left:.0f} s left, "
+                         f"probe {timing}")
+    return {"epochs": epochs, "milestones": milestones,
             "require_parity": full["require_parity"] and epochs == full["epochs"],
             "predicted_sweep_s": fixed + epochs * timing["sweep_epoch_s"]}
 

@@ -1,5 +1,5 @@
 """Compare two sweeps of the same runs (paired by run name): accuracy per norm x batch size, after
-minus before with a 95 % Welch CI, and compute time. Runs in only one sweep are listed and left out.
+minus before with a paired 95 % CI, and compute time. Runs in only one sweep are listed and left out.
 
 Usage: python scripts/compare_sweeps.py BEFORE_RESULTS_DIR AFTER_RESULTS_DIR
 """

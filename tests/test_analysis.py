@@ -224,9 +224,12 @@ def test_compare_sweeps_pairs_the_same_runs_by_name():
     [row] = compare_sweeps(before, after).to_dict("records")
     assert row["n"] == 2 and row["before acc %"] == "41.00 ± 1.41" and row["after acc %"] == "41.25 ± 0.35"
     assert row["after - before"] == pytest.approx(0.25) and row["ci low"] < 0.25 < row["ci high"]
-    assert row["largest per-seed difference"] == 1.0
+    assert row["ci high"] - row["ci low"] == pytest.approx(2 * 12.706 * 0.75, rel=1e-3)  # paired t: SE of [1, -0.5] is 0.75, df 1
+    assert row["largest per-run difference"] == 1.0
     assert (row["minutes before"], row["minutes after"]) == (20.0, 10.0)
     assert unpaired_runs(before, after) == {"only before": ["bn_s2"], "only after": ["bn_other"]}
+    with pytest.raises(ValueError, match="more than once: bn_s0"):
+        compare_sweeps(pd.concat([before, before.iloc[:1]]), after)
 
 
 def test_every_preset_norm_has_its_own_colour():

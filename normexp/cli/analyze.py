@@ -106,16 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     if not tables.train_loss.empty:
         losses = tables.train_loss[tables.train_loss["run"].isin(finished_runs)]
         figures.append(plots.train_loss_curves(losses, figure_dir / "train_loss.png"))
-    landscape_tables = {}  # name -> table, for sweeps of many norms
+    landscape_tables = {}  # name -> (table, what it holds), for sweeps of many norms
     if finished["norm"].nunique() > 2:  # each norm against BN and GN, each across batch sizes
         for baseline in sorted({criteria.bn, criteria.gn} & set(finished["norm"])):
-            landscape_tables[f"versus_{baseline}"] = landscape.versus(finished, baseline, criteria.alpha)
-        landscape_tables["batch_change"] = landscape.batch_change(finished, criteria.alpha)
+            landscape_tables[f"versus_{baseline}"] = (landscape.versus(finished, baseline, criteria.alpha),
+                                                      landscape.caption(landscape.versus, baseline))
+        landscape_tables["batch_change"] = (landscape.batch_change(finished, criteria.alpha),
+                                            landscape.caption(landscape.batch_change))
     if finished[finished["norm_name"].isin(["gn", "ln", "in"])]["norm"].nunique() > 2:  # a group ablation
         figures.append(plots.group_ablation(finished, figure_dir / "group_ablation.png"))
         # "flat" uses the verdict's parity margin: the same "close enough" as BN vs GN at the reference batch
-        landscape_tables["group_shape"] = landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap)
-    for name, table in landscape_tables.items():
+        landscape_tables["group_shape"] = (landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap),
+                                           landscape.caption(landscape.group_shape))
+    for name, (table, _) in landscape_tables.items():
         _write_table(table, table_dir, name)
 
     result = verdict(finished, criteria)
@@ -144,6 +147,7 @@ def _write_table(table, directory: Path, name: str, index: bool = False) -> None
     p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c)]  # tabulate must not reformat them
     atomic.write_text(directory / f"{name}.md",
                       shown.to_markdown(index=index, floatfmt=".2f", disable_numparse=p_at or False) + "\n")
+
 
 if __name__ == "__main__":
     sys.exit(main())
