@@ -33,16 +33,18 @@ def compare_sweeps(before: pd.DataFrame, after: pd.DataFrame, alpha: float = 0.0
     old_runs, new_runs = (frame.set_index("run").loc[shared] for frame in (before, after))
     rows = []
     for (norm, batch), new in new_runs.groupby(["norm", "batch_size"]):
-        old, new_acc = old_runs.loc[new.index, "final_test_acc"], new["final_test_acc"]
-        low, high = (stats.ttest_rel(new_acc, old).confidence_interval(1 - alpha) if len(new) > 1
+        old = old_runs.loc[new.index]
+        old_acc, new_acc = old["final_test_acc"], new["final_test_acc"]
+        difference = new_acc - old_acc
+        low, high = (stats.ttest_rel(new_acc, old_acc).confidence_interval(1 - alpha) if len(new) > 1
                      else (float("nan"), float("nan")))
         rows.append({
             "norm": norm, "batch": batch, "n": len(new),
-            "before acc %": f"{old.mean():.2f} ± {old.std():.2f}", "after acc %": f"{new_acc.mean():.2f} ± {new_acc.std():.2f}",
-            "after - before": (new_acc - old).mean(), "ci low": low, "ci high": high,
-            "largest per-run difference": (new_acc - old).abs().max(),
-            "minutes before": old_runs.loc[new.index, "compute_seconds"].sum() / 60,
-            "minutes after": new["compute_seconds"].sum() / 60,
+            "before acc %": f"{old_acc.mean():.2f} ± {old_acc.std():.2f}",
+            "after acc %": f"{new_acc.mean():.2f} ± {new_acc.std():.2f}",
+            "after - before": difference.mean(), "ci low": low, "ci high": high,
+            "largest per-run difference": difference.abs().max(),
+            "minutes before": old["compute_seconds"].sum() / 60, "minutes after": new["compute_seconds"].sum() / 60,
         })
     return pd.DataFrame(rows)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from normexp import atomic
-from normexp.verdict_text import describe_verdict, is_p_column, p_text
+from normexp.verdict_text import describe_verdict, is_p_column, p_text, with_p_text
 
 # Published test error (%) by batch size (images per GPU), shown beside this sweep's numbers.
 REFERENCE_BATCHES = (32, 16, 8, 4, 2)
@@ -49,8 +49,7 @@ figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 def _table(frame: pd.DataFrame, index: bool = False, classes: str = "") -> str:
     """A DataFrame as an HTML table (headers may wrap at underscores); numbers to 2 decimals, p-values
     by the verdict text's rule; missing values as an en dash."""
-    frame = frame.assign(**{c: frame[c].map(p_text) for c in frame.columns if is_p_column(c)})
-    frame = frame.rename(columns=lambda c: str(c).replace("_", " "))
+    frame = with_p_text(frame).rename(columns=lambda c: str(c).replace("_", " "))
     return ("<div class='wide'>" + frame.to_html(index=index, border=0, na_rep="–", classes=classes or None,
                                                  float_format=lambda v: f"{v:.2f}") + "</div>")
 

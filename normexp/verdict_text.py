@@ -31,6 +31,11 @@ def p_text(p: float | None) -> str:
     return "n/a" if p is None or pd.isna(p) else format(p, p_spec(p))
 
 
+def with_p_text(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with its p-value columns (`is_p_column`) as text by `p_text`, for display."""
+    return table.assign(**{c: table[c].map(p_text) for c in table.columns if is_p_column(c)})
+
+
 def describe_verdict(result: Mapping[str, Any]) -> str:
     """A few human lines: the overall verdict, then each check's comparison and its outcome."""
     if result["undecided"]:

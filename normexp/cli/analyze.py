@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 def _write_table(table, directory: Path, name: str, index: bool = False) -> None:
     """CSV, and Markdown with numbers to 2 decimals and p-values (columns "p", "p_...") by the verdict
     text's rule (never a p printed as 0.00)."""
-    from normexp.verdict_text import is_p_column, p_text
+    from normexp.verdict_text import is_p_column, with_p_text
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
-    shown = table.assign(**{c: table[c].map(p_text) for c in table.columns if is_p_column(c)})
+    shown = with_p_text(table)
     p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c)]  # tabulate must not reformat them
     atomic.write_text(directory / f"{name}.md",
                       shown.to_markdown(index=index, floatfmt=".2f", disable_numparse=p_at or False) + "\n")
