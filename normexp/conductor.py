@@ -85,17 +85,17 @@ def load_data(cfg: DictConfig) -> CifarArrays:
     return load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
 
 
-def train_run(cfg: DictConfig) -> list[dict[str, Any]]:
+def train_run(cfg: DictConfig, auto_threads: Optional[int] = None) -> list[dict[str, Any]]:
     """Train the configured run, or the runs of `seed=[...]` packed as one model; return summaries.
 
     Each run resumes if it was interrupted and is skipped if it has finished; runs that another
     process holds are left out of the result. All settings are checked before any data is decoded
-    or any step is trained.
+    or any step is trained. Torch threads: `runtime.threads`, else those a resumed run started with,
+    else `auto_threads` (the launcher's share of the cores).
     """
     validate(cfg)
     trackers.require(cfg)
-    if cfg.runtime.threads is not None:
-        torch.set_num_threads(cfg.runtime.threads)
+    torch.set_num_threads(cfg.runtime.threads or auto_threads or torch.get_num_threads())
     runs = [member_config(cfg, seed) for seed in seeds(cfg)]
     models = [seeded_model(run) for run in runs]
     device = runtime.pick_device(cfg.runtime.device)
@@ -123,6 +123,8 @@ def train_run(cfg: DictConfig) -> list[dict[str, Any]]:
             tracker = stack.enter_context(trackers.open_run(run, directory, run_log))
             members.append(Member(run, directory, run_log, model, tracker))
         if members:
+            _keep_threads(cfg, members)
+            _refuse_environment_change(members, device)
             try:
                 _train(cfg, members, data, device)
             except Exception as error:
@@ -134,12 +136,47 @@ def train_run(cfg: DictConfig) -> list[dict[str, Any]]:
     return summaries
 
 
+def _keep_threads(cfg: DictConfig, members: list[Member]) -> None:
+    """With automatic threads (runtime.threads null), a resumed run keeps the thread count it
+    trained with, whatever else runs on the machine now: the count changes its numbers."""
+    if cfg.runtime.threads is not None:
+        return
+    recorded = {start["threads"] for start in (record.last_start(m.directory) for m in members
+                                                if (m.directory / record.CHECKPOINT).is_file()) if start}
+    if len(recorded) == 1:
+        threads = recorded.pop()
+        if threads != torch.get_num_threads():
+            log.info("resuming with %d torch thread(s), as these runs trained (runtime.threads=null)", threads)
+            torch.set_num_threads(threads)
+
+
+def _refuse_environment_change(members: list[Member], device: torch.device) -> None:
+    """A run resumes only in the environment of its last start (record.ENVIRONMENT), unless
+    runtime.allow_env_change: else one name would hold a mix of two sets of numbers."""
+    environment = runtime.environment(device)
+    for member in members:
+        if not (member.directory / record.CHECKPOINT).is_file():
+            continue
+        changed = record.environment_change(record.last_start(member.directory), environment)
+        if changed and not member.cfg.runtime.allow_env_change:
+            raise ConfigError(
+                f"{member.directory.name} trained in another environment ({', '.join(changed)}): resuming here would "
+                f"mix two sets of numbers under one name; resume it where it ran (runtime.threads, torch, device) or "
+                f"pass runtime.allow_env_change=true to continue and record the change")
+
+
 def _start(member: Member, digest: str, device: torch.device) -> None:
-    """Write the run's identity and config, and load its checkpoint if it has one."""
-    record.write_start(member.directory, record.identity(member.cfg, digest), OmegaConf.to_yaml(member.cfg, resolve=True))
+    """Write the run's identity, config and this start (with any environment change), and load
+    its checkpoint if it has one."""
     path = member.directory / record.CHECKPOINT
-    if path.is_file():
-        state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
+    environment = runtime.environment(device)
+    changed = record.environment_change(record.last_start(member.directory), environment) if state else []
+    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(state["metrics"]) if state else 0,
+             **environment, **runtime.code_version(), **({"environment_change": changed} if changed else {})}
+    record.write_start(member.directory, record.identity(member.cfg, digest),
+                       OmegaConf.to_yaml(member.cfg, resolve=True), start)
+    if state is not None:
         member.model.load_state_dict(state["model"])
         member.checkpoint = state
         member.metrics, member.loss_log = state["metrics"], state["train_loss"]

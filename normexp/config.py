@@ -81,6 +81,7 @@ class RuntimeConfig:
     pack_max_batch: Optional[int] = MISSING
     eval_batch_size: int = MISSING
     download: bool = MISSING
+    allow_env_change: bool = MISSING
 
 
 @dataclass

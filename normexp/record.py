@@ -5,7 +5,8 @@ Torch-free: the conductor writes through this module and the tables read through
 A run folder `<tag>_b<batch>[x<devices>]_s<seed>_<hash>/` holds `identity.json` (what the hash
 covers: every setting that changes the numbers, and the data's content digest), `config.yaml`
 (the whole resolved config), `metrics.jsonl` (one record per epoch), `train_loss.jsonl`,
-`checkpoint.pt`, `train.log`, `summary.json` once finished and `error.json` while failed. Running
+`checkpoint.pt`, `train.log`, `starts.jsonl` (each start's time, code commit and environment),
+`summary.json` once finished and `error.json` while failed. Running
 the same configuration on the same data finds the same folder: finished runs are skipped,
 unfinished ones resume.
 """
@@ -32,6 +33,10 @@ SUMMARY = "summary.json"
 LOG = "train.log"
 ERROR = "error.json"
 LOCK = ".lock"
+STARTS = "starts.jsonl"
+# What changes a run's numbers besides its identity (float rounding that grows into seed-level noise):
+# a run resumes only where its last start ran, unless runtime.allow_env_change says otherwise.
+ENVIRONMENT = ("device", "threads", "torch_version")
 
 FINISHED, DIVERGED, FAILED, RUNNING, UNFINISHED = "finished", "diverged", "failed", "running", "unfinished"
 
@@ -81,10 +86,31 @@ def run_dir(cfg: DictConfig, data_digest: str) -> Path:
     return Path(cfg.paths.results_root).expanduser().resolve() / run_name(identity(cfg, data_digest))
 
 
-def write_start(directory: Path, ident: Mapping[str, Any], config_yaml: str) -> None:
-    """What a run writes before training: its identity and its whole resolved config."""
+def write_start(directory: Path, ident: Mapping[str, Any], config_yaml: str,
+                start: Optional[Mapping[str, Any]] = None) -> None:
+    """What a run writes before training: its identity, its whole resolved config as it first
+    started (kept on later starts, so the criteria recorded are those in force when it began), and
+    `start` (time, code, environment) appended to its log of starts."""
     atomic.write_json(directory / IDENTITY, ident)
-    atomic.write_text(directory / CONFIG, config_yaml)
+    if not (directory / CONFIG).is_file():
+        atomic.write_text(directory / CONFIG, config_yaml)
+    if start is not None:
+        atomic.write_jsonl(directory / STARTS, [*read_jsonl(directory / STARTS), dict(start)])
+
+
+def last_start(directory: Path) -> Optional[dict[str, Any]]:
+    """The run's most recent recorded start, or None (a new run, or one trained before starts were logged)."""
+    starts = read_jsonl(directory / STARTS)
+    return starts[-1] if starts else None
+
+
+def environment_change(previous: Optional[Mapping[str, Any]], environment: Mapping[str, Any]) -> list[str]:
+    """How `environment` differs from a previous start's in the ENVIRONMENT fields, e.g.
+    ["threads 1 -> 2"]; empty when they agree or nothing was recorded."""
+    if previous is None:
+        return []
+    return [f"{key} {previous[key]} -> {environment[key]}" for key in ENVIRONMENT
+            if key in previous and previous[key] != environment[key]]
 
 
 def write_progress(directory: Path, metrics: list[dict[str, Any]], losses: list[dict[str, Any]]) -> None:

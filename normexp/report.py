@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 
 from normexp import atomic
-from normexp.verdict_text import describe_verdict, is_p_column, p_text, with_p_text
+from normexp.verdict_text import (PARTS, budget_text, describe_verdict, is_p_column, overall, p_text, part_text,
+                                  with_p_text)
 
 # Published test error (%) by batch size (images per GPU), shown beside this sweep's numbers.
 REFERENCE_BATCHES = (32, 16, 8, 4, 2)
@@ -41,6 +42,7 @@ table.runs th:nth-child(-n+3) { text-align: left; } .wide { overflow-x: auto; }
 pre { background: #f6f6f6; padding: 0.8em; font-size: 0.9em; white-space: pre-wrap; }
 .verdict { font-size: 1.3em; font-weight: bold; padding: 0.4em 0.8em; display: inline-block; color: #fff; }
 .holds { background: #2e7d32; } .fails { background: #c62828; } .undecided { background: #757575; }
+.verdict.optional { font-size: 1em; opacity: 0.75; }
 .checks { display: flex; flex-wrap: wrap; gap: 0 1.5em; } .muted { color: #666; font-size: 0.9em; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 """
@@ -69,11 +71,13 @@ def _verdict(result: Mapping[str, Any] | None) -> str:
     """Overall outcome, the verdict's text, one table of statistics per check, and the criteria."""
     if result is None:
         return "<p><span class='verdict undecided'>NO STATISTICS</span></p><p>No finished runs.</p>"
-    outcome = ("undecided", "UNDECIDED") if result["undecided"] else (
-        ("holds", "HOLDS") if result["holds"] else ("fails", "DOES NOT HOLD"))
     c = result["criteria"]
+    badges = [_badge(f"{overall(result)} ({budget_text(result)})", result["undecided"], result["holds"])]
+    badges += [_badge(part_text(result, part), state["undecided"], state["holds"], state["required"])
+               for part, state in ((part, result["parts"][part]) for part in PARTS)]
     parts = [f"<p>Claim: {html.escape(c['gn'])} holds its accuracy at batch sizes where {html.escape(c['bn'])} "
-             f"degrades. <span class='verdict {outcome[0]}'>{outcome[1]}</span></p>",
+             f"degrades (small-batch half), and is about as accurate as {html.escape(c['bn'])} at the reference "
+             f"batch (parity).</p><p>{' '.join(badges)}</p>",
              f"<pre>{html.escape(describe_verdict(result))}</pre>", "<div class='checks'>"]
     for name, check in result["checks"].items():
         rows = pd.DataFrame({"statistic": list(check),
@@ -85,6 +89,12 @@ def _verdict(result: Mapping[str, Any] | None) -> str:
     parts.append(f"</div><h3>Criteria</h3>{_table(criteria, classes='text')}<p class='muted'>from: default = "
                  "conf/verdict/default.yaml, recorded = the runs' config.yaml, override = --set.</p>")
     return "\n".join(parts)
+
+
+def _badge(text: str, undecided: bool, holds: bool, required: bool = True) -> str:
+    """An outcome badge: green holds, red fails, grey undecided; a part that is not required is outlined."""
+    kind = "undecided" if undecided else ("holds" if holds else "fails")
+    return f"<span class='verdict {kind}{'' if required else ' optional'}'>{html.escape(text)}</span>"
 
 
 def _headline(error: pd.DataFrame | None, criteria: Mapping[str, Any] | None) -> str:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from normexp import locks
+from normexp.config import ConfigError
 
 log = logging.getLogger("normexp")
 
@@ -26,7 +27,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda but no CUDA device is available; use runtime.device=auto or cpu")
+        raise ConfigError("runtime.device='cuda' is invalid here: no CUDA device is available; allowed: auto, cpu")
     return torch.device(name)
 
 
@@ -89,24 +90,33 @@ def maybe_compiled(flag: Optional[bool], model: nn.Module, device: torch.device)
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
-def git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+def code_version() -> dict[str, Any]:
+    """The git commit of the code that runs (`git_commit`) and whether the checkout had uncommitted
+    changes (`git_dirty`); both None outside a git checkout."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit.strip() if commit else None, "git_dirty": None if status is None else bool(status.strip())}
 
 
-def provenance(device: torch.device) -> dict[str, Any]:
-    """What ran a run: device, threads, versions, host, code commit."""
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a run computes: device, torch threads, versions, host (record.ENVIRONMENT are the
+    fields among these that change its numbers)."""
     return {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
-        "git_commit": git_commit(),
     }
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """What ran a run: its environment and the code's commit."""
+    return {**environment(device), **code_version()}

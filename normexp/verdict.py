@@ -32,15 +32,21 @@ class Criteria:
     gn: str
     reference_batch: int
     min_bn_drop: float
-    max_gn_loss: float
+    gn_margin: float
     alpha: float
+    require_small_batch: bool
     require_parity: bool
     max_parity_gap: float
 
 
 LIMITS = {"reference_batch": (lambda v: v >= 1, ">= 1"), "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
-          "min_bn_drop": (lambda v: v >= 0, ">= 0"), "max_gn_loss": (lambda v: v > 0, "> 0"),
+          "min_bn_drop": (lambda v: v >= 0, ">= 0"), "gn_margin": (lambda v: v > 0, "> 0"),
           "max_parity_gap": (lambda v: v > 0, "> 0")}
+# Criteria of rules that were replaced: a run that recorded one is judged by today's rule, and the
+# analysis says which recorded value it set aside (verdict.json's criteria_source).
+RETIRED = {"max_gn_loss": "GN's trend from the largest to the smallest batch, replaced by gn_margin against the "
+                          "reference batch (the largest batch is the most step-starved, so the trend could not fail)"}
+SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")
 
 
 def _checked(name: str, value: Any) -> Any:
@@ -59,20 +65,28 @@ def _checked(name: str, value: Any) -> Any:
 def load_criteria(overrides: Mapping[str, Any] | None = None,
                   recorded: Mapping[str, Any] | None = None) -> tuple[Criteria, dict[str, str]]:
     """Criteria from the YAML defaults, then those recorded in the runs' configs, then `overrides`;
-    also where each value came from ("default", "recorded" or "override")."""
+    also where each value came from ("default", "recorded" or "override"; a recorded criterion of a
+    retired rule (RETIRED) appears as "retired: <value>, set aside")."""
     allowed = [f.name for f in fields(Criteria)]
     values: dict[str, Any] = {}
     source: dict[str, str] = {}
     for origin, layer in (("default", yaml.safe_load(DEFAULTS.read_text())), ("recorded", recorded),
                           ("override", overrides)):
         for key, value in (layer or {}).items():
+            if origin == "recorded" and key in RETIRED:
+                source[key] = f"retired: recorded {value!r}, set aside ({RETIRED[key]})"
+                continue
             if key not in allowed:
                 raise ValueError(f"unknown verdict criterion {key!r} ({origin}); allowed: {', '.join(allowed)}")
             values[key], source[key] = value, origin
     missing = [name for name in allowed if name not in values]
     if missing:
         raise ValueError(f"{DEFAULTS} lacks verdict criteria: {', '.join(missing)}")
-    return Criteria(**{key: _checked(key, value) for key, value in values.items()}), source
+    criteria = Criteria(**{key: _checked(key, value) for key, value in values.items()})
+    if not (criteria.require_small_batch or criteria.require_parity):
+        raise ValueError("verdict criteria require_small_batch and require_parity are both false: "
+                         "a verdict must require at least one part")
+    return criteria, source
 
 
 def welch_contrast(terms: Sequence[tuple[float, np.ndarray]], alpha: float) -> dict[str, float]:
@@ -83,41 +97,53 @@ def welch_contrast(terms: Sequence[tuple[float, np.ndarray]], alpha: float) -> d
     with np.errstate(divide="ignore", invalid="ignore"):
         se = np.sqrt(parts.sum())
         df = parts.sum() ** 2 / sum(p * p / (len(g) - 1) for p, (_, g) in zip(parts, terms))
+    return _bounds(estimate, float(se), float(df), alpha)
+
+
+def pooled_difference(a: np.ndarray, b: np.ndarray, cells: Sequence[np.ndarray], alpha: float) -> dict[str, float]:
+    """mean(a) - mean(b) with the variance pooled over `cells` (all groups of one batch-independent
+    norm, so its seed noise is estimated from every batch size it ran): estimate, SE, df, t,
+    one-sided p (> 0), one-sided (1 - alpha) lower bound and two-sided CI."""
+    residuals = np.concatenate([c - c.mean() for c in cells])
+    df = len(residuals) - len(cells)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        variance = float((residuals ** 2).sum() / df) if df > 0 else math.nan
+    se = math.sqrt(variance * (1 / len(a) + 1 / len(b))) if df > 0 else math.nan
+    return _bounds(float(a.mean() - b.mean()), se, float(df), alpha)
+
+
+def _bounds(estimate: float, se: float, df: float, alpha: float) -> dict[str, float]:
+    if not se > 0:  # no spread between seeds: nothing can be bounded
+        se = math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
         t = estimate / se
-    half = stats.t.ppf(1 - alpha / 2, df) * se
-    return {"estimate": estimate, "se": float(se), "df": float(df), "t": float(t),
-            "p_one_sided": float(stats.t.sf(t, df)), "lower_bound": float(estimate - stats.t.ppf(1 - alpha, df) * se),
-            "ci_low": float(estimate - half), "ci_high": float(estimate + half)}
+        half, one = stats.t.ppf(1 - alpha / 2, df) * se, stats.t.ppf(1 - alpha, df) * se
+    return {"estimate": estimate, "se": se, "df": df, "t": float(t), "p_one_sided": float(stats.t.sf(t, df)),
+            "lower_bound": float(estimate - one), "ci_low": float(estimate - half), "ci_high": float(estimate + half)}
 
 
-def _trend(batch: np.ndarray, acc: np.ndarray, alpha: float) -> dict[str, float]:
-    """OLS of accuracy on log2(batch): slope per doubling, its SE, the predicted change from the
-    largest to the smallest batch and that change's one-sided (1 - alpha) lower bound."""
-    x = np.log2(batch)
-    sxx = float(((x - x.mean()) ** 2).sum())
-    slope = float(((x - x.mean()) * (acc - acc.mean())).sum() / sxx)
-    residual = acc - acc.mean() - slope * (x - x.mean())
-    se = math.sqrt(float((residual ** 2).sum()) / (len(x) - 2) / sxx)
-    span = float(x.min() - x.max())
-    change = slope * span
-    return {"slope_per_doubling": slope, "slope_se": se, "df": len(x) - 2, "change": change,
-            "lower_bound": change - float(stats.t.ppf(1 - alpha, len(x) - 2)) * se * abs(span)}
+def _missing_small_batch(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria, shared: list[int]) -> list[str]:
+    """What the data lack for the small-batch half, as sentences; empty when it can be judged."""
+    problems = _missing_parity(groups, c)
+    if not problems and not [b for b in shared if b < c.reference_batch]:
+        have = {tag: sorted(b for t, b in groups if t == tag) for tag in (c.bn, c.gn)}
+        problems.append(f"no batch size below reference batch {c.reference_batch} run with both {c.bn} and {c.gn}; "
+                        f"have {c.bn} {have[c.bn]}, {c.gn} {have[c.gn]}")
+    if not problems:
+        problems += [f"only 1 finished {tag} run at batch {shared[0]}; need 2 or more seeds"
+                     for tag in (c.bn, c.gn) if len(groups[tag, shared[0]]) < 2]
+    return problems
 
 
-def _missing(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria, shared: list[int]) -> list[str]:
-    """What the data lack for the checks, as sentences; empty when every check can be computed."""
+def _missing_parity(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -> list[str]:
+    """What the data lack for parity at the reference batch, as sentences."""
     have = {tag: sorted(b for t, b in groups if t == tag) for tag in (c.bn, c.gn)}
     problems = [f"no finished {tag} runs" for tag in (c.bn, c.gn) if not have[tag]]
     problems += [f"no finished {tag} runs at reference batch {c.reference_batch}; have batches {have[tag]}"
                  for tag in (c.bn, c.gn) if have[tag] and c.reference_batch not in have[tag]]
-    if not problems and not [b for b in shared if b < c.reference_batch]:
-        problems.append(f"no batch size below reference batch {c.reference_batch} run with both {c.bn} and {c.gn}; "
-                        f"have {c.bn} {have[c.bn]}, {c.gn} {have[c.gn]}")
     if not problems:
-        for tag in (c.bn, c.gn):
-            for batch in (shared[0], c.reference_batch):
-                if len(groups[tag, batch]) < 2:
-                    problems.append(f"only 1 finished {tag} run at batch {batch}; need 2 or more seeds")
+        problems += [f"only 1 finished {tag} run at batch {c.reference_batch}; need 2 or more seeds"
+                     for tag in (c.bn, c.gn) if len(groups[tag, c.reference_batch]) < 2]
     return problems
 
 
@@ -182,32 +208,67 @@ def _plain(value: Any) -> Any:
 
 
 def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
-    """Judge the claim on finished runs (columns norm, batch_size, seed, final_test_acc), over the batch
-    sizes both norms ran; JSON-ready (NaN -> None)."""
+    """Judge the claim's two parts on finished runs (columns norm, batch_size, seed, final_test_acc;
+    `epochs` names the budget) over the batch sizes both norms ran; JSON-ready (NaN -> None).
+
+    The small-batch half: BN degrades, GN holds, the interaction, GN beats BN at the smallest batch.
+    Parity: BN - GN at the reference batch. Each part holds, fails or is undecided; the overall
+    verdict holds when every part the criteria require holds, and is undecided while one is."""
     c = criteria
     by_group = runs.groupby(["norm", "batch_size"])["final_test_acc"]
     groups = {(str(n), int(b)): g.to_numpy(float) for (n, b), g in by_group}
     shared = sorted({b for t, b in groups if t == c.bn} & {b for t, b in groups if t == c.gn})
+    small = shared[0] if shared else None
+    epochs = sorted({int(e) for e in runs["epochs"]}) if "epochs" in runs else []
     result: dict[str, Any] = {"criteria": asdict(c), "batch_sizes": shared, "reference_batch": c.reference_batch,
-                              "smallest_batch": shared[0] if shared else None, "checks": {}, "holds": False}
-    problems = _missing(groups, c, shared)
-    if problems:
-        return _plain({**result, "undecided": True, "reason": "; ".join(problems)})
+                              "smallest_batch": small, "epochs": epochs, "checks": {}, "parts": {}}
+    missing = {"small_batch": _missing_small_batch(groups, c, shared), "parity": _missing_parity(groups, c)}
+    ref = c.reference_batch
+    if not missing["small_batch"]:
+        result["checks"].update(_small_batch_checks(groups, c, shared))
+    if not missing["parity"]:
+        bn_ref, gn_ref = groups[c.bn, ref], groups[c.gn, ref]
+        parity = welch_contrast([(1, bn_ref), (-1, gn_ref)], c.alpha)
+        result["checks"]["parity"] = {
+            "holds": -c.max_parity_gap < parity["ci_low"] and parity["ci_high"] < c.max_parity_gap,
+            "required": c.require_parity, "batch_size": ref, "bn_mean": bn_ref.mean(), "gn_mean": gn_ref.mean(),
+            "n_bn": len(bn_ref), "n_gn": len(gn_ref), "gap": parity["estimate"], "ci_low": parity["ci_low"],
+            "ci_high": parity["ci_high"], "max_gap": c.max_parity_gap}
+    for part, names, required in (("small_batch", SMALL_BATCH_CHECKS, c.require_small_batch),
+                                  ("parity", ("parity",), c.require_parity)):
+        undecided = bool(missing[part])
+        result["parts"][part] = {"required": required, "undecided": undecided,
+                                 "holds": not undecided and all(result["checks"][n]["holds"] for n in names),
+                                 "reason": "; ".join(missing[part]) or None}
+    required = [p for p in result["parts"].values() if p["required"]]
+    result["undecided"] = any(p["undecided"] for p in required)
+    result["holds"] = not result["undecided"] and all(p["holds"] for p in required)
+    result["reason"] = "; ".join(p["reason"] for p in required if p["undecided"]) or None
+    return _plain(result)
+
+
+def _small_batch_checks(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria,
+                        shared: list[int]) -> dict[str, dict[str, Any]]:
+    """The small-batch half's four checks at the smallest batch both norms ran, each against the
+    reference batch. "GN holds" is anchored there (not at the largest batch, which at a fixed number
+    of epochs is the most step-starved, so a trend from it rises and cannot fail) and pools GN's seed
+    variance over every batch size it ran (GN's noise does not depend on the batch)."""
     small, ref = shared[0], c.reference_batch
     bn_ref, bn_small, gn_ref, gn_small = (groups[t, b] for t in (c.bn, c.gn) for b in (ref, small))
     drop = welch_contrast([(1, bn_ref), (-1, bn_small)], c.alpha)
-    gn_batches = np.concatenate([np.full(len(groups[c.gn, b]), b) for b in shared])
-    trend = _trend(gn_batches, np.concatenate([groups[c.gn, b] for b in shared]), c.alpha)
+    change = pooled_difference(gn_small, gn_ref, [groups[c.gn, b] for b in shared], c.alpha)
     interaction = welch_contrast([(1, bn_ref), (-1, bn_small), (-1, gn_ref), (1, gn_small)], c.alpha)
     beats = welch_contrast([(1, gn_small), (-1, bn_small)], c.alpha)
-    parity = welch_contrast([(1, bn_ref), (-1, gn_ref)], c.alpha)
-    result["checks"] = {
+    return {
         "bn_degrades": {"holds": drop["lower_bound"] > c.min_bn_drop, "bn_ref_mean": bn_ref.mean(),
                         "n_ref": len(bn_ref), "bn_small_mean": bn_small.mean(), "n_small": len(bn_small),
                         "drop": drop["estimate"], "se": drop["se"], "df": drop["df"],
                         "lower_bound": drop["lower_bound"], "threshold": c.min_bn_drop},
-        "gn_holds": {"holds": trend["lower_bound"] > -c.max_gn_loss, **trend, "threshold": -c.max_gn_loss,
-                     "largest_batch": shared[-1], "gn_mean_by_batch": {b: groups[c.gn, b].mean() for b in shared}},
+        "gn_holds": {"holds": change["lower_bound"] > -c.gn_margin, "batch_size": small, "reference_batch": ref,
+                     "gn_small_mean": gn_small.mean(), "gn_ref_mean": gn_ref.mean(), "n_small": len(gn_small),
+                     "n_ref": len(gn_ref), "change": change["estimate"], "se": change["se"], "df": change["df"],
+                     "lower_bound": change["lower_bound"], "threshold": -c.gn_margin, "pooled_over": shared,
+                     "gn_mean_by_batch": {b: groups[c.gn, b].mean() for b in shared}},
         "interaction": {"holds": interaction["lower_bound"] > 0, "estimate": interaction["estimate"],
                         "se": interaction["se"], "df": interaction["df"],
                         "lower_bound": interaction["lower_bound"], "threshold": 0.0},
@@ -215,11 +276,4 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
             "holds": beats["p_one_sided"] < c.alpha, "batch_size": small, "gn_mean": gn_small.mean(),
             "bn_mean": bn_small.mean(), "gap": beats["estimate"], "n_gn": len(gn_small), "n_bn": len(bn_small),
             "welch_t": beats["t"], "df": beats["df"], "p_value_one_sided": beats["p_one_sided"], "alpha": c.alpha},
-        "parity": {"holds": -c.max_parity_gap < parity["ci_low"] and parity["ci_high"] < c.max_parity_gap,
-                   "required": c.require_parity, "batch_size": ref, "bn_mean": bn_ref.mean(),
-                   "gn_mean": gn_ref.mean(), "gap": parity["estimate"], "ci_low": parity["ci_low"],
-                   "ci_high": parity["ci_high"], "max_gap": c.max_parity_gap},
     }
-    result["holds"] = all(check["holds"] for name, check in result["checks"].items()
-                          if name != "parity" or c.require_parity)
-    return _plain({**result, "undecided": False, "reason": None})

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch", "parity")
+PARTS = ("small_batch", "parity")  # in the order the text names them
 
 
 def num(value: float | None, spec: str = ".2f") -> str:
@@ -36,10 +37,33 @@ def with_p_text(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(**{c: table[c].map(p_text) for c in table.columns if is_p_column(c)})
 
 
+def budget_text(result: Mapping[str, Any]) -> str:
+    """The training budget the runs had, e.g. "5-epoch budget"."""
+    epochs = result.get("epochs") or []
+    return f"{'/'.join(map(str, epochs))}-epoch budget" if epochs else "budget not recorded"
+
+
+def part_text(result: Mapping[str, Any], part: str) -> str:
+    """One part's outcome and whether it was required, e.g. "parity at 32: NO (not required)"."""
+    state = result["parts"][part]
+    label = "small-batch half" if part == "small_batch" else f"parity at {result['reference_batch']}"
+    word = "UNDECIDED" if state["undecided"] else ("HOLDS" if state["holds"] else "NO")
+    return f"{label}: {word} ({'required' if state['required'] else 'not required'})"
+
+
+def headline(result: Mapping[str, Any]) -> str:
+    """The overall outcome and what it tested: the budget, each part's outcome, and which parts were
+    required, e.g. "claim verdict: HOLDS (5-epoch budget) - small-batch half: HOLDS (required); ..."."""
+    return f"claim verdict: {overall(result)} ({budget_text(result)}) - " + "; ".join(
+        part_text(result, part) for part in PARTS)
+
+
+def overall(result: Mapping[str, Any]) -> str:
+    return "UNDECIDED" if result["undecided"] else ("HOLDS" if result["holds"] else "DOES NOT HOLD")
+
+
 def describe_verdict(result: Mapping[str, Any]) -> str:
-    """A few human lines: the overall verdict, then each check's comparison and its outcome."""
-    if result["undecided"]:
-        return f"claim verdict: UNDECIDED - {result['reason']}"
+    """A few human lines: the headline, then each part's checks with their comparisons and outcomes."""
     c, k = result["criteria"], result["checks"]
     level = f"{100 * (1 - c['alpha']):g}%"
 
@@ -52,31 +76,41 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
             shown = format(value, spec[:-2] + "6f")
         return f"{label}{shown}{'' if check['holds'] else ', needed'} {relation} {limit}"
 
-    d, g, i, b, p = (k[name] for name in CHECKS)
     small, ref, bn, gn = result["smallest_batch"], result["reference_batch"], c["bn"], c["gn"]
     mark = {True: "[yes]", False: "[NO]"}
-    ci = f"[{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}]"
-    return "\n".join([
-        f"claim verdict: {'HOLDS' if result['holds'] else 'DOES NOT HOLD'} ({gn} vs {bn}, batch sizes "
-        f"{', '.join(map(str, result['batch_sizes']))}; reference {ref})",
-        f"  {mark[d['holds']]} {bn} degrades: drop {num(d['drop'])} points ({bn} {num(d['bn_ref_mean'])}% at {ref} -> "
-        f"{num(d['bn_small_mean'])}% at {small}; n={d['n_ref']}/{d['n_small']}), "
-        + compare(d, f"{level} lower bound ", d["lower_bound"], ">", f"{d['threshold']:.2f}"),
-        f"  {mark[g['holds']]} {gn} holds: predicted change {g['largest_batch']} -> {small} {num(g['change'], '+.2f')}"
-        f" points (slope {num(g['slope_per_doubling'], '+.2f')} ± {num(g['slope_se'])} per doubling), "
-        + compare(g, f"{level} lower bound ", g["lower_bound"], ">", f"{g['threshold']:+.2f}", "+.2f"),
-        f"  {mark[i['holds']]} interaction: {bn} drop minus {gn} drop {num(i['estimate'])} points, "
-        + compare(i, f"{level} lower bound ", i["lower_bound"], ">", "0"),
-        f"  {mark[b['holds']]} {gn} beats {bn} at batch {small}: {num(b['gn_mean'])}% vs {num(b['bn_mean'])}% (gap "
-        f"{num(b['gap'], '+.2f')}; Welch t={num(b['welch_t'])}, df={num(b['df'], '.1f')}; "
-        f"n={b['n_gn']}/{b['n_bn']}), "
-        + compare(b, "one-sided p=", b["p_value_one_sided"], "<", f"{b['alpha']:g}",
-                  p_spec(b["p_value_one_sided"])),
-        f"  {mark[p['holds']]} parity at batch {ref} ({'required' if p['required'] else 'reported; not required'}): "
-        f"{bn} - {gn} {num(p['gap'], '+.2f')} points, "
-        + (f"{level} CI {ci} within ±{p['max_gap']:.2f}" if p["holds"]
-           else f"{level} CI {ci}, needed within ±{p['max_gap']:.2f}"),
-    ])
+    lines = [headline(result)]
+    if result["parts"]["small_batch"]["undecided"]:
+        lines.append(f"  small-batch half undecided: {result['parts']['small_batch']['reason']}")
+    else:
+        d, g, i, b = (k[name] for name in CHECKS[:4])
+        lines += [
+            f"  small-batch half ({gn} vs {bn}, batch sizes {', '.join(map(str, result['batch_sizes']))}; "
+            f"reference {ref}):",
+            f"  {mark[d['holds']]} {bn} degrades: drop {num(d['drop'])} points ({bn} {num(d['bn_ref_mean'])}% at {ref}"
+            f" -> {num(d['bn_small_mean'])}% at {small}; n={d['n_ref']}/{d['n_small']}), "
+            + compare(d, f"{level} lower bound ", d["lower_bound"], ">", f"{d['threshold']:.2f}"),
+            f"  {mark[g['holds']]} {gn} holds: change {ref} -> {small} {num(g['change'], '+.2f')} points ({gn} "
+            f"{num(g['gn_ref_mean'])}% -> {num(g['gn_small_mean'])}%; SD pooled over batch sizes, df "
+            f"{num(g['df'], '.0f')}), " + compare(g, f"{level} lower bound ", g["lower_bound"], ">",
+                                                 f"{g['threshold']:+.2f}", "+.2f"),
+            f"  {mark[i['holds']]} interaction: {bn} drop minus {gn} drop {num(i['estimate'])} points, "
+            + compare(i, f"{level} lower bound ", i["lower_bound"], ">", "0"),
+            f"  {mark[b['holds']]} {gn} beats {bn} at batch {small}: {num(b['gn_mean'])}% vs {num(b['bn_mean'])}% "
+            f"(gap {num(b['gap'], '+.2f')}; Welch t={num(b['welch_t'])}, df={num(b['df'], '.1f')}; "
+            f"n={b['n_gn']}/{b['n_bn']}), "
+            + compare(b, "one-sided p=", b["p_value_one_sided"], "<", f"{b['alpha']:g}",
+                      p_spec(b["p_value_one_sided"]))]
+    if result["parts"]["parity"]["undecided"]:
+        lines.append(f"  parity undecided: {result['parts']['parity']['reason']}")
+    else:
+        p = k["parity"]
+        ci = f"[{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}]"
+        lines.append(
+            f"  {mark[p['holds']]} parity at batch {ref}: {bn} - {gn} {num(p['gap'], '+.2f')} points ({bn} "
+            f"{num(p['bn_mean'])}%, {gn} {num(p['gn_mean'])}%), "
+            + (f"{level} CI {ci} within ±{p['max_gap']:.2f}" if p["holds"]
+               else f"{level} CI {ci}, needed within ±{p['max_gap']:.2f}"))
+    return "\n".join(lines)
 
 
 def outcome(check: Mapping[str, Any]) -> str:
@@ -85,32 +119,37 @@ def outcome(check: Mapping[str, Any]) -> str:
 
 
 def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Several run sets' verdicts side by side: one row per check with its estimate, bound and
-    outcome, one column per set, and the criteria each set was judged by."""
+    """Several run sets' verdicts side by side: one row per part and check with its estimate, bound
+    and outcome, one column per set, and the criteria each set was judged by."""
     columns = {}
     for label, result in verdicts.items():
-        if result["undecided"]:
+        if result["undecided"] and not result.get("checks"):
             columns[label] = {"verdict": f"UNDECIDED: {result['reason']}"}
             continue
-        c, (d, g, i, b, p) = result["criteria"], (result["checks"][name] for name in CHECKS)
+        c, k = result["criteria"], result["checks"]
         bn, gn = c["bn"], c["gn"]
-
-        columns[label] = {
-            "verdict": "HOLDS" if result["holds"] else "DOES NOT HOLD",
+        column = {
+            "verdict": overall(result),
+            "parts": "; ".join(part_text(result, part) for part in PARTS),
+            "budget": budget_text(result),
             "batch sizes (reference)": f"{', '.join(map(str, result['batch_sizes']))} ({result['reference_batch']})",
             "finished runs": str(result["runs"]["finished"]),
-            "criteria": (f"{bn} drop > {c['min_bn_drop']:g}, {gn} change > -{c['max_gn_loss']:g}, "
-                         f"alpha {c['alpha']:g}, parity ±{c['max_parity_gap']:g}"
-                         f"{' required' if c['require_parity'] else ''}"),
-            "BN degrades: drop (lower bound)": f"{num(d['drop'])} ({num(d['lower_bound'])}) {outcome(d)}",
-            "GN holds: change (lower bound)": f"{num(g['change'], '+.2f')} ({num(g['lower_bound'], '+.2f')}) "
-                                              f"{outcome(g)}",
-            "interaction (lower bound)": f"{num(i['estimate'])} ({num(i['lower_bound'])}) {outcome(i)}",
-            "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} "
-                                                      f"({p_text(b['p_value_one_sided'])}) "
-                                                      f"{outcome(b)}",
-            "parity at reference: BN - GN [CI]": f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, "
-                                                 f"{num(p['ci_high'], '+.2f')}] {outcome(p)}"
-                                                 f"{'' if p['required'] else ' (not required)'}",
+            "criteria": (f"{bn} drop > {c['min_bn_drop']:g}, {gn} change > -{c['gn_margin']:g}, "
+                         f"alpha {c['alpha']:g}, parity ±{c['max_parity_gap']:g}"),
         }
+        if "bn_degrades" in k:
+            d, g, i, b = (k[name] for name in CHECKS[:4])
+            column.update({
+                "BN degrades: drop (lower bound)": f"{num(d['drop'])} ({num(d['lower_bound'])}) {outcome(d)}",
+                "GN holds vs reference: change (lower bound)": f"{num(g['change'], '+.2f')} "
+                                                               f"({num(g['lower_bound'], '+.2f')}) {outcome(g)}",
+                "interaction (lower bound)": f"{num(i['estimate'])} ({num(i['lower_bound'])}) {outcome(i)}",
+                "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} "
+                                                          f"({p_text(b['p_value_one_sided'])}) {outcome(b)}"})
+        if "parity" in k:
+            p = k["parity"]
+            column["parity at reference: BN - GN [CI]"] = (
+                f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}] {outcome(p)}"
+                f"{'' if p['required'] else ' (not required)'}")
+        columns[label] = column
     return pd.DataFrame(columns).fillna("").rename_axis("check")

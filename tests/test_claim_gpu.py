@@ -16,15 +16,15 @@ TIMING = {"startup_s": 10.0, "compile_s": 5.0, "sweep_epoch_s": 10.0}
 
 def test_the_preset_is_read_from_the_composed_config_with_the_overrides():
     assert claim_gpu.preset([]) == {"epochs": 100, "milestones": [30, 60, 90], "step_schedule": True,
-                                    "require_parity": True, "runs": 2 * 6 * 3}
+                                    "require_parity": True, "runs": 2 * 6 * 5}
     short = claim_gpu.preset(["trainer.epochs=10", "optim.milestones=[5]", "seed=[0]", "hydra.launcher.n_jobs=3"])
     assert (short["epochs"], short["milestones"], short["runs"]) == (10, [5], 12)
 
 
 def test_the_run_count_follows_the_sweep_a_command_line_makes():
-    assert claim_gpu.preset(["norm=gn"])["runs"] == 6 * 3  # a plain value replaces the swept values
-    assert claim_gpu.preset(["data.batch_size=2,32"])["runs"] == 2 * 2 * 3
-    assert claim_gpu.preset(["model.depth=8,20"])["runs"] == 2 * 6 * 2 * 3  # a new sweep axis
+    assert claim_gpu.preset(["norm=gn"])["runs"] == 6 * 5  # a plain value replaces the swept values
+    assert claim_gpu.preset(["data.batch_size=2,32"])["runs"] == 2 * 2 * 5
+    assert claim_gpu.preset(["model.depth=8,20"])["runs"] == 2 * 6 * 2 * 5  # a new sweep axis
     with pytest.raises(SystemExit, match="trainer.epochs"):
         claim_gpu.preset(["trainer.epochs=5,10"])
 

@@ -70,6 +70,47 @@ def test_interrupted_run_resumes_to_the_same_record(make_cfg, tmp_path, monkeypa
     assert summary["final_test_acc"] == record.read_json(run_dir(reference) / record.SUMMARY)["final_test_acc"]
 
 
+def test_a_run_records_its_code_and_every_start_and_keeps_the_config_it_began_with(make_cfg, monkeypatch):
+    """starts.jsonl gains a line at every start (time, commit, environment); config.yaml, which
+    carries the verdict criteria, stays as the run's first start wrote it."""
+    cfg = make_cfg("trainer.epochs=2")
+    with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    directory = run_dir(cfg)
+    first_config = (directory / record.CONFIG).read_text()
+    train_run(make_cfg("trainer.epochs=2", "verdict.alpha=0.01"))  # the same run: criteria are not identity
+    starts = record.read_jsonl(directory / record.STARTS)
+    assert [s["after_epoch"] for s in starts] == [0, 1]
+    assert all(s["threads"] == 1 and s["torch_version"] == torch.__version__ and s["device"] == "cpu" for s in starts)
+    assert (directory / record.CONFIG).read_text() == first_config and "alpha: 0.05" in first_config
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(conductor.__file__).parent, capture_output=True,
+                          text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: nothing to record")
+    summary = record.read_json(directory / record.SUMMARY)
+    assert starts[-1]["git_commit"] == summary["git_commit"] == head.stdout.strip()
+    assert isinstance(summary["git_dirty"], bool)
+
+
+def test_a_run_resumes_only_in_the_environment_it_trained_in(make_cfg, monkeypatch):
+    """Threads change a run's numbers: an explicit other count is refused by name, an automatic
+    count takes the run's own, and runtime.allow_env_change resumes anyway and records it."""
+    cfg = make_cfg("trainer.epochs=3")
+    with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    directory = run_dir(cfg)
+    with pytest.raises(ConfigError, match=r"trained in another environment \(threads 1 -> 2\)"):
+        train_run(make_cfg("trainer.epochs=3", "runtime.threads=2"))
+    assert not (directory / record.ERROR).exists() and len(record.read_jsonl(directory / record.STARTS)) == 1
+    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
+        train_run(make_cfg("trainer.epochs=3", "runtime.threads=null"), auto_threads=2)
+    assert record.read_jsonl(directory / record.STARTS)[-1]["threads"] == 1
+    train_run(make_cfg("trainer.epochs=3", "runtime.threads=2", "runtime.allow_env_change=true"))
+    last = record.read_jsonl(directory / record.STARTS)[-1]
+    assert last["threads"] == 2 and last["environment_change"] == ["threads 1 -> 2"]
+    assert record.read_json(directory / record.SUMMARY)["status"] == "finished"
+
+
 def test_finished_run_is_skipped(make_cfg, monkeypatch):
     cfg = make_cfg("trainer.epochs=1")
     first = train_run(cfg)

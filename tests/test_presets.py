@@ -1,6 +1,7 @@
 """Experiment presets and launchers compose, and sweeps have no redundant grid points."""
 
 import itertools
+import json
 import os
 import platform
 from pathlib import Path
@@ -69,7 +70,16 @@ def test_claim_gpu_is_the_public_cifar10_budget_in_the_per_device_protocol():
     cfg = _compose("experiment=claim_gpu", "norm=gn")
     assert (cfg.model.depth, cfg.trainer.epochs, cfg.norm.groups, cfg.data.devices) == (20, 100, 8, 8)
     assert (cfg.optim.schedule, list(cfg.optim.milestones), cfg.optim.gamma) == ("step", [30, 60, 90], 0.1)
-    assert cfg.verdict.require_parity is True
+    assert cfg.verdict.require_parity is True and cfg.verdict.max_parity_gap == 1.0 and seeds(cfg) == [0, 1, 2, 3, 4]
+
+
+def test_parity_gpu_is_claim_gpu_at_the_reference_batch_judged_on_parity_alone():
+    grid = _grid("parity_gpu")
+    assert sorted(grid) == [["norm=bn", "data.batch_size=32"], ["norm=gn", "data.batch_size=32"]]
+    cfg = _compose("experiment=parity_gpu", "norm=gn", "data.batch_size=32")
+    gpu = _compose("experiment=claim_gpu", "norm=gn", "data.batch_size=32")
+    assert record.identity(member_config(cfg, 0), "d") == record.identity(member_config(gpu, 0), "d")  # same runs
+    assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity, cfg.verdict.max_parity_gap) == (False, True, 1.0)
 
 
 def test_groups_ablation_covers_ln_to_in_and_channels_per_group():
@@ -103,3 +113,23 @@ def test_running_jobs_are_counted_and_forgotten_when_they_end(tmp_path):
     (tmp_path / platform.node() / "999999999.job").write_text("")  # left by a process that is gone
     with registered_job(tmp_path) as after_crash:
         assert after_crash == 1
+
+
+def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tmp_path):
+    """parity_gpu's sweep shrunk to seconds on CPU (depth 8, 1 epoch, 2 seeds): its runs train, and
+    the analysis judges parity alone with the preset's criteria, the small-batch half undecided."""
+    from normexp.cli.analyze import main as analyze
+    from normexp.conductor import train_run
+
+    for norm in ("bn", "gn"):
+        train_run(_compose("experiment=parity_gpu", f"norm={norm}", "data.batch_size=4", "data.devices=2",
+                           "model.depth=8", "model.base_width=8", "trainer.epochs=1", "optim.milestones=[]",
+                           "seed=[0,1]", "data.source=folder", f"paths.cifar10_folder={image_folder}",
+                           f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",
+                           "runtime.threads=1", "runtime.progress=false", "runtime.device=cpu",
+                           "optim.schedule=cosine"))
+    assert analyze([str(tmp_path / "runs"), "--set", "reference_batch=4"]) == 0
+    result = json.loads((tmp_path / "runs" / "verdict.json").read_text())
+    assert result["parts"]["small_batch"]["undecided"] and not result["parts"]["small_batch"]["required"]
+    assert not result["undecided"] and result["holds"] == result["parts"]["parity"]["holds"]
+    assert result["criteria"]["max_parity_gap"] == 1.0 and result["criteria_source"]["require_parity"] == "recorded"

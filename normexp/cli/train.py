@@ -33,11 +33,9 @@ def app(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         with registered_job(Path(cfg.paths.cache_dir).expanduser() / "jobs") as running:
-            if cfg.runtime.threads is None:
-                # under SLURM the CPU affinity is this job's allocation: other jobs on the node don't share it
-                others = running if "SLURM_JOB_ID" not in os.environ else 1
-                cfg.runtime.threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), others)
-            train_run(cfg)
+            # under SLURM the CPU affinity is this job's allocation: other jobs on the node don't share it
+            others = running if "SLURM_JOB_ID" not in os.environ else 1
+            train_run(cfg, auto_threads=default_threads(HydraConfig.get().launcher.get("n_jobs"), others))
     except (ConfigError, DataError) as error:
         log.error("%s", error)
         if not multirun:

@@ -1,0 +1,56 @@
+"""How often the claim verdict's checks come out as they should, on simulated sweeps at a given noise.
+
+Each simulated sweep draws every (norm, batch) cell's seeds from a normal distribution around a
+true mean shape (BN: 70, 8 points lower at the smallest batch; GN: flat, or 3 points below its
+reference at the smallest batch) and is judged by normexp.verdict with today's criteria
+(conf/verdict/default.yaml, plus --set overrides). The rates size the criteria's comments.
+
+Usage: python scripts/verdict_power.py [--sd 1.0] [--seeds 3] [--batches 2,4,8,16,32,64]
+                                       [--sweeps 2000] [--set gn_margin=2.95 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from normexp.verdict import load_criteria, verdict
+
+
+def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: float, rng: np.random.Generator) -> pd.DataFrame:
+    rows = [(tag, b, s, means[b] + rng.normal(0, sd), 5) for tag, means in (("bn", bn), ("gn8", gn))
+            for b in means for s in range(seeds)]
+    return pd.DataFrame(rows, columns=["norm", "batch_size", "seed", "final_test_acc", "epochs"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sd", type=float, default=1.0, help="per-seed SD in points")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--batches", default="2,4,8,16,32,64")
+    parser.add_argument("--sweeps", type=int, default=2000)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    criteria, _ = load_criteria({k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)})
+    batches = [int(b) for b in args.batches.split(",")]
+    small, ref = min(batches), criteria.reference_batch
+    bn = {b: 70.0 - 8.0 * (b == small) for b in batches}
+    shapes = {"GN flat: passes": ({b: 69.5 for b in batches}, True),
+              f"GN 3 below its reference at {small}: fails": ({b: 69.5 - 3.0 * (b == small) for b in batches}, False)}
+    rng = np.random.default_rng(0)
+    print(f"per-seed SD {args.sd}, {args.seeds} seeds, batches {batches} (reference {ref}), {args.sweeps} sweeps, "
+          f"gn_margin {criteria.gn_margin}, max_parity_gap {criteria.max_parity_gap}")
+    judged = {"gn_holds": shapes, "parity": {"true parity: passes": ({b: 70.0 for b in batches}, True),
+                                             "a 2-point gap: fails": ({b: 68.0 for b in batches}, False)}}
+    for check, cases in judged.items():
+        for label, (gn, expected) in cases.items():
+            held = [verdict(simulated(bn, gn, args.seeds, args.sd, rng), criteria)["checks"][check]["holds"]
+                    for _ in range(args.sweeps)]
+            print(f"  {check}, {label} {np.mean(np.array(held) == expected):.1%}")
+
+
+if __name__ == "__main__":
+    main()
