@@ -15,7 +15,7 @@ from normexp.verdict import welch_contrast
 
 EXTREMES = ("ln", "in")  # G = 1 and G = C, the ends of the group axis; the `gn` settings are the middle
 VERSUS_COLUMNS = ["norm", "batch_size", "acc_mean", "n", "baseline_mean", "n_baseline", "difference",
-                  "ci_low", "ci_high", "p_two_sided"]
+                  "ci_low", "ci_high", "p_two_sided", "p_holm"]
 CHANGE_COLUMNS = ["norm", "change", "acc_largest", "n_largest", "acc_smallest", "n_smallest", "difference",
                   "ci_low", "ci_high", "p_two_sided"]
 SHAPE_COLUMNS = ["batch_size", "check", "test", "estimate", "low", "high", "holds"]
@@ -38,9 +38,18 @@ def caption(statistic: Callable[..., pd.DataFrame], baseline: str = "") -> str:
     return " ".join((statistic.__doc__ or "").split()).replace("`baseline`", baseline)
 
 
+def holm(p: pd.Series) -> pd.Series:
+    """Holm's step-down adjusted p-values for one family of comparisons (controls the family-wise
+    error rate): the k-th smallest of m is max over the first k of (m - j + 1) p_(j), at most 1."""
+    order = p.sort_values()
+    scaled = (len(p) - np.arange(len(p))) * order.to_numpy()
+    return pd.Series(np.minimum(np.maximum.accumulate(scaled), 1.0), index=order.index).reindex(p.index)
+
+
 def versus(runs: pd.DataFrame, baseline: str, alpha: float) -> pd.DataFrame:
     """Each other norm's mean accuracy minus `baseline`'s at the same batch size, with its
-    two-sided (1 - alpha) Welch CI and p (no correction for the number of comparisons)."""
+    two-sided (1 - alpha) Welch CI, p uncorrected, and p Holm-adjusted over the comparisons at
+    that batch size."""
     rows = []
     for (norm, batch), cell in runs.groupby(["norm", "batch_size"]):
         base = _final_acc(runs, norm=baseline, batch_size=batch)
@@ -49,7 +58,9 @@ def versus(runs: pd.DataFrame, baseline: str, alpha: float) -> pd.DataFrame:
             rows.append({"norm": norm, "batch_size": batch, "acc_mean": acc.mean(), "n": len(acc),
                          "baseline_mean": base.mean(), "n_baseline": len(base),
                          **_two_sided(welch_contrast([(1, acc), (-1, base)], alpha))})
-    return pd.DataFrame(rows, columns=VERSUS_COLUMNS)
+    table = pd.DataFrame(rows, columns=VERSUS_COLUMNS)
+    table["p_holm"] = table.groupby("batch_size")["p_two_sided"].transform(holm) if rows else []
+    return table
 
 
 def batch_change(runs: pd.DataFrame, alpha: float) -> pd.DataFrame:

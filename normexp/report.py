@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +153,6 @@ def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | N
            figures: Sequence[Path] = (), landscape: Mapping[str, tuple[pd.DataFrame, str]] | None = None) -> str:
     """The report page; without `result` (no finished runs) it holds only the runs. `landscape`
     (sweeps of many norms: name -> (table, what it holds)) adds a section with those tables."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         ("verdict", "Verdict", _verdict(result)),
         ("headline", "Test error by batch size", _headline(error, result and result["criteria"])),
@@ -171,7 +169,7 @@ def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | N
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>normexp report: "
             f"{html.escape(str(source))}</title><style>{STYLE}</style></head><body>\n"
             f"<h1>BatchNorm vs GroupNorm: sweep report</h1><p class='muted'>{html.escape(str(source))} · "
-            f"written {stamp} by normexp-analyze</p><p>{contents}</p>\n{body}\n</body></html>\n")
+            f"written by normexp-analyze (the same records give the same page)</p><p>{contents}</p>\n{body}\n</body></html>\n")
 
 
 def write_report(path: Path, source: str | Path, runs: pd.DataFrame, **sections: Any) -> Path:

@@ -56,3 +56,11 @@ def test_tables_without_two_seeds_anywhere_are_empty_with_their_columns():
     runs = sweep({("gn8", 2): 50.0, ("ln", 2): 45.0, ("in", 2): 40.0}, seeds=1)
     assert list(versus(runs, "gn8", 0.05).columns) == VERSUS_COLUMNS and versus(runs, "gn8", 0.05).empty
     assert list(group_shape(runs, 0.05, 5.0).columns) == SHAPE_COLUMNS and group_shape(runs, 0.05, 5.0).empty
+
+
+def test_holm_adjustment_matches_its_definition():
+    from normexp.landscape import holm
+
+    p = pd.Series([0.01, 0.04, 0.03, 0.5], index=list("abcd"))
+    assert holm(p).round(6).to_dict() == {"a": 0.04, "b": 0.09, "c": 0.09, "d": 0.5}
+    assert holm(pd.Series([0.6, 0.5])).tolist() == [1.0, 1.0]
