@@ -7,7 +7,7 @@ from typing import Sequence
 import pandas as pd
 from scipy import stats
 
-from normexp.verdict import Criteria
+from normexp.criteria import Criteria
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from normexp import atomic, runtime
-from normexp.cli.train import CONF_DIR
+from normexp.compose import CONF_DIR
 from normexp.conductor import pack_limit, member_config, seeded_model
 from normexp.config import DEVICES, register_configs, seeds, step_batch, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10, stratified_subset

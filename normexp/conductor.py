@@ -195,11 +195,11 @@ def pack_limit(cfg: DictConfig, device: torch.device) -> int:
 
 def _packs(cfg: DictConfig, members: list[Member], device: torch.device) -> list[list[Member]]:
     """Members train packed if a step is small enough for packing to pay, grouped by the epoch
-    they resume from."""
+    they resume from, the most advanced first (a half-trained run resumes before fresh seeds start)."""
     by_start: dict[int, list[Member]] = {}
     for member in members:
         by_start.setdefault(len(member.metrics), []).append(member)
-    groups = [group for _, group in sorted(by_start.items())]
+    groups = [group for _, group in sorted(by_start.items(), reverse=True)]
     if step_batch(cfg) > pack_limit(cfg, device):
         groups = [[member] for group in groups for member in group]
     return groups

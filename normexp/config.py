@@ -228,7 +228,7 @@ def validate(cfg: DictConfig) -> None:
              "must be null (auto) or an integer >= 1")
     seeds(cfg)
     _require("name" in cfg.norm, "norm.name", None, "pick a norm with norm=<name> (see conf/norm/)")
-    from normexp.verdict import load_criteria  # the criteria are fixed now: a bad one must not wait for analysis
+    from normexp.criteria import load_criteria  # the criteria are fixed now: a bad one must not wait for analysis
 
     try:
         load_criteria(recorded=OmegaConf.to_container(cfg.verdict, resolve=True))

@@ -79,8 +79,8 @@ class CifarResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(module.weight)
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)) and module.weight is not None:
+                nn.init.ones_(module.weight)  # a norm without learned scale and shift (affine=False) has none
                 nn.init.zeros_(module.bias)
         if zero_init_residual:
             for module in self.modules():

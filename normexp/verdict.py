@@ -8,85 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
-DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "verdict" / "default.yaml"
+from normexp.criteria import Criteria
+
+SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")
 
 
 class PoolingError(ValueError):
     """Runs that differ in more than the swept fields, or repeat a run, cannot be pooled."""
-
-
-@dataclass(frozen=True)
-class Criteria:
-    """What the claim must show; the values live in conf/verdict/default.yaml (see its comments)."""
-
-    bn: str
-    gn: str
-    reference_batch: int
-    min_bn_drop: float
-    gn_margin: float
-    alpha: float
-    require_small_batch: bool
-    require_parity: bool
-    max_parity_gap: float
-
-
-LIMITS = {"reference_batch": (lambda v: v >= 1, ">= 1"), "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
-          "min_bn_drop": (lambda v: v >= 0, ">= 0"), "gn_margin": (lambda v: v > 0, "> 0"),
-          "max_parity_gap": (lambda v: v > 0, "> 0")}
-# Criteria of rules that were replaced: a run that recorded one is judged by today's rule, and the
-# analysis says which recorded value it set aside (verdict.json's criteria_source).
-RETIRED = {"max_gn_loss": "GN's trend from the largest to the smallest batch, replaced by gn_margin against the "
-                          "reference batch (the largest batch is the most step-starved, so the trend could not fail)"}
-SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")
-
-
-def _checked(name: str, value: Any) -> Any:
-    """`value` as criterion `name`'s type (an int is a valid float), or ValueError naming the field."""
-    kind = {f.name: f.type for f in fields(Criteria)}[name]
-    if kind == "float" and type(value) is int:
-        value = float(value)
-    if type(value).__name__ != kind:
-        raise ValueError(f"verdict criterion {name}={value!r} must be a {kind}")
-    ok, allowed = LIMITS.get(name, (lambda v: True, ""))
-    if not ok(value):
-        raise ValueError(f"verdict criterion {name}={value!r} must be {allowed}")
-    return value
-
-
-def load_criteria(overrides: Mapping[str, Any] | None = None,
-                  recorded: Mapping[str, Any] | None = None) -> tuple[Criteria, dict[str, str]]:
-    """Criteria from the YAML defaults, then those recorded in the runs' configs, then `overrides`;
-    also where each value came from ("default", "recorded" or "override"; a recorded criterion of a
-    retired rule (RETIRED) appears as "retired: <value>, set aside")."""
-    allowed = [f.name for f in fields(Criteria)]
-    values: dict[str, Any] = {}
-    source: dict[str, str] = {}
-    for origin, layer in (("default", yaml.safe_load(DEFAULTS.read_text())), ("recorded", recorded),
-                          ("override", overrides)):
-        for key, value in (layer or {}).items():
-            if origin == "recorded" and key in RETIRED:
-                source[key] = f"retired: recorded {value!r}, set aside ({RETIRED[key]})"
-                continue
-            if key not in allowed:
-                raise ValueError(f"unknown verdict criterion {key!r} ({origin}); allowed: {', '.join(allowed)}")
-            values[key], source[key] = value, origin
-    missing = [name for name in allowed if name not in values]
-    if missing:
-        raise ValueError(f"{DEFAULTS} lacks verdict criteria: {', '.join(missing)}")
-    criteria = Criteria(**{key: _checked(key, value) for key, value in values.items()})
-    if not (criteria.require_small_batch or criteria.require_parity):
-        raise ValueError("verdict criteria require_small_batch and require_parity are both false: "
-                         "a verdict must require at least one part")
-    return criteria, source
 
 
 def welch_contrast(terms: Sequence[tuple[float, np.ndarray]], alpha: float) -> dict[str, float]:

@@ -23,7 +23,8 @@ from normexp import atomic  # noqa: E402
 from normexp.plots import colour  # noqa: E402
 from normexp.cli.analyze import SWEPT  # noqa: E402
 from normexp.collect import load_runs  # noqa: E402
-from normexp.verdict import check_poolable, load_criteria  # noqa: E402
+from normexp.criteria import load_criteria  # noqa: E402
+from normexp.verdict import check_poolable  # noqa: E402
 
 
 def budget_table(runs: pd.DataFrame, bn: str, gn: str) -> pd.DataFrame:

@@ -49,7 +49,7 @@ def preset(overrides: list[str]) -> dict:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from normexp.cli.train import CONF_DIR
+    from normexp.compose import CONF_DIR
     from normexp.config import seeds
 
     def count(override) -> int:

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from normexp.verdict import load_criteria, verdict
+from normexp.criteria import load_criteria
+from normexp.verdict import verdict
 
 
 def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: float, rng: np.random.Generator) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from PIL import Image
 
 import normexp.conductor as conductor
 from normexp import record
-from normexp.cli.train import CONF_DIR
+from normexp.compose import CONF_DIR
 from normexp.data.sources import CLASSES
 
 

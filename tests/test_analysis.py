@@ -13,7 +13,7 @@ from normexp import record
 from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table, unpaired_runs
 from normexp.cli.analyze import main as analyze
 from normexp.collect import load_runs
-from normexp.verdict import load_criteria
+from normexp.criteria import load_criteria
 from normexp.verdict_text import describe_verdict, verdict_table
 
 

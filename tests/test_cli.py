@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from normexp import record
 
 
@@ -36,17 +38,43 @@ def test_an_unwritable_results_root_is_one_line_and_exit_2(tmp_path):
 def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_path, image_folder):
     done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={image_folder}",
                 f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",
-                "data.batch_size=0,-1", cwd=tmp_path)
+                "norm=gn", "norm.groups=3,5", cwd=tmp_path)  # caught as each job builds its model
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
-    for value in ("0", "-1"):
-        assert f"data.batch_size={value}): data.batch_size={value} is invalid" in out, out
+    for value in ("3", "5"):
+        assert f"norm.groups={value}): norm.groups={value} does not fit" in out, out
     assert "no job of this sweep trained" in out
     assert "job 1 of 2 started" in out and "2 of 2 ended" in out and "ETA" in out  # sweep-level progress
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=abc", "data.batch_size=abc is invalid: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("trainer.epochs=2.5", "trainer.epochs=2.5 is invalid"),
+    ("optim.lr=abc", "optim.lr=abc is invalid"),
+    ("norm.foo=3", "norm.foo is not a setting (valid keys: name, momentum)"),
+    ("data.batchsize=4", "data.batchsize is not a setting (nearest valid key: data.batch_size)"),
+    ("+data.batchsize=4", "data.batchsize is not a setting (nearest valid key: data.batch_size)"),
+    ("+trainer.epochz=3", "trainer.epochz is not a setting (nearest valid key: trainer.epochs)"),
+    ("+optim.lr_typo=3", "optim.lr_typo is not a setting (nearest valid key: optim.lr)"),
+    ("norm=foo", "norm=foo is invalid: no conf/norm/foo.yaml; allowed: bn, bn_precise"),
+])
+def test_every_config_error_is_one_line_and_exit_2(tmp_path, override, message):
+    done = _run("normexp.cli.train", override, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"normexp-train: {message}") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_any_job_starts(tmp_path):
+    done = _run("normexp.cli.train", "-m", "experiment=claim", "data.batch_size=2,0", f"paths.results_root={tmp_path}",
+                cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == ("normexp-train: data.batch_size=0 is invalid: must be an "
+                                                            "integer >= 1")
+    assert not (tmp_path / ".hydra").exists()
+
+
 def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):
-    args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}", "data.batch_size=0"]
+    args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}", "norm=gn",
+            "norm.groups=3", f"paths.cache_dir={tmp_path / 'cache'}", "paths.cifar10_folder=/nowhere"]
     jobs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     for job in jobs:
         job.wait(timeout=120)

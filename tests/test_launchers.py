@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from normexp import record
-from normexp.cli.train import CONF_DIR
+from normexp.compose import CONF_DIR
 from tests.conftest import record_numbers
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

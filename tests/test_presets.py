@@ -1,6 +1,5 @@
 """Experiment presets and launchers compose, and sweeps have no redundant grid points."""
 
-import itertools
 import json
 import os
 import platform
@@ -10,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from normexp import record
-from normexp.cli.train import CONF_DIR
+from normexp.compose import CONF_DIR, sweep_grid
 from normexp.conductor import member_config, seeded_model
 from normexp.config import ConfigError, seeds, step_batch, validate
 from normexp.optim import scaled_lr
@@ -25,9 +24,7 @@ def _compose(*overrides: str, hydra: bool = False):
 
 
 def _grid(experiment: str) -> list[list[str]]:
-    params = _compose(f"experiment={experiment}", hydra=True).hydra.sweeper.params
-    axes = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
-    return [list(point) for point in itertools.product(*axes)]
+    return [[o for o in point if not o.startswith("experiment=")] for point in sweep_grid([f"experiment={experiment}"])]
 
 
 @pytest.mark.parametrize("experiment", PRESETS)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from normexp.verdict import DEFAULTS, Criteria, PoolingError, check_poolable, load_criteria, verdict
+from normexp.criteria import DEFAULTS, Criteria, load_criteria
+from normexp.verdict import PoolingError, check_poolable, verdict
 from normexp.verdict_text import describe_verdict
 
 BATCHES = (2, 4, 8, 16, 32, 64)

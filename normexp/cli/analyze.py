@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from normexp import landscape, plots
     from normexp.analysis import accuracy_table, convergence_table, error_table
     from normexp.collect import load_runs
-    from normexp.verdict import PoolingError, check_poolable, load_criteria, verdict
+    from normexp.criteria import load_criteria
+    from normexp.verdict import PoolingError, check_poolable, verdict
     from normexp.verdict_text import describe_verdict
 
     out = args.out or args.results_dirs[0]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -28,12 +27,10 @@ JOB_ENDED = "job_ended"
 
 
 def _job_count(config: DictConfig) -> int:
-    """How many jobs the basic sweeper makes of the preset's grid and the command line's overrides."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """How many jobs the sweep makes of the preset's grid and the command line's overrides."""
+    from normexp.compose import grid
 
-    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    return len(grid(config.hydra.sweeper.get("params") or {}, list(config.hydra.overrides.task)))
 
 
 class SweepReport(Callback):

@@ -15,13 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from normexp.compose import CONF_DIR
 from normexp.config import ConfigError, register_configs
 
 log = logging.getLogger("normexp")
 
 register_configs()
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -61,8 +60,35 @@ def _note_job_problem(kind: str, message: str) -> None:
                                               "overrides": list(HydraConfig.get().overrides.task)})
 
 
+def _command_line_problem(argv: list[str]) -> str | None:
+    """The first bad setting of this command line's job or sweep, as one line (normexp.compose.check);
+    None when it is fine or asks only for help or information."""
+    from hydra._internal.utils import get_args_parser
+
+    from normexp.compose import check, sweep_grid
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
+            or args.config_dir or getattr(args, "experimental_rerun", None):
+        return None
+    try:
+        points = sweep_grid(args.overrides) if args.multirun else [args.overrides]
+    except Exception as error:  # a malformed override or launcher: Hydra's message, on one line
+        return " ".join(str(error).split())
+    return check(points)
+
+
 def main() -> None:
-    app()
+    problem = _command_line_problem(sys.argv[1:])
+    if problem:
+        print(f"normexp-train: {problem}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        app()
+    except KeyboardInterrupt:  # a parallel launcher (joblib) re-raises its workers' interrupt here
+        print("normexp-train: interrupted; finished epochs are kept: rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""Configs composed from conf/ and the jobs of a sweep: the one owner of where conf/ is and of how
+a command line becomes jobs (Hydra's compose API and public override parser, no training).
+
+The CLI checks a command line here before Hydra starts, so a bad setting anywhere in a sweep's
+grid is one line and exit 2; the sweep report, the bench, scripts/claim_gpu.py and the tests
+compose and expand grids here too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
+    """The config `normexp-train` would run with these overrides (with Hydra's own node if `hydra`)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from normexp.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def _values(override: Any) -> list[str]:
+    """The override lines of one parsed override: one, or one per value of a sweep."""
+    key = override.get_key_element()
+    if override.is_sweep_override():
+        return [f"{key}={value}" for value in override.sweep_string_iterator()]
+    return [override.input_line]
+
+
+def sweep_grid(overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs of `normexp-train -m OVERRIDES`, each as its override list (see `grid`), with the
+    preset's sweep parameters composed from conf/."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(list(overrides))
+             if not o.is_sweep_override()]
+    return grid(compose(fixed, hydra=True).hydra.sweeper.get("params") or {}, overrides)
+
+
+def grid(params: Mapping[str, Any], overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs a sweep of these `hydra.sweeper.params` and command-line overrides makes, in
+    Hydra's basic sweeper's order: a command-line value of a swept key replaces the preset's
+    values, and the axes are crossed as a cartesian product."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    axes: dict[str, list[str]] = {}
+    for override in parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + list(overrides)):
+        axes[override.key_or_group] = _values(override)
+    return [list(point) for point in itertools.product(*axes.values())]
+
+
+def unknown_key(cfg: DictConfig) -> Optional[str]:
+    """A key that no setting of normexp's schema has (e.g. added with `+data.batchsize=4`), as one
+    line naming it and the nearest valid key; None when every key is known. Norm settings and
+    verdict criteria are checked by their own owners (normexp.norms, normexp.criteria)."""
+    from normexp.config import Config
+
+    def walk(node: Any, schema: Any, prefix: str) -> Optional[str]:
+        valid = [f.name for f in fields(schema)]
+        for key in node:
+            if key not in valid:
+                near = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
+                hint = f" (nearest valid key: {prefix}{near[0]})" if near else f" (valid keys: {', '.join(valid)})"
+                return f"{prefix}{key} is not a setting{hint}"
+            kind = next(f for f in fields(schema) if f.name == key).default_factory  # type: ignore[misc]
+            sub = kind() if callable(kind) else None
+            if is_dataclass(sub) and isinstance(node[key], DictConfig):
+                problem = walk(node[key], type(sub), f"{prefix}{key}.")
+                if problem:
+                    return problem
+        return None
+
+    return walk({k: cfg[k] for k in cfg if k != "hydra"}, Config, "")
+
+
+def _one_line(error: BaseException, point: Sequence[str]) -> str:
+    """A Hydra composition error as one line naming the setting and what is allowed."""
+    text = str(error)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        options = re.findall(r"^\t(\w[\w-]*)$", text.split("Config search path")[0], re.M)
+        return f"{missing[1]}={missing[2]} is invalid: no conf/{missing[1]}/{missing[2]}.yaml; allowed: {', '.join(options)}"
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        prefix, _, leaf = unknown[1].rpartition(".")
+        node = compose([o for o in point if not o.startswith(unknown[1] + "=")])
+        valid = list(OmegaConf.select(node, prefix) or {}) if prefix else list(node)
+        near = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.4)
+        hint = f"nearest valid key: {prefix}.{near[0]}" if near else f"valid keys: {', '.join(valid)}"
+        return f"{unknown[1]} is not a setting ({hint})"
+    merging = re.search(r"Error merging override (\S+)", text)
+    cause = str(error.__cause__ or "").splitlines()
+    if merging and cause:
+        return f"{merging[1]} is invalid: {cause[0].strip()}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def check(points: Sequence[Sequence[str]]) -> Optional[str]:
+    """The first problem of any of these jobs' configs as one line (composition, unknown keys,
+    ranges and combinations: normexp.config.validate), or None."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from normexp.config import ConfigError, validate
+
+    for point in points:
+        try:
+            cfg = compose(point)
+        except (HydraException, OmegaConfBaseException) as error:
+            return _one_line(error, point)
+        problem = unknown_key(cfg)
+        if problem:
+            return problem
+        try:
+            validate(cfg)
+        except ConfigError as error:
+            return str(error)
+    return None
