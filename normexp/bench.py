@@ -129,7 +129,7 @@ def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
     scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
     forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
     for epoch in (1, 2):
-        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every)
+        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every, 2)
     if forward is not pack.model:
         torch._dynamo.reset()  # the next cell's model must not count against this one's compile cache
     return pack_size * result.records[0]["images_per_s"]

@@ -18,16 +18,16 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from normexp.config import register_configs
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+register_configs()  # the schema conf/config.yaml extends: every composition needs it
 
 
 def compose(overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
     """The config `normexp-train` would run with these overrides (with Hydra's own node if `hydra`)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from normexp.config import register_configs
-
-    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
@@ -109,24 +109,26 @@ def _one_line(error: BaseException, point: Sequence[str]) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def check(points: Sequence[Sequence[str]]) -> Optional[str]:
-    """The first problem of any of these jobs' configs as one line (composition, unknown keys,
-    ranges and combinations: normexp.config.validate), or None."""
+def check(points: Sequence[Sequence[str]]) -> tuple[list[DictConfig], Optional[str]]:
+    """Each job's composed config, and the first problem of any as one line (composition, unknown
+    keys, ranges and combinations: normexp.config.validate) or None."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from normexp.config import ConfigError, validate
 
+    configs = []
     for point in points:
         try:
             cfg = compose(point)
         except (HydraException, OmegaConfBaseException) as error:
-            return _one_line(error, point)
+            return configs, _one_line(error, point)
         problem = unknown_key(cfg)
         if problem:
-            return problem
+            return configs, problem
         try:
             validate(cfg)
         except ConfigError as error:
-            return str(error)
-    return None
+            return configs, str(error)
+        configs.append(cfg)
+    return configs, None

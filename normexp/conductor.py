@@ -13,7 +13,7 @@ import traceback
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +29,7 @@ from normexp.models import build_model
 from normexp.norms import canonical_spec
 from normexp.optim import build_optimizer, build_scheduler, scaled_lr
 from normexp.packing import Pack, check_packable
+from normexp.progress import StepProgress
 
 log = logging.getLogger("normexp")
 
@@ -85,13 +86,18 @@ def load_data(cfg: DictConfig) -> CifarArrays:
     return load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
 
 
-def train_run(cfg: DictConfig, auto_threads: Optional[int] = None) -> list[dict[str, Any]]:
+EpochHook = Callable[[str, int, bool], None]  # (run, epochs done, whether one was trained just now)
+
+
+def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Optional[EpochHook] = None,
+              bar_position: int = 0) -> list[dict[str, Any]]:
     """Train the configured run, or the runs of `seed=[...]` packed as one model; return summaries.
 
     Each run resumes if it was interrupted and is skipped if it has finished; runs that another
     process holds are left out of the result. All settings are checked before any data is decoded
     or any step is trained. Torch threads: `runtime.threads`, else those a resumed run started with,
-    else `auto_threads` (the launcher's share of the cores).
+    else `auto_threads` (the launcher's share of the cores). `on_epoch` hears of every run's
+    epochs (a sweep's progress line); `bar_position` is the terminal line of this job's progress bar.
     """
     validate(cfg)
     trackers.require(cfg)
@@ -118,6 +124,8 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None) -> list[dict[
             if summary is not None:
                 log.info("%s already done (%s); skipping it", directory.name, summary["status"])
                 summaries.append(summary)
+                if on_epoch:
+                    on_epoch(directory.name, summary["epochs_done"], False)
                 continue
             run_log = stack.enter_context(run_logger(directory))
             tracker = stack.enter_context(trackers.open_run(run, directory, run_log))
@@ -126,7 +134,7 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None) -> list[dict[
             _keep_threads(cfg, members)
             _refuse_environment_change(members, device)
             try:
-                _train(cfg, members, data, device)
+                _train(cfg, members, data, device, on_epoch or (lambda *_: None), bar_position)
             except Exception as error:
                 for member in members:
                     if member.summary is None:
@@ -205,9 +213,11 @@ def _packs(cfg: DictConfig, members: list[Member], device: torch.device) -> list
     return groups
 
 
-def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: torch.device) -> None:
+def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: torch.device, on_epoch: EpochHook,
+           bar_position: int) -> None:
     for member in members:
         _start(member, data.digest, device)
+        on_epoch(member.directory.name, len(member.metrics), False)
     groups = _packs(cfg, members, device)
     train_x, train_y = maybe_subset(data.train_images, data.train_labels, cfg.data.train_subset, cfg.model.num_classes)
     test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
@@ -223,11 +233,13 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
             member.model.to(device, memory_format=fmt)
         train = TrainBatches(train_x, train_y, step_batch(cfg), data.mean, data.std, seeds=[m.cfg.seed for m in group],
                              padding=cfg.data.crop_padding, flip=cfg.data.flip, memory_format=fmt)
-        _train_pack(cfg, group, pack, train, test, device, data.source)
+        progress = StepProgress(label=" ".join(m.directory.name for m in group), bar=cfg.runtime.progress,
+                                position=bar_position)
+        _train_pack(cfg, group, pack, train, test, device, data.source, on_epoch, progress)
 
 
 def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBatches, test: EvalBatches,
-                device: torch.device, source: str) -> None:
+                device: torch.device, source: str, on_epoch: EpochHook, progress: StepProgress) -> None:
     epochs = cfg.trainer.epochs
     optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
     scheduler = build_scheduler(optimizer, cfg.optim, train.steps, epochs)
@@ -245,8 +257,8 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
     precise = _precise_bn_batches(cfg, train)
     for epoch in range(len(group[0].metrics) + 1, epochs + 1):
         epoch_start = time.perf_counter()
-        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every,
-                             cfg.runtime.progress)
+        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every, epochs,
+                             progress)
         eval_start = time.perf_counter()
         due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
         tested = (evaluate_members(pack, [m.model for m in group], test,
@@ -274,6 +286,8 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                     "train_loss": member.loss_log, "compute_seconds": member.compute_seconds,
                 }
                 atomic.atomic_write(member.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
+        for _, member in active:
+            on_epoch(member.directory.name, len(member.metrics), True)
         if all(m.diverged is not None for m in group):
             break
 

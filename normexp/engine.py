@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -16,10 +15,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from normexp.data import EvalBatches, TrainBatches
 from normexp.packing import Pack, member_state
+from normexp.progress import StepProgress
 from normexp.precise_bn import recompute_batchnorm_statistics
 
 
@@ -40,7 +39,8 @@ def train_epoch(
     train: TrainBatches,
     epoch: int,
     log_every: int,
-    progress: bool = False,
+    epochs: int,
+    progress: Optional[StepProgress] = None,
 ) -> EpochResult:
     """One pass over the training split; `forward` is the pack's model, maybe compiled. Each record's
     `lr` is the rate of the epoch's first step (the rate the epoch started training with)."""
@@ -52,7 +52,8 @@ def train_epoch(
     losses: list[list[dict[str, Any]]] = [[] for _ in range(k)]
     diverged: list[Optional[dict[str, int]]] = [None] * k
     lr = optimizer.param_groups[0]["lr"]
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, unit="step", disable=not (progress and sys.stderr.isatty()))
+    progress = progress or StepProgress(label="")
+    progress.start(epoch, epochs, steps)
     start = time.perf_counter()
     for step, (x, y) in enumerate(train.epoch(epoch), start=1):
         loss, hits = pack.losses(forward(x), y)
@@ -72,14 +73,13 @@ def train_epoch(
                 losses[i].append({"epoch": epoch, "step": global_step, "loss": mean})
                 if diverged[i] is None and not math.isfinite(mean):
                     diverged[i] = {"epoch": epoch, "step": global_step}
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=" ".join(f"{m:.3f}" for m in means))
+            progress.update(step, steps, train.batch_size, means)
             if all(d is not None for d in diverged):
                 break
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    bar.close()
+    progress.close()
     seen = step * train.batch_size
     records = [
         {"epoch": epoch, "train_loss": total / step, "train_acc": 100.0 * hits / seen, "lr": lr,

@@ -49,9 +49,9 @@ def probe(depth: int, overrides: list[str], device: torch.device) -> None:
                     pack.model, mode=None if mode == "default" else mode)
                 try:
                     start = time.perf_counter()
-                    train_epoch(pack, forward, optimizer, scheduler, train, 1, cfg.trainer.log_every)
+                    train_epoch(pack, forward, optimizer, scheduler, train, 1, cfg.trainer.log_every, 2)
                     first = time.perf_counter() - start
-                    result = train_epoch(pack, forward, optimizer, scheduler, train, 2, cfg.trainer.log_every)
+                    result = train_epoch(pack, forward, optimizer, scheduler, train, 2, cfg.trainer.log_every, 2)
                     rec = result.records[0]
                     print(f"{label}: first epoch {first:.1f}s, then {size * rec['images_per_s']:.0f} img/s "
                           f"({rec['train_seconds'] / train.steps * 1e3:.2f} ms/step), loss {rec['train_loss']:.3f}",

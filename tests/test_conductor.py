@@ -226,6 +226,20 @@ def test_hydra_app_runs_end_to_end(image_folder, tmp_path):
     sweep = _cli("-m", *common, "norm=bn,ln", "seed=0,1", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr
     assert len(list((tmp_path / "runs").glob("*/summary.json"))) == 5
+    out = sweep.stdout + sweep.stderr
+    assert "sweep plan: 4 job(s), 4 run(s), 4 run-epochs" in out and "job 4: ln_b16_s1 x 1 epochs" in out
+    assert "sweep progress: 4 of 4 run-epochs done (100%)" in out
+
+
+def test_progress_inside_an_epoch_is_a_line_a_minute_without_a_terminal(caplog):
+    from normexp.progress import StepProgress
+
+    progress = StepProgress(label="bn_b2_s0_x", every_s=0.0)
+    progress.start(epoch=1, epochs=5, steps=100)
+    with caplog.at_level("INFO", logger="normexp"):
+        progress.update(step=50, steps=100, images_per_step=16, losses=[2.0])
+    progress.close()
+    assert re.search(r"bn_b2_s0_x epoch 1/5: step 50/100 \(50%\), \d+ img/s, epoch done in", caplog.text)
 
 
 def test_cli_bad_input_exits_2_with_a_one_line_reason(tmp_path):

@@ -40,8 +40,11 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from normexp import atomic
 
+        from normexp.plan import PLANNED
+
         total = _job_count(config)
-        atomic.write_json(Path(config.hydra.sweep.dir) / SWEEP, {"jobs": total, "started": time.time()})
+        atomic.write_json(Path(config.hydra.sweep.dir) / SWEEP, {"jobs": total, "started": time.time(),
+                                                                   "run_epochs": PLANNED.get("run_epochs")})
         log.info("sweep of %d job(s); progress lines follow each job's start and end", total)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -34,7 +35,8 @@ def app(cfg: DictConfig) -> None:
         with registered_job(Path(cfg.paths.cache_dir).expanduser() / "jobs") as running:
             # under SLURM the CPU affinity is this job's allocation: other jobs on the node don't share it
             others = running if "SLURM_JOB_ID" not in os.environ else 1
-            train_run(cfg, auto_threads=default_threads(HydraConfig.get().launcher.get("n_jobs"), others))
+            train_run(cfg, auto_threads=default_threads(HydraConfig.get().launcher.get("n_jobs"), others),
+                      on_epoch=_sweep_progress() if multirun else None, bar_position=_bar_position(multirun))
     except (ConfigError, DataError) as error:
         log.error("%s", error)
         if not multirun:
@@ -50,6 +52,20 @@ def app(cfg: DictConfig) -> None:
         _note_job_problem("failed", f"{type(error).__name__}: {error}")
 
 
+def _sweep_progress():
+    """The hook that logs this sweep's progress line as each epoch ends (normexp.progress)."""
+    from normexp.progress import sweep_epoch
+
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    return lambda run, done, trained: sweep_epoch(sweep_dir, run, done, trained)
+
+
+def _bar_position(multirun: bool) -> int:
+    """Parallel jobs' progress bars each on a line of their own."""
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+    return HydraConfig.get().job.num % n_jobs if multirun and n_jobs > 1 else 0
+
+
 def _note_job_problem(kind: str, message: str) -> None:
     """Leave a note in the job's sweep folder for the end-of-sweep report (normexp.cli.sweep_report)."""
     from normexp import atomic
@@ -60,9 +76,10 @@ def _note_job_problem(kind: str, message: str) -> None:
                                               "overrides": list(HydraConfig.get().overrides.task)})
 
 
-def _command_line_problem(argv: list[str]) -> str | None:
-    """The first bad setting of this command line's job or sweep, as one line (normexp.compose.check);
-    None when it is fine or asks only for help or information."""
+def _check_command_line(argv: list[str]) -> Optional[str]:
+    """The first bad setting of this command line's job or sweep as one line (normexp.compose.check),
+    or None; a sweep that is fine prints its plan (normexp.plan) first. Help and information
+    requests are left to Hydra."""
     from hydra._internal.utils import get_args_parser
 
     from normexp.compose import check, sweep_grid
@@ -75,11 +92,18 @@ def _command_line_problem(argv: list[str]) -> str | None:
         points = sweep_grid(args.overrides) if args.multirun else [args.overrides]
     except Exception as error:  # a malformed override or launcher: Hydra's message, on one line
         return " ".join(str(error).split())
-    return check(points)
+    configs, problem = check(points)
+    if problem is None and args.multirun and not args.cfg:
+        from normexp.plan import PLANNED, describe, sweep_plan
+
+        jobs, parallel, pace = sweep_plan(args.overrides, points, configs)
+        print(describe(jobs, parallel, pace), flush=True)
+        PLANNED["run_epochs"] = sum(len(j.labels) * j.epochs for j in jobs)
+    return problem
 
 
 def main() -> None:
-    problem = _command_line_problem(sys.argv[1:])
+    problem = _check_command_line(sys.argv[1:])
     if problem:
         print(f"normexp-train: {problem}", file=sys.stderr)
         sys.exit(2)

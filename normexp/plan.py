@@ -1,0 +1,112 @@
+"""What a sweep will do before it starts: its jobs, their runs and epochs, and an expected time
+from the pace of finished runs of the same setup (the sweep's own results root, and the
+committed results/). Torch-free; `normexp-plan OVERRIDES` prints it, `normexp-train -m` too."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from normexp import record
+from normexp.compose import CONF_DIR
+
+COMMITTED = CONF_DIR.parent / "results"
+PLANNED: dict[str, int] = {}  # this process's planned sweep ("run_epochs"), for its progress lines (SweepReport)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a sweep: its overrides, the runs it trains (one per seed) and their epochs."""
+
+    overrides: tuple[str, ...]
+    labels: tuple[str, ...]  # each run's name without its hash, e.g. bn_b2x8_s0
+    epochs: int
+    setup: tuple[Any, ...]  # what sets a run's pace: norm tag, batch, devices, depth, width, subset
+
+
+def job_of(overrides: Sequence[str], cfg: DictConfig) -> Job:
+    from normexp.config import seeds
+
+    norm = OmegaConf.to_container(cfg.norm, resolve=True)
+    tag, d = record.norm_tag(norm), cfg.data
+    devices = f"x{d.devices}" if d.devices != 1 else ""
+    labels = tuple(f"{tag}_b{d.batch_size}{devices}_s{seed}" for seed in seeds(cfg))
+    return Job(tuple(overrides), labels, cfg.trainer.epochs,
+               (tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset))
+
+
+def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], float]:
+    """Seconds per run-epoch of finished runs by setup (their compute share: a packed run's is
+    1/K of its job's wall time), averaged over the runs found below `roots`. Reads only each run's
+    identity and summary, so it takes a moment even over every committed run."""
+    paces: dict[tuple[Any, ...], list[float]] = {}
+    for root in (r for r in roots if r.is_dir()):
+        for path in root.rglob(record.SUMMARY):
+            summary, ident = record.read_json(path), record.read_json(path.parent / record.IDENTITY)
+            if not summary or not ident or summary.get("status") != record.FINISHED or not summary.get("epochs_done"):
+                continue
+            c = record.columns(ident)
+            key = (c["norm"], c["batch_size"], c["devices"], c["depth"], c["base_width"], c["train_subset"])
+            paces.setdefault(key, []).append(summary["compute_seconds"] / summary["epochs_done"])
+    return {key: sum(values) / len(values) for key, values in paces.items()}
+
+
+def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], float]) -> str:
+    """The plan in a few lines: jobs, runs, run-epochs and, where every job's setup has a recorded
+    pace, the expected time with `parallel` jobs at once."""
+    runs = sum(len(j.labels) for j in jobs)
+    run_epochs = sum(len(j.labels) * j.epochs for j in jobs)
+    lines = [f"sweep plan: {len(jobs)} job(s), {runs} run(s), {run_epochs} run-epochs, {parallel} job(s) at a time"]
+    shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
+    lines += [f"  job {i}: {' '.join(j.labels)} x {j.epochs} epochs  ({' '.join(o for o in j.overrides if o not in shared)})"
+              for i, j in enumerate(jobs, start=1)]
+    known = [j for j in jobs if j.setup in pace]
+    if known:
+        seconds = sum(pace[j.setup] * len(j.labels) * j.epochs for j in known)
+        share = "" if len(known) == len(jobs) else f" for {len(known)} of {len(jobs)} jobs (the rest have no record)"
+        lines.append(f"  expected about {seconds / parallel / 3600:.1f} h{share} at the pace of finished runs of the "
+                     f"same setups (results root and results/; their machine's load, not a measurement here); "
+                     f"progress lines with an ETA follow every epoch")
+    else:
+        lines.append("  no finished run of these setups to estimate from; progress lines with an ETA follow every epoch")
+    return "\n".join(lines)
+
+
+def sweep_plan(overrides: Sequence[str], points: Sequence[Sequence[str]],
+               configs: Sequence[DictConfig]) -> tuple[list[Job], int, dict[tuple[Any, ...], float]]:
+    """The jobs `normexp-train -m OVERRIDES` runs (its grid `points`, composed as `configs`), how
+    many at a time, and the recorded paces."""
+    from normexp.compose import compose
+
+    jobs = [job_of(point, cfg) for point, cfg in zip(points, configs)]
+    launcher = compose(points[0], hydra=True).hydra.launcher
+    n_jobs = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
+    parallel = min(len(jobs), n_jobs if n_jobs > 0 else len(jobs)) or 1
+    root = Path(configs[0].paths.results_root).expanduser()
+    return jobs, parallel, recorded_pace([root, COMMITTED])
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`normexp-plan OVERRIDES`: print what `normexp-train -m OVERRIDES` would train."""
+    from normexp.compose import check, sweep_grid
+
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: normexp-plan [OVERRIDE ...]  (the overrides of `normexp-train -m`, e.g. experiment=claim)")
+        return 0
+    points = sweep_grid(args)
+    configs, problem = check(points)
+    if problem:
+        print(f"normexp-plan: {problem}", file=sys.stderr)
+        return 2
+    print(describe(*sweep_plan(args, points, configs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
