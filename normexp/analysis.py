@@ -80,9 +80,18 @@ def epochs_to_reach(epochs: pd.DataFrame, thresholds: Sequence[float]) -> pd.Dat
     return pd.DataFrame(rows, columns=["run", *(f"epochs_to_{t:g}" for t in thresholds)])
 
 
+def thresholds_from(runs: pd.DataFrame, count: int = 4) -> list[float]:
+    """Accuracy thresholds that these runs reach: the `count` highest multiples of 10 at or below
+    the best final test accuracy (e.g. 30, 40, 50, 60 for a best of 61.3)."""
+    top = int(runs["final_test_acc"].max() // 10) * 10 if len(runs) else 0
+    return [float(t) for t in range(max(10, top - 10 * (count - 1)), top + 1, 10)]
+
+
 def convergence_table(runs: pd.DataFrame, epochs: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataFrame:
     """Mean epochs to reach each accuracy threshold (over seeds that reached it), how many did, and
-    the final train loss and accuracy, per norm x batch size."""
+    the final train loss and accuracy, per norm x batch size; a threshold no run reached is left out."""
+    reached_by_any = epochs["test_acc"].max() if len(epochs) else float("nan")
+    thresholds = [t for t in thresholds if t <= reached_by_any]
     merged = runs.merge(epochs_to_reach(epochs, thresholds), on="run", how="left")
     grouped = merged.groupby(["norm", "batch_size"])
     columns = [f"epochs_to_{t:g}" for t in thresholds]

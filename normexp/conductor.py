@@ -131,8 +131,10 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
             tracker = stack.enter_context(trackers.open_run(run, directory, run_log))
             members.append(Member(run, directory, run_log, model, tracker))
         if members:
-            _keep_threads(cfg, members)
-            _refuse_environment_change(members, device)
+            resumed = [m.directory for m in members if (m.directory / record.CHECKPOINT).is_file()]
+            if cfg.runtime.threads is None:
+                runtime.keep_recorded_threads(resumed)
+            runtime.refuse_environment_change(resumed, device, cfg.runtime.allow_env_change)
             try:
                 _train(cfg, members, data, device, on_epoch or (lambda *_: None), bar_position)
             except Exception as error:
@@ -142,35 +144,6 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
                 raise
             summaries += [m.summary for m in members]
     return summaries
-
-
-def _keep_threads(cfg: DictConfig, members: list[Member]) -> None:
-    """With automatic threads (runtime.threads null), a resumed run keeps the thread count it
-    trained with, whatever else runs on the machine now: the count changes its numbers."""
-    if cfg.runtime.threads is not None:
-        return
-    recorded = {start["threads"] for start in (record.last_start(m.directory) for m in members
-                                                if (m.directory / record.CHECKPOINT).is_file()) if start}
-    if len(recorded) == 1:
-        threads = recorded.pop()
-        if threads != torch.get_num_threads():
-            log.info("resuming with %d torch thread(s), as these runs trained (runtime.threads=null)", threads)
-            torch.set_num_threads(threads)
-
-
-def _refuse_environment_change(members: list[Member], device: torch.device) -> None:
-    """A run resumes only in the environment of its last start (record.ENVIRONMENT), unless
-    runtime.allow_env_change: else one name would hold a mix of two sets of numbers."""
-    environment = runtime.environment(device)
-    for member in members:
-        if not (member.directory / record.CHECKPOINT).is_file():
-            continue
-        changed = record.environment_change(record.last_start(member.directory), environment)
-        if changed and not member.cfg.runtime.allow_env_change:
-            raise ConfigError(
-                f"{member.directory.name} trained in another environment ({', '.join(changed)}): resuming here would "
-                f"mix two sets of numbers under one name; resume it where it ran (runtime.threads, torch, device) or "
-                f"pass runtime.allow_env_change=true to continue and record the change")
 
 
 def _start(member: Member, digest: str, device: torch.device) -> None:

@@ -4,6 +4,7 @@ committed results/). Torch-free; `normexp-plan OVERRIDES` prints it, `normexp-tr
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,7 +70,9 @@ def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], flo
     if known:
         seconds = sum(pace[j.setup] * len(j.labels) * j.epochs for j in known)
         share = "" if len(known) == len(jobs) else f" for {len(known)} of {len(jobs)} jobs (the rest have no record)"
-        lines.append(f"  expected about {seconds / parallel / 3600:.1f} h{share} at the pace of finished runs of the "
+        wall = seconds / parallel
+        when = f"{wall / 3600:.1f} h" if wall >= 7200 else f"{wall / 60:.0f} min"
+        lines.append(f"  expected about {when}{share} at the pace of finished runs of the "
                      f"same setups (results root and results/; their machine's load, not a measurement here); "
                      f"progress lines with an ETA follow every epoch")
     else:
@@ -86,7 +89,9 @@ def sweep_plan(overrides: Sequence[str], points: Sequence[Sequence[str]],
     jobs = [job_of(point, cfg) for point, cfg in zip(points, configs)]
     launcher = compose(points[0], hydra=True).hydra.launcher
     n_jobs = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
-    parallel = min(len(jobs), n_jobs if n_jobs > 0 else len(jobs)) or 1
+    if n_jobs < 0:  # joblib's convention: -1 = every core, -2 = all but one, ...
+        n_jobs = max(1, len(os.sched_getaffinity(0)) + 1 + n_jobs)
+    parallel = max(1, min(len(jobs), n_jobs))
     root = Path(configs[0].paths.results_root).expanduser()
     return jobs, parallel, recorded_pace([root, COMMITTED])
 

@@ -18,7 +18,23 @@ GROUP_ORDER = ["ln", "gn2", "gn4", "gn8", "gn16", "gn32", "in"]
 # listed (all distinct); another tag takes a colour of tab20 that none of these uses, by its name.
 COLOURS = {"bn": "#1f77b4", "gn8": "#ff7f0e", "ln": "#2ca02c", "in": "#d62728", "none": "#7f7f7f",
            "gn2": "#bcbd22", "gn4": "#17becf", "gn16": "#8c564b", "gn-cpg16": "#e377c2", "gn32": "#9467bd",
-           "brn": "#000000", "bn-pbn": "#aec7e8", "gn8-ws": "#ffbb78", "frn": "#98df8a", "evonorm8": "#ff9896"}
+           "brn": "#000000", "bn-pbn": "#6a3d9a", "gn8-ws": "#b15928", "frn": "#33a02c", "evonorm8": "#fb9a99"}
+# A variant of a norm (another evaluation, weight standardization, a renormalization) keeps a line
+# style of its own, so it stays apart from its base norm in print and for colour-blind readers.
+STYLES = {"bn-pbn": "--", "gn8-ws": "--", "brn": "-.", "frn": ":", "evonorm8": "-."}
+MARKERS = "osD^vP*Xhp<>"
+
+
+def style(norm: str) -> dict[str, str]:
+    """Colour, line style and marker of a norm tag, the same in every figure."""
+    order = sorted(COLOURS)
+    marker = MARKERS[order.index(norm) % len(MARKERS)] if norm in order else MARKERS[sum(map(ord, norm)) % len(MARKERS)]
+    return {"color": colour(norm), "linestyle": STYLES.get(norm, "-"), "marker": marker}
+
+
+def _legend_outside(ax: plt.Axes) -> None:
+    """The legend beside the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
 
 
 def colour(norm: str) -> str:
@@ -44,8 +60,8 @@ def error_vs_batch(runs: pd.DataFrame, path: Path, title: str = "") -> Path:
     table = accuracy_table(runs)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for norm, rows in table.groupby("norm"):
-        ax.errorbar(rows["batch_size"], 100 - rows["acc_mean"], yerr=rows["acc_std"], marker="o", capsize=3,
-                    color=colour(norm), label=f"{norm} ({_seeds(rows['n'])} seeds)")
+        ax.errorbar(rows["batch_size"], 100 - rows["acc_mean"], yerr=rows["acc_std"], capsize=3,
+                    label=f"{norm} ({_seeds(rows['n'])} seeds)", **style(norm))
     ax.set_xscale("log", base=2)
     batches = sorted(table["batch_size"].unique())
     ax.set_xticks(batches, [str(b) for b in batches])
@@ -54,7 +70,7 @@ def error_vs_batch(runs: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.set_ylabel("test error (%)")
     ax.set_title(title or "Test error vs batch size")
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -67,8 +83,9 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
         subset = epochs[epochs["batch_size"] == batch]
         for norm, norm_rows in subset.groupby("norm"):
             curve = norm_rows.groupby(x)[y].agg(["mean", "std"]).reset_index()
-            ax.plot(curve[x], curve["mean"], marker="o" if len(curve) < 30 else None, markersize=3,
-                    color=colour(norm), label=norm)
+            look = style(norm)
+            look["marker"] = look["marker"] if len(curve) < 30 else None  # markers keep one-point curves visible
+            ax.plot(curve[x], curve["mean"], markersize=3, label=norm, **look)
             ax.fill_between(curve[x], curve["mean"] - curve["std"].fillna(0),
                             curve["mean"] + curve["std"].fillna(0), alpha=0.2, color=colour(norm))
         ax.set_title(f"batch {batch}")
@@ -78,9 +95,9 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(batches):]:
         ax.set_visible(False)
-    axes.flat[0].legend()  # markers keep one-point curves (a 1-epoch run) visible
     fig.suptitle(title)
     fig.tight_layout()
+    _legend_outside(axes[0, -1] if len(batches) >= cols else axes.flat[len(batches) - 1])
     return _save(fig, path)
 
 

@@ -1,6 +1,7 @@
 """Where and how a job runs: device, threads, memory layout, compilation, provenance.
 
-Nothing here changes a run's numbers (the `runtime` config group is not in a run's identity).
+The `runtime` config group is not in a run's identity; the device, threads and torch version
+change a run's numbers by float rounding, so a run resumes only where it started (record.ENVIRONMENT).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from normexp import locks
+from normexp import locks, record
 from normexp.config import ConfigError
 
 log = logging.getLogger("normexp")
@@ -115,6 +116,28 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": platform.node(),
     }
+
+
+def keep_recorded_threads(resumed: list[Path]) -> None:
+    """With automatic threads (runtime.threads null), resumed runs keep the thread count they
+    trained with, whatever else runs on the machine now: the count changes their numbers."""
+    recorded = {start["threads"] for start in map(record.last_start, resumed) if start}
+    if len(recorded) == 1 and (threads := recorded.pop()) != torch.get_num_threads():
+        log.info("resuming with %d torch thread(s), as these runs trained (runtime.threads=null)", threads)
+        torch.set_num_threads(threads)
+
+
+def refuse_environment_change(resumed: list[Path], device: torch.device, allowed: bool) -> None:
+    """A run resumes only in the environment of its last start (record.ENVIRONMENT) unless
+    `allowed` (runtime.allow_env_change): else one name would hold a mix of two sets of numbers."""
+    here = environment(device)
+    for directory in resumed:
+        changed = record.environment_change(record.last_start(directory), here)
+        if changed and not allowed:
+            raise ConfigError(
+                f"{directory.name} trained in another environment ({', '.join(changed)}): resuming here would "
+                f"mix two sets of numbers under one name; resume it where it ran (runtime.threads, torch, device) or "
+                f"pass runtime.allow_env_change=true to continue and record the change")
 
 
 def provenance(device: torch.device) -> dict[str, Any]:

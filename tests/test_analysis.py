@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from normexp import record
-from normexp.analysis import accuracy_table, compare_sweeps, convergence_table, error_table, unpaired_runs
+from normexp.analysis import (accuracy_table, compare_sweeps, convergence_table, error_table, thresholds_from,
+                              unpaired_runs)
 from normexp.cli.analyze import main as analyze
 from normexp.collect import load_runs
 from normexp.criteria import load_criteria
@@ -101,6 +102,8 @@ def test_accuracy_error_and_convergence_tables(tmp_path):
     assert convergence.loc[("gn8", 2), "epochs_to_50"] == 1
     assert convergence.loc[("bn", 2), "reached_50"] == 3
     assert convergence.loc[("bn", 2), "reached_60"] == 3 and convergence.loc[("bn", 2), "epochs_to_60"] == 2
+    assert "epochs_to_99" not in convergence_table(finished, tables.epochs, [50, 99]).columns  # no run reaches it
+    assert thresholds_from(pd.DataFrame({"final_test_acc": [47.7, 61.3]})) == [30.0, 40.0, 50.0, 60.0]
 
 
 def test_analyze_writes_tables_figures_and_verdict(tmp_path, capsys):

@@ -19,7 +19,6 @@ import yaml
 from normexp import atomic, record
 
 SWEPT = ("norm", "data.batch_size", "data.devices", "seed")
-THRESHOLDS = (50.0, 60.0, 70.0, 80.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,8 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a verdict criterion (see conf/verdict/default.yaml), e.g. --set alpha=0.01")
     parser.add_argument("--vary", action="append", default=[], metavar="FIELD",
                         help=f"a further setting the runs may differ in (swept: {', '.join(SWEPT)})")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
-                        help="accuracy thresholds for the convergence table (default: %(default)s)")
+    parser.add_argument("--thresholds", type=float, nargs="+",
+                        help="accuracy thresholds for the convergence table (default: the 4 highest multiples of 10 "
+                             "that the best run reaches; thresholds no run reaches are left out)")
     return parser.parse_args(argv)
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
               "analysis would replace that set's own)", file=sys.stderr)
         return 2
     from normexp import landscape, plots
-    from normexp.analysis import accuracy_table, convergence_table, error_table
+    from normexp.analysis import accuracy_table, convergence_table, error_table, thresholds_from
     from normexp.collect import load_runs
     from normexp.criteria import load_criteria
     from normexp.verdict import PoolingError, check_poolable, verdict
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     _write_table(error, table_dir, "error_by_batch", index=True)
     finished_runs = set(finished["run"])
     epochs = tables.epochs[tables.epochs["run"].isin(finished_runs) & (tables.epochs["status"] == record.FINISHED)]
-    convergence = convergence_table(finished, epochs, args.thresholds)
+    convergence = convergence_table(finished, epochs, args.thresholds or thresholds_from(finished))
     _write_table(convergence, table_dir, "convergence")
     figures = [plots.error_vs_batch(finished, figure_dir / "error_vs_batch.png"),
                plots.accuracy_curves(epochs, figure_dir / "accuracy_by_epoch.png")]

@@ -3,7 +3,7 @@
 At the start of a sweep the number of its jobs is written to its sweep folder; each job logs
 "job i of n" when it starts and, when it ends, how many have ended and an ETA. A job that was
 rejected (bad setting, missing data) or failed leaves a note in its sweep folder; the final report
-lists each with its message, and the sweep exits 1 when every job was.
+lists each with its message, and the sweep exits 1 when any job was.
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ class SweepReport(Callback):
                 log.warning("%s %s: %s", run["status"], run["run"], run["reason"])
         if problems and len(problems) >= len(jobs):
             log.error("no job of this sweep trained: all %d were rejected or failed", len(problems))
+            sys.exit(1)
+        if problems:
+            log.error("%d of %d jobs were rejected or failed (above); the others ran", len(problems), len(jobs))
             sys.exit(1)
 
 
