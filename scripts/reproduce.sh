@@ -3,12 +3,14 @@
 # 8 virtual devices, 3 seeds), analyze it, print the verdict. Results go to $OUT (default runs/claim;
 # the committed ones are in results/claim). Resumable: rerun after an interruption and it finishes
 # what is missing. Extra arguments go to normexp-train, e.g. `bash scripts/reproduce.sh seed=[3,4,5]`.
+# EXPERIMENT=first_look runs the 15-minute first look instead (results in runs/first_look).
 # Data: ../shared/data/cifar10-jpeg by default; NORMEXP_CIFAR10_FOLDER points elsewhere, or set
 # NORMEXP_DATA_SOURCE=torchvision (official CIFAR-10; add runtime.download=true the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e .
-out=${OUT:-runs/claim}
-normexp-train -m experiment=claim hydra/launcher=joblib paths.results_root="$out/runs" "$@"
+experiment=${EXPERIMENT:-claim}
+out=${OUT:-runs/$experiment}
+normexp-train -m experiment="$experiment" hydra/launcher=joblib paths.results_root="$out/runs" "$@"
 normexp-analyze "$out"
 echo "table: $out/tables/error_by_batch.md  figure: $out/figures/error_vs_batch.png  report: $out/report.html"

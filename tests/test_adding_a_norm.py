@@ -18,6 +18,7 @@ def _group_norm(affine: bool):
     return builder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
 def test_a_registered_norm_with_its_yaml_trains_and_is_analysed(make_cfg, tmp_path, monkeypatch, affine):
     name = f"throwaway_{'affine' if affine else 'plain'}"

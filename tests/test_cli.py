@@ -35,6 +35,7 @@ def test_an_unwritable_results_root_is_one_line_and_exit_2(tmp_path):
     assert "paths.results_root=" in done.stderr + done.stdout and "Traceback" not in done.stderr + done.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_path, image_folder):
     done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={image_folder}",
                 f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",
@@ -72,6 +73,7 @@ def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_any_job_starts(tmp_pa
     assert not (tmp_path / ".hydra").exists()
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):
     args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}", "norm=gn",
             "norm.groups=3", f"paths.cache_dir={tmp_path / 'cache'}", "paths.cifar10_folder=/nowhere"]

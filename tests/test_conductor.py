@@ -213,6 +213,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_hydra_app_runs_end_to_end(image_folder, tmp_path):
     common = [f"paths.cifar10_folder={image_folder}", f"paths.cache_dir={tmp_path / 'cache'}",
               f"paths.results_root={tmp_path / 'runs'}", "model.base_width=4", "trainer.epochs=1",
@@ -284,3 +285,18 @@ def test_precise_bn_changes_only_the_evaluation(make_cfg):
     reference = torch.load(run_dir(plain) / record.CHECKPOINT, weights_only=False)
     for key, value in reference["model"].items():  # the trained model's running averages are untouched
         torch.testing.assert_close(checkpoint["model"][key], value)
+
+
+def test_a_half_trained_run_resumes_before_fresh_seeds_start():
+    from types import SimpleNamespace
+
+    fresh, resumed = SimpleNamespace(metrics=[]), SimpleNamespace(metrics=[{"epoch": 1}, {"epoch": 2}])
+    cfg = SimpleNamespace(data=SimpleNamespace(devices=1, batch_size=2), runtime=SimpleNamespace(pack_max_batch=None))
+    assert conductor._packs(cfg, [fresh, resumed], torch.device("cpu")) == [[resumed], [fresh]]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_one_is_one_line_and_exit_2(tmp_path):
+    done = _cli("runtime.device=cuda", f"paths.cache_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 2 and "runtime.device='cuda' is invalid here" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout

@@ -146,6 +146,7 @@ def test_eval_batches_cover_the_split_in_order():
     assert torch.equal(torch.cat([y for _, y in batches]), labels)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("../shared/data/cifar10-jpeg/train").is_dir(), reason="needs ../shared/data/cifar10-jpeg")
 def test_real_cifar10_folder_loads_with_the_documented_statistics(tmp_path):
     """Uses the real dataset when present (decodes it into a temporary cache, never the user's)."""
@@ -182,6 +183,7 @@ def test_the_digest_follows_the_content_not_the_copy_or_its_times(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
 
+@pytest.mark.slow
 def test_two_processes_build_a_fresh_cache_once(tmp_path):
     root = make_image_folder(tmp_path / "data", train_per_class=30, test_per_class=5)
     script = (

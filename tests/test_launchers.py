@@ -37,6 +37,7 @@ def _summaries(root: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in root.glob("*/" + record.SUMMARY)}
 
 
+@pytest.mark.slow
 def test_submitit_sweep_killed_and_rerun_finishes_with_the_basic_launchers_records(image_folder, tmp_path):
     root = tmp_path / "runs"
     args = _sweep(image_folder, tmp_path, root, "hydra/launcher=slurm_local")

@@ -116,7 +116,7 @@ def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monke
     # a packed job over finished and new seeds trains only the new one
     trained = []
 
-    def fake_train(cfg, members, data, device):
+    def fake_train(cfg, members, data, device, *hooks):
         trained.extend(m.cfg.seed for m in members)
         for m in members:
             m.summary = {"status": "stub"}

@@ -112,6 +112,7 @@ def test_running_jobs_are_counted_and_forgotten_when_they_end(tmp_path):
         assert after_crash == 1
 
 
+@pytest.mark.slow
 def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tmp_path):
     """parity_gpu's sweep shrunk to seconds on CPU (depth 8, 1 epoch, 2 seeds): its runs train, and
     the analysis judges parity alone with the preset's criteria, the small-batch half undecided."""
@@ -130,3 +131,14 @@ def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tm
     assert result["parts"]["small_batch"]["undecided"] and not result["parts"]["small_batch"]["required"]
     assert not result["undecided"] and result["holds"] == result["parts"]["parity"]["holds"]
     assert result["criteria"]["max_parity_gap"] == 1.0 and result["criteria_source"]["require_parity"] == "recorded"
+
+
+def test_normexp_plan_lists_a_presets_jobs_and_runs(capsys):
+    from normexp.plan import main as plan
+
+    assert plan(["experiment=first_look", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sweep plan: 4 job(s), 12 run(s), 12 run-epochs, 2 job(s) at a time")
+    assert "job 1: bn_b2x8_s0 bn_b2x8_s1 bn_b2x8_s2 x 1 epochs  (norm=bn data.batch_size=2)" in out
+    assert plan(["experiment=first_look", "data.batch_size=0"]) == 2
+    assert "data.batch_size=0 is invalid" in capsys.readouterr().err

@@ -47,3 +47,19 @@ def test_a_sweep_of_many_norms_reports_its_comparison_tables_with_readable_p_val
     p = versus_bn.loc["ln", "p_two_sided"]
     assert p < 1e-4 and p_text(p) in page and p_text(p) in (tmp_path / "tables" / "versus_bn.md").read_text()
     assert "e-" in p_text(p) and p_text(0.01234) == "0.0123" and p_text(float("nan")) == "n/a"
+
+
+def test_regenerating_a_report_from_the_same_records_gives_the_same_page(tmp_path):
+    write_sweep(tmp_path, **HOLDS)
+    assert analyze([str(tmp_path)]) == 0
+    first = (tmp_path / "report.html").read_bytes()
+    assert analyze([str(tmp_path)]) == 0
+    assert (tmp_path / "report.html").read_bytes() == first
+
+
+def test_the_report_has_a_badge_per_part_that_follows_its_outcome(tmp_path):
+    write_sweep(tmp_path, bn_acc={32: 80.0, 2: 60.0}, gn_acc={32: 70.0, 2: 70.0})  # GN 10 behind BN at 32
+    assert analyze([str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<span class='verdict holds'>small-batch half: HOLDS (required)</span>" in page
+    assert "<span class='verdict fails optional'>parity at 32: NO (not required)</span>" in page

@@ -71,6 +71,7 @@ def outcomes(scenario: str) -> pd.DataFrame:
     ("parity gap", "parity", False, 0.95),
     ("parity gap", "overall", False, 0.95),
 ])
+@pytest.mark.slow
 def test_error_rates_on_simulated_sweeps(scenario, check, expected, min_rate):
     rate = (outcomes(scenario)[check] == expected).mean()
     assert rate >= min_rate, f"{scenario}: {check} == {expected} in {rate:.3f} of {SIMULATIONS} sweeps"
