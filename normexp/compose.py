@@ -13,14 +13,13 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import register_configs
+from normexp.locations import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_configs()  # the schema conf/config.yaml extends: every composition needs it
 
 
@@ -87,7 +86,7 @@ def unknown_key(cfg: DictConfig) -> Optional[str]:
     return walk({k: cfg[k] for k in cfg if k != "hydra"}, Config, "")
 
 
-def _one_line(error: BaseException, point: Sequence[str]) -> str:
+def one_line(error: BaseException, point: Sequence[str]) -> str:
     """A Hydra composition error as one line naming the setting and what is allowed."""
     text = str(error)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
@@ -122,7 +121,7 @@ def check(points: Sequence[Sequence[str]]) -> tuple[list[DictConfig], Optional[s
         try:
             cfg = compose(point)
         except (HydraException, OmegaConfBaseException) as error:
-            return configs, _one_line(error, point)
+            return configs, one_line(error, point)
         problem = unknown_key(cfg)
         if problem:
             return configs, problem

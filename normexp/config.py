@@ -28,7 +28,9 @@ class ConfigError(ValueError):
 DATA_SOURCES = ("folder", "torchvision")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
-NOT_IDENTITY = ("runtime", "paths", "verdict", "logger", "hydra")  # groups that never change a run's numbers
+# groups outside a run's identity; of runtime, the device, threads and torch version change the numbers by
+# float rounding and are held fixed per run instead (record.ENVIRONMENT, checked on resume)
+NOT_IDENTITY = ("runtime", "paths", "verdict", "logger", "hydra")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from normexp.compose import CONF_DIR
+from normexp.locations import CONF_DIR
 
 DEFAULTS = CONF_DIR / "verdict" / "default.yaml"
 

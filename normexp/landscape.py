@@ -41,8 +41,8 @@ def caption(statistic: Callable[..., pd.DataFrame], baseline: str = "") -> str:
 def holm(p: pd.Series) -> pd.Series:
     """Holm's step-down adjusted p-values for one family of comparisons (controls the family-wise
     error rate): the k-th smallest of m is max over the first k of (m - j + 1) p_(j), at most 1."""
-    order = p.sort_values()
-    scaled = (len(p) - np.arange(len(p))) * order.to_numpy()
+    order = p.dropna().sort_values()  # a comparison without a p-value is not one of the family
+    scaled = (len(order) - np.arange(len(order))) * order.to_numpy()
     return pd.Series(np.minimum(np.maximum.accumulate(scaled), 1.0), index=order.index).reindex(p.index)
 
 

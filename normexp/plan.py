@@ -14,7 +14,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from normexp import record
-from normexp.compose import CONF_DIR
+from normexp.locations import CONF_DIR
 
 COMMITTED = CONF_DIR.parent / "results"
 PLANNED: dict[str, int] = {}  # this process's planned sweep ("run_epochs"), for its progress lines (SweepReport)

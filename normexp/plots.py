@@ -97,7 +97,7 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
-    _legend_outside(axes[0, -1] if len(batches) >= cols else axes.flat[len(batches) - 1])
+    _legend_outside(axes[0, -1])
     return _save(fig, path)
 
 

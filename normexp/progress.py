@@ -73,7 +73,7 @@ def sweep_epoch(sweep_dir: Path, run: str, done: int, trained: bool) -> None:
     runs = [_read(p) or {"done": 0, "trained": 0} for p in (sweep_dir / PROGRESS).glob("*.json")]
     done_all, trained_all = sum(r["done"] for r in runs), sum(r["trained"] for r in runs)
     elapsed = time.time() - sweep["started"]
-    eta = (total - done_all) * elapsed / trained_all if trained_all else float("nan")
+    eta = (total - done_all) * elapsed / trained_all  # trained_all >= 1: this call trained an epoch
     log.info("sweep progress: %d of %d run-epochs done (%.0f%%) after %.0f min; ETA %.0f min at this sweep's pace",
              done_all, total, 100 * done_all / total, elapsed / 60, eta / 60)
 

@@ -120,10 +120,15 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def keep_recorded_threads(resumed: list[Path]) -> None:
     """With automatic threads (runtime.threads null), resumed runs keep the thread count they
-    trained with, whatever else runs on the machine now: the count changes their numbers."""
+    trained with, whatever else runs on the machine now: the count changes their numbers. More
+    threads than this job's share of the cores is said, since it slows every job."""
     recorded = {start["threads"] for start in map(record.last_start, resumed) if start}
-    if len(recorded) == 1 and (threads := recorded.pop()) != torch.get_num_threads():
+    share = torch.get_num_threads()
+    if len(recorded) == 1 and (threads := recorded.pop()) != share:
         log.info("resuming with %d torch thread(s), as these runs trained (runtime.threads=null)", threads)
+        if threads > share:
+            log.warning("%d threads is more than this job's share of the cores (%d): jobs beside it slow down; "
+                        "resume these runs with fewer jobs at a time", threads, share)
         torch.set_num_threads(threads)
 
 

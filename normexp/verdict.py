@@ -171,6 +171,9 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
             "ci_high": parity["ci_high"], "max_gap": c.max_parity_gap}
     for part, names, required in (("small_batch", SMALL_BATCH_CHECKS, c.require_small_batch),
                                   ("parity", ("parity",), c.require_parity)):
+        undefined = [n for n in names if n in result["checks"] and not _defined(result["checks"][n])]
+        if undefined:  # e.g. seeds that all scored the same: no spread, no bound
+            missing[part].append(f"no spread between seeds, so no bound for {', '.join(undefined)}")
         undecided = bool(missing[part])
         result["parts"][part] = {"required": required, "undecided": undecided,
                                  "holds": not undecided and all(result["checks"][n]["holds"] for n in names),
@@ -182,16 +185,26 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     return _plain(result)
 
 
+def _defined(check: Mapping[str, Any]) -> bool:
+    """Whether a check's bound or p-value could be computed (not NaN)."""
+    values = [check.get(k) for k in ("lower_bound", "p_value_one_sided", "ci_low") if k in check]
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
 def _small_batch_checks(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria,
                         shared: list[int]) -> dict[str, dict[str, Any]]:
     """The small-batch half's four checks at the smallest batch both norms ran, each against the
     reference batch. "GN holds" is anchored there (not at the largest batch, which at a fixed number
     of epochs is the most step-starved, so a trend from it rises and cannot fail) and pools GN's seed
-    variance over every batch size it ran (GN's noise does not depend on the batch)."""
+    variance over the batch sizes both norms ran (assumed equal, as GN does not see the batch; the
+    check reports Bartlett's p of that assumption)."""
     small, ref = shared[0], c.reference_batch
     bn_ref, bn_small, gn_ref, gn_small = (groups[t, b] for t in (c.bn, c.gn) for b in (ref, small))
     drop = welch_contrast([(1, bn_ref), (-1, bn_small)], c.alpha)
-    change = pooled_difference(gn_small, gn_ref, [groups[c.gn, b] for b in shared], c.alpha)
+    gn_cells = [groups[c.gn, b] for b in shared]
+    change = pooled_difference(gn_small, gn_ref, gn_cells, c.alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the pooling's assumption, reported: equal variances
+        equal_variance_p = float(stats.bartlett(*gn_cells).pvalue) if len(gn_cells) > 1 else math.nan
     interaction = welch_contrast([(1, bn_ref), (-1, bn_small), (-1, gn_ref), (1, gn_small)], c.alpha)
     beats = welch_contrast([(1, gn_small), (-1, bn_small)], c.alpha)
     return {
@@ -203,6 +216,7 @@ def _small_batch_checks(groups: Mapping[tuple[str, int], np.ndarray], c: Criteri
                      "gn_small_mean": gn_small.mean(), "gn_ref_mean": gn_ref.mean(), "n_small": len(gn_small),
                      "n_ref": len(gn_ref), "change": change["estimate"], "se": change["se"], "df": change["df"],
                      "lower_bound": change["lower_bound"], "threshold": -c.gn_margin, "pooled_over": shared,
+                     "equal_variance_p": equal_variance_p,
                      "gn_mean_by_batch": {b: groups[c.gn, b].mean() for b in shared}},
         "interaction": {"holds": interaction["lower_bound"] > 0, "estimate": interaction["estimate"],
                         "se": interaction["se"], "df": interaction["df"],

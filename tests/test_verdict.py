@@ -157,11 +157,11 @@ def test_description_never_claims_a_failed_comparison():
     assert f"{bound:.2f} > {threshold:.2f}" not in text and f"needed > {threshold:.2f}" in text
 
 
-def test_undefined_statistics_fail_and_print_as_missing():
+def test_undefined_statistics_leave_a_part_undecided_and_say_why():
     runs = sweep(bn_drops, lambda b: 70.0, sd=0.0)  # no spread: no standard errors
     result = verdict(runs, CRITERIA)
-    assert result["checks"]["bn_degrades"]["lower_bound"] is None and not result["checks"]["bn_degrades"]["holds"]
-    assert "lower bound n/a, needed > 1.00" in describe_verdict(result)
+    assert result["checks"]["bn_degrades"]["lower_bound"] is None and result["undecided"] and not result["holds"]
+    assert "no spread between seeds, so no bound for bn_degrades" in describe_verdict(result)
 
 
 def test_criteria_defaults_come_from_the_yaml_only():

@@ -48,12 +48,22 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _recorded_criteria(runs) -> dict | None:
-    """The verdict criteria the runs' configs recorded; they must agree."""
-    recorded = {yaml.safe_dump(c, sort_keys=True) for c in runs["criteria"] if c}
-    if len(recorded) > 1:
+    """The verdict criteria the runs' configs recorded; they must agree. Runs recorded before a
+    criterion existed or after one was retired (criteria.RETIRED) agree when the rest does: each set
+    is compared with today's defaults filled in and the retired keys left out."""
+    from normexp.criteria import DEFAULTS, RETIRED
+
+    defaults = yaml.safe_load(DEFAULTS.read_text())
+    recorded = [c for c in runs["criteria"] if c]
+    current = {yaml.safe_dump({**defaults, **{k: v for k, v in c.items() if k not in RETIRED}}, sort_keys=True)
+               for c in recorded}
+    if len(current) > 1:
         raise ValueError("the runs recorded different verdict criteria (see each config.yaml's `verdict`); "
                          "analyze them separately or fix one set with --set")
-    return yaml.safe_load(recorded.pop()) if recorded else None
+    if not recorded:
+        return None
+    agreed, named = yaml.safe_load(current.pop()), {k for c in recorded for k in c}
+    return {k: v for k, v in agreed.items() if k in named} | {k: v for c in recorded for k, v in c.items() if k in RETIRED}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,10 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
     requests are left to Hydra."""
     from hydra._internal.utils import get_args_parser
 
-    from normexp.compose import check, sweep_grid
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from normexp.compose import check, one_line, sweep_grid
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
@@ -90,7 +93,9 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
         return None
     try:
         points = sweep_grid(args.overrides) if args.multirun else [args.overrides]
-    except Exception as error:  # a malformed override or launcher: Hydra's message, on one line
+    except (HydraException, OmegaConfBaseException) as error:  # in a setting the sweep does not vary
+        return one_line(error, args.overrides)
+    except Exception as error:  # a malformed override: the parser's message, on one line
         return " ".join(str(error).split())
     configs, problem = check(points)
     if problem is None and args.multirun and not args.cfg:
