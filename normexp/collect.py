@@ -52,6 +52,13 @@ def _run_folders(roots: tuple[Path, ...]) -> list[Path]:
     return [folders[key] for key in sorted(folders)]
 
 
+def median_last(metrics: list[dict], count: int = 5) -> float | None:
+    """The median test accuracy of the last `count` evaluated epochs: 100 minus the GN paper's
+    metric, the median of the last 5 epochs' error (fewer when fewer were evaluated)."""
+    tested = [m["test_acc"] for m in metrics if m.get("test_acc") is not None][-count:]
+    return float(pd.Series(tested).median()) if tested else None
+
+
 def load_runs(root: Path, *more: Path) -> RunTables:
     """Read every run folder (one holding identity.json) below `root` and `more`, skipping hidden ones."""
     rows, epoch_rows, loss_rows = [], [], []
@@ -65,7 +72,8 @@ def load_runs(root: Path, *more: Path) -> RunTables:
         status, reason = record.status(directory, summary)
         metrics = record.read_jsonl(directory / record.METRICS)
         row = {"run": directory.name, "path": str(directory), **columns, "status": status, "reason": reason,
-               "epochs_done": len(metrics), "identity": ident, "criteria": _criteria(directory)}
+               "epochs_done": len(metrics), "identity": ident, "criteria": _criteria(directory),
+               "median5_test_acc": median_last(metrics)}
         if summary is not None:
             row.update({k: v for k, v in summary.items() if k not in row and not isinstance(v, dict)})
         rows.append(row)

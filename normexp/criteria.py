@@ -16,6 +16,7 @@ import yaml
 from normexp.locations import CONF_DIR
 
 DEFAULTS = CONF_DIR / "verdict" / "default.yaml"
+METRICS = {"final": "final_test_acc", "median5": "median5_test_acc"}  # a criterion's name -> the runs' column
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,13 @@ class Criteria:
     require_small_batch: bool
     require_parity: bool
     max_parity_gap: float
+    metric: str
 
 
 LIMITS = {"reference_batch": (lambda v: v >= 1, ">= 1"), "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
           "min_bn_drop": (lambda v: v >= 0, ">= 0"), "gn_margin": (lambda v: v > 0, "> 0"),
-          "max_parity_gap": (lambda v: v > 0, "> 0")}
+          "max_parity_gap": (lambda v: v > 0, "> 0"),
+          "metric": (lambda v: v in METRICS, f"one of: {', '.join(METRICS)}")}
 # Criteria of rules that were replaced: a run that recorded one is judged by today's rule, and the
 # analysis says which recorded value it set aside (verdict.json's criteria_source).
 RETIRED = {"max_gn_loss": "GN's trend from the largest to the smallest batch, replaced by gn_margin against the "

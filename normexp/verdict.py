@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from normexp.criteria import Criteria
+from normexp.criteria import METRICS, Criteria
 
 SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")
 
@@ -143,14 +143,15 @@ def _plain(value: Any) -> Any:
 
 
 def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
-    """Judge the claim's two parts on finished runs (columns norm, batch_size, seed, final_test_acc;
+    """Judge the claim's two parts on finished runs (columns norm, batch_size, seed, and the
+    accuracy of `criteria.metric`: final_test_acc, or median5_test_acc;
     `epochs` names the budget) over the batch sizes both norms ran; JSON-ready (NaN -> None).
 
     The small-batch half: BN degrades, GN holds, the interaction, GN beats BN at the smallest batch.
     Parity: BN - GN at the reference batch. Each part holds, fails or is undecided; the overall
     verdict holds when every part the criteria require holds, and is undecided while one is."""
     c = criteria
-    by_group = runs.groupby(["norm", "batch_size"])["final_test_acc"]
+    by_group = runs.groupby(["norm", "batch_size"])[METRICS[c.metric]]
     groups = {(str(n), int(b)): g.to_numpy(float) for (n, b), g in by_group}
     shared = sorted({b for t, b in groups if t == c.bn} & {b for t, b in groups if t == c.gn})
     small = shared[0] if shared else None

@@ -38,9 +38,11 @@ def with_p_text(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def budget_text(result: Mapping[str, Any]) -> str:
-    """The training budget the runs had, e.g. "5-epoch budget"."""
+    """The training budget the runs had, e.g. "5-epoch budget", and the metric when not the final accuracy."""
     epochs = result.get("epochs") or []
-    return f"{'/'.join(map(str, epochs))}-epoch budget" if epochs else "budget not recorded"
+    budget = f"{'/'.join(map(str, epochs))}-epoch budget" if epochs else "budget not recorded"
+    median = result["criteria"].get("metric") == "median5"
+    return budget + ("; median of the last 5 epochs' accuracy" if median else "")
 
 
 def part_text(result: Mapping[str, Any], part: str) -> str:

@@ -240,3 +240,18 @@ def test_repeated_runs_are_refused_by_name():
 def test_module_stays_torch_free():
     code = "import sys, normexp.verdict; sys.exit(bool({'torch', 'matplotlib'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_papers_median_of_the_last_5_epochs_is_a_verdict_option():
+    from normexp.collect import median_last
+
+    assert median_last([{"test_acc": a} for a in (10, 50, 40, 60, 55, 45)]) == 50.0  # last 5: 50 40 60 55 45
+    assert median_last([{"test_acc": 30.0}, {"test_acc": None}]) == 30.0 and median_last([]) is None
+    runs = sweep(bn_drops, lambda b: 69.5).assign(median5_test_acc=lambda r: r["final_test_acc"] - 20.0)
+    median, _ = load_criteria({"metric": "median5"})
+    result = verdict(runs, median)
+    assert result["checks"]["bn_degrades"]["bn_ref_mean"] == pytest.approx(
+        verdict(runs, CRITERIA)["checks"]["bn_degrades"]["bn_ref_mean"] - 20.0)
+    assert "median of the last 5 epochs' accuracy" in describe_verdict(result)
+    with pytest.raises(ValueError, match="metric='best' must be one of: final, median5"):
+        load_criteria({"metric": "best"})
