@@ -96,8 +96,11 @@ def one_line(error: BaseException, point: Sequence[str]) -> str:
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         prefix, _, leaf = unknown[1].rpartition(".")
-        node = compose([o for o in point if not o.startswith(unknown[1] + "=")])
-        valid = list(OmegaConf.select(node, prefix) or {}) if prefix else list(node)
+        try:
+            node = compose([o for o in point if not o.startswith((unknown[1] + "=", "+" + unknown[1] + "="))])
+            valid = list(OmegaConf.select(node, prefix) or {}) if prefix else list(node)
+        except Exception:  # another override is wrong too: name this one without suggestions
+            valid = []
         near = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.4)
         hint = f"nearest valid key: {prefix}.{near[0]}" if near else f"valid keys: {', '.join(valid)}"
         return f"{unknown[1]} is not a setting ({hint})"
