@@ -30,6 +30,11 @@ class Job:
     setup: tuple[Any, ...]  # what sets a run's pace: norm tag, batch, devices, depth, width, subset
 
 
+def run_epochs(jobs: Sequence[Job]) -> int:
+    """The sweep's work in run-epochs: every run of every job times its epochs."""
+    return sum(len(j.labels) * j.epochs for j in jobs)
+
+
 def job_of(overrides: Sequence[str], cfg: DictConfig) -> Job:
     from normexp.config import seeds
 
@@ -61,8 +66,7 @@ def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], flo
     """The plan in a few lines: jobs, runs, run-epochs and, where every job's setup has a recorded
     pace, the expected time with `parallel` jobs at once."""
     runs = sum(len(j.labels) for j in jobs)
-    run_epochs = sum(len(j.labels) * j.epochs for j in jobs)
-    lines = [f"sweep plan: {len(jobs)} job(s), {runs} run(s), {run_epochs} run-epochs, {parallel} job(s) at a time"]
+    lines = [f"sweep plan: {len(jobs)} job(s), {runs} run(s), {run_epochs(jobs)} run-epochs, {parallel} job(s) at a time"]
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     lines += [f"  job {i}: {' '.join(j.labels)} x {j.epochs} epochs  ({' '.join(o for o in j.overrides if o not in shared)})"
               for i, j in enumerate(jobs, start=1)]

@@ -99,11 +99,11 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
         return " ".join(str(error).split())
     configs, problem = check(points)
     if problem is None and args.multirun and not args.cfg:
-        from normexp.plan import PLANNED, describe, sweep_plan
+        from normexp.plan import PLANNED, describe, run_epochs, sweep_plan
 
         jobs, parallel, pace = sweep_plan(args.overrides, points, configs)
         print(describe(jobs, parallel, pace), flush=True)
-        PLANNED["run_epochs"] = sum(len(j.labels) * j.epochs for j in jobs)
+        PLANNED["run_epochs"] = run_epochs(jobs)
     return problem
 
 
