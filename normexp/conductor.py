@@ -20,11 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from normexp import atomic, record, runtime, trackers
-from normexp.config import ConfigError, seeds, step_batch, unwritable, validate
+from normexp.config import ConfigError, first_frozen_epoch, seeds, step_batch, unwritable, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
+from normexp.bn_evaluation import StatisticsDraw
 from normexp.devices import split_batch_statistics
-from normexp.engine import evaluate_members, train_epoch
+from normexp.engine import ExtraEvaluations, evaluate_members, train_epoch
 from normexp.models import build_model
 from normexp.norms import canonical_spec
 from normexp.optim import build_optimizer, build_scheduler, scaled_lr
@@ -135,6 +136,10 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
             if cfg.runtime.threads is None:
                 runtime.keep_recorded_threads(resumed)
             runtime.refuse_environment_change(resumed, device, cfg.runtime.allow_env_change)
+            for directory in resumed:
+                if changes := record.setting_changes(directory, cfg):
+                    raise ConfigError(f"{directory.name} started with other settings ({', '.join(changes)}): "
+                                      f"resuming would mix two kinds of records under one name; resume it as it started")
             try:
                 _train(cfg, members, data, device, on_epoch or (lambda *_: None), bar_position)
             except Exception as error:
@@ -227,21 +232,31 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                 len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
 
     forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
-    precise = _precise_bn_batches(cfg, train)
+    legacy_precise = _precise_bn_batches(cfg, train)
+    extra = ExtraEvaluations(
+        StatisticsDraw.of(train, cfg.evaluation.precise_images) if cfg.evaluation.precise_images else None,
+        cfg.data.batch_size if cfg.evaluation.batch_statistics else None, [m.cfg.seed for m in group])
+    frozen_from = first_frozen_epoch(cfg.norm.get("freeze_after"), epochs)
     for epoch in range(len(group[0].metrics) + 1, epochs + 1):
         epoch_start = time.perf_counter()
+        if epoch == frozen_from:  # FrozenBN: the precise statistics of the weights so far, epoch-1's draw
+            StatisticsDraw.of(train, cfg.norm.freeze_images).apply(pack.model, epochs + epoch - 1)
+            group[0].log.info("epoch %d on: BN statistics frozen at their precise population values", epoch)
+        frozen = frozen_from is not None and epoch >= frozen_from
         result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every, epochs,
-                             progress)
+                             progress, frozen)
         eval_start = time.perf_counter()
         due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
-        tested = (evaluate_members(pack, [m.model for m in group], test,
-                                   (precise, epochs + epoch, cfg.norm.precise_bn_batches) if precise else None)
-                  if due else [(None, None)] * pack.size)  # precise BN's draw: past every training epoch
+        untested = {"test_loss": None, "test_acc": None}
+        tested = (evaluate_members(pack, [m.model for m in group], test, epochs + epoch,  # draws past training
+                                   (legacy_precise, cfg.norm.precise_bn_batches) if legacy_precise else None, extra)
+                  if due else [untested] * pack.size)
         eval_seconds = time.perf_counter() - eval_start
         active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
         for i, member in active:
-            _record_epoch(member, dict(result.records[i], eval_seconds=eval_seconds, pack_size=pack.size),
-                          tested[i] if result.diverged[i] is None else (None, None), result.losses[i], epochs)
+            _record_epoch(member, dict(result.records[i], eval_seconds=eval_seconds, pack_size=pack.size,
+                                       **({"frozen_bn": frozen} if frozen_from else {})),
+                          tested[i] if result.diverged[i] is None else untested, result.losses[i], epochs)
             if result.diverged[i] is not None:
                 member.diverged = result.diverged[i]
                 member.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
@@ -286,9 +301,9 @@ def _fmt(value: Optional[float], pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def _record_epoch(member: Member, row: dict[str, Any], tested: tuple[Optional[float], Optional[float]],
+def _record_epoch(member: Member, row: dict[str, Any], tested: dict[str, Optional[float]],
                   losses: list[dict[str, Any]], epochs: int) -> None:
-    row["test_loss"], row["test_acc"] = tested
+    row.update(tested)
     row["seconds"] = row["train_seconds"] + row["eval_seconds"]
     member.metrics.append(row)
     member.loss_log.extend(losses)

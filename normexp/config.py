@@ -10,6 +10,7 @@ in `NOT_IDENTITY` (where things live, what runs them, how a sweep is judged) cha
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -30,7 +31,10 @@ SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 # groups outside a run's identity; of runtime, the device, threads and torch version change the numbers by
 # float rounding and are held fixed per run instead (record.ENVIRONMENT, checked on resume)
-NOT_IDENTITY = ("runtime", "paths", "verdict", "logger", "hydra")
+NOT_IDENTITY = ("runtime", "paths", "verdict", "logger", "hydra", "evaluation")
+# groups outside the identity that still change what a run records: a run resumes only with the values
+# it started with (its config.yaml), and the analysis refuses to pool runs that differ in them
+RECORDED_AS_STARTED = ("evaluation",)
 
 
 @dataclass
@@ -74,6 +78,12 @@ class TrainerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    precise_images: Optional[int] = MISSING
+    batch_statistics: bool = MISSING
+
+
+@dataclass
 class RuntimeConfig:
     device: str = MISSING
     threads: Optional[int] = MISSING
@@ -101,6 +111,7 @@ class Config:
     norm: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     verdict: dict[str, Any] = field(default_factory=dict)
@@ -174,6 +185,14 @@ def step_batch(cfg: DictConfig) -> int:
     return cfg.data.devices * cfg.data.batch_size
 
 
+def first_frozen_epoch(freeze_after: Optional[float], epochs: int) -> Optional[int]:
+    """FrozenBN (norm.freeze_after): the first epoch that trains with frozen BN statistics, the
+    first whose start is at or past `freeze_after` of training; None when it is off."""
+    if freeze_after is None:
+        return None
+    return math.ceil(freeze_after * epochs - 1e-9) + 1
+
+
 def validate(cfg: DictConfig) -> None:
     """Check ranges and combinations; raise ConfigError naming the first bad field."""
     try:
@@ -221,6 +240,8 @@ def validate(cfg: DictConfig) -> None:
     _require(_positive_int(t.eval_every), "trainer.eval_every", t.eval_every,
              "must be an integer >= 1 (the last epoch is always evaluated)")
     _require(_positive_int(t.log_every), "trainer.log_every", t.log_every, "must be an integer >= 1")
+    _require(cfg.evaluation.precise_images is None or _positive_int(cfg.evaluation.precise_images),
+             "evaluation.precise_images", cfg.evaluation.precise_images, "must be null (off) or an integer >= 1")
     _require(_positive_int(r.eval_batch_size), "runtime.eval_batch_size", r.eval_batch_size,
              "must be an integer >= 1")
     _require(r.pack_max_batch is None or (isinstance(r.pack_max_batch, int) and r.pack_max_batch >= 0),
@@ -229,6 +250,10 @@ def validate(cfg: DictConfig) -> None:
     _require(r.threads is None or _positive_int(r.threads), "runtime.threads", r.threads,
              "must be null (auto) or an integer >= 1")
     seeds(cfg)
+    freeze_after = cfg.norm.get("freeze_after")
+    frozen_from = first_frozen_epoch(freeze_after, t.epochs) if isinstance(freeze_after, float) else None
+    _require(frozen_from is None or frozen_from <= t.epochs, "norm.freeze_after", cfg.norm.get("freeze_after"),
+             f"freezes no epoch of trainer.epochs={t.epochs}: FrozenBN starts at an epoch boundary")
     _require("name" in cfg.norm, "norm.name", None, "pick a norm with norm=<name> (see conf/norm/)")
     from normexp.criteria import load_criteria  # the criteria are fixed now: a bad one must not wait for analysis
 

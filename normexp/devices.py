@@ -2,7 +2,8 @@
 
 A step trains on `devices x batch_size` images; BatchNorm normalizes each device's `batch_size`
 images with their own statistics, as unsynchronized per-GPU BN does, and Batch Renormalization
-(normexp.layers.BatchRenorm2d) renormalizes them so too. Batch-independent norms are unaffected.
+(normexp.layers.BatchRenorm2d) renormalizes them so too: each batch-dependent layer declares how it
+splits (`per_device`). Batch-independent norms are unaffected.
 Running statistics: each device updates them from its own batch, and the model keeps the average
 of the devices' updates (their running estimates averaged). With every device's buffers being an
 unbiased running estimate, this has the same expectation as keeping one device's (what
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normexp.layers import BatchRenorm2d
+from normexp.config import ConfigError
 
 
 class PerDeviceBatchNorm2d(nn.BatchNorm2d):
@@ -26,6 +27,10 @@ class PerDeviceBatchNorm2d(nn.BatchNorm2d):
         super().__init__(source.num_features, source.eps, source.momentum, source.affine, source.track_running_stats)
         self.load_state_dict(source.state_dict())
         self.devices = devices
+
+    def per_device(self, devices: int) -> PerDeviceBatchNorm2d:
+        self.devices = devices
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.devices == 1:
@@ -55,16 +60,31 @@ class PerDeviceBatchNorm2d(nn.BatchNorm2d):
         return self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
 
 
+def batch_dependent(module: nn.Module) -> bool:
+    """Whether a layer normalizes over the batch: BatchNorm and its subclasses, or a layer that
+    says so (`batch_dependent = True`)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or getattr(module, "batch_dependent", False)
+
+
 def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
-    """Replace every BatchNorm2d in `model` (in place) by its per-device version, and set every
-    BatchRenorm2d's `devices`; 1 = unchanged."""
-    if devices == 1:
-        return model
+    """Give every batch-dependent layer of `model` (in place) `devices` virtual devices: a layer
+    that declares how (a `per_device(devices)` method returning the layer to use, as
+    PerDeviceBatchNorm2d and normexp.layers.BatchRenorm2d have) is asked; a plain BatchNorm2d
+    becomes a PerDeviceBatchNorm2d. Any other batch-dependent layer (a BatchNorm subclass that
+    declares nothing) is refused when devices > 1: left alone it would normalize over every
+    device's images and break the protocol without a word."""
     for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            setattr(model, name, PerDeviceBatchNorm2d(child, devices))
-        elif isinstance(child, BatchRenorm2d):
-            child.devices = devices
+        if hasattr(child, "per_device"):
+            setattr(model, name, child.per_device(devices))
+        elif type(child) is nn.BatchNorm2d:
+            if devices > 1:
+                setattr(model, name, PerDeviceBatchNorm2d(child, devices))
+        elif batch_dependent(child):
+            if devices > 1:
+                raise ConfigError(
+                    f"data.devices={devices} cannot split a {type(child).__name__} layer per device: it normalizes "
+                    f"over the batch but has no per_device(devices) method (see normexp.devices); give it one "
+                    f"or use data.devices=1")
         else:
             split_batch_statistics(child, devices)
     return model

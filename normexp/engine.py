@@ -10,16 +10,18 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normexp.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics, precise_copy
 from normexp.data import EvalBatches, TrainBatches
+from normexp.devices import split_batch_statistics
 from normexp.packing import Pack, member_state
+from normexp.precise_bn import batch_norm_layers, recompute_batchnorm_statistics
 from normexp.progress import StepProgress
-from normexp.precise_bn import recompute_batchnorm_statistics
 
 
 @dataclass
@@ -41,10 +43,14 @@ def train_epoch(
     log_every: int,
     epochs: int,
     progress: Optional[StepProgress] = None,
+    frozen: bool = False,
 ) -> EpochResult:
     """One pass over the training split; `forward` is the pack's model, maybe compiled. Each record's
-    `lr` is the rate of the epoch's first step (the rate the epoch started training with)."""
+    `lr` is the rate of the epoch's first step (the rate the epoch started training with). `frozen`:
+    BN-type layers normalize with their running statistics (FrozenBN)."""
     pack.model.train()
+    if frozen:
+        freeze_batch_statistics(pack.model)
     k, device, steps = pack.size, train.images.device, train.steps
     loss_sum = torch.zeros(k, device=device)
     window = torch.zeros(k, device=device)
@@ -103,26 +109,53 @@ def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
     return loss_sum.item() / batches.images, 100.0 * correct.item() / batches.images
 
 
-def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches,
-                     precise_bn: Optional[tuple[TrainBatches, int, int]] = None) -> list[tuple[float, float]]:
-    """Each member's test loss and accuracy; packed members are evaluated one by one as single
-    models (large-batch inference runs faster ungrouped). With `precise_bn` = (training batches,
-    epoch, batches), a copy of the model is evaluated whose BatchNorm statistics were recomputed
-    over that many training batches, each normalized as one batch (no per-device split); the
-    training model's running averages stay as they are."""
-    model = pack.model
-    if precise_bn is not None:
-        train, epoch, count = precise_bn
-        model = copy.deepcopy(pack.model)
-        for module in model.modules():
-            if hasattr(module, "devices"):
-                module.devices = 1
-        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch)), min(count, train.steps))
+@dataclass(frozen=True)
+class ExtraEvaluations:
+    """The evaluations of batch-dependent norms besides the running averages (normexp.bn_evaluation;
+    the `evaluation` config): precise population statistics from `precise` (None: off), and batch
+    statistics over `per_device` test images per device (None: off), in orders seeded by `seeds`."""
+
+    precise: Optional[StatisticsDraw]
+    per_device: Optional[int]
+    seeds: list[int]
+
+
+def _each_member(pack: Pack, model: nn.Module, members: list[nn.Module]) -> Iterator[nn.Module]:
+    """The members of a pack-shaped `model` as single models, one at a time (one model: itself)."""
     if pack.size == 1:
-        return [evaluate(model, batches)]
-    results = []
+        yield model
+        return
     state = model.state_dict()
     for i, member in enumerate(members):
         member.load_state_dict(member_state(state, pack.size, i))
-        results.append(evaluate(member, batches))
-    return results
+        yield member
+
+
+def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches, epoch: int,
+                     precise_bn: Optional[tuple[TrainBatches, int]] = None,
+                     extra: Optional[ExtraEvaluations] = None) -> list[dict[str, float]]:
+    """Each member's test loss and accuracy (`test_loss`, `test_acc`), and with `extra`, for a model
+    with BN-type layers, the same with precise population statistics (`*_precise`) and with batch
+    statistics (`*_batch`); draws past training: epoch `epoch`. Packed members are evaluated one by
+    one as single models (large-batch inference runs faster ungrouped). With `precise_bn` =
+    (training batches, batches) (norm=bn_precise, the committed `bn-pbn` runs), `test_*` itself is
+    evaluated on a copy whose BN statistics were recomputed over that many training batches, each
+    normalized as one batch (no per-device split). The training model's state stays as it is."""
+    model = pack.model
+    if precise_bn is not None:
+        train, count = precise_bn
+        model = split_batch_statistics(copy.deepcopy(pack.model), 1)
+        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch)), min(count, train.steps))
+    rows = [dict(zip(("test_loss", "test_acc"), evaluate(member, batches)))
+            for member in _each_member(pack, model, members)]
+    if extra is None or not batch_norm_layers(pack.model):
+        return rows
+    if extra.precise is not None:
+        precise = precise_copy(pack.model, extra.precise, epoch)
+        for row, member in zip(rows, _each_member(pack, precise, members)):
+            row["test_loss_precise"], row["test_acc_precise"] = evaluate(member, batches)
+    if extra.per_device is not None:
+        for row, member, seed in zip(rows, _each_member(pack, pack.model, members), extra.seeds):
+            row["test_loss_batch"], row["test_acc_batch"] = evaluate_batch_statistics(member, batches,
+                                                                                      extra.per_device, seed)
+    return rows

@@ -78,6 +78,11 @@ class BatchRenorm2d(nn.BatchNorm2d):
         super().__init__(num_features, eps, momentum)
         self.rmax, self.dmax, self.warmup_images, self.devices = rmax, dmax, warmup_images, devices
 
+    def per_device(self, devices: int) -> BatchRenorm2d:
+        """This layer, renormalizing each of `devices` consecutive chunks of its batch alone."""
+        self.devices = devices
+        return self
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, warmup_images={self.warmup_images}"
 

@@ -71,17 +71,29 @@ class WeightStandardized:
 
 
 @register_norm("bn")
-def batch_norm(momentum: float, precise_bn_batches: Optional[int] = None,
-               precise_bn_batch_size: Optional[int] = None) -> NormFactory:
-    """BatchNorm2d: statistics of the current batch in training, running averages in eval. With
-    `precise_bn_batches` (and `precise_bn_batch_size`), evaluation uses statistics recomputed over
-    that many training batches of that many images, each normalized as one batch, instead of the
-    running averages (precise BN; the conductor does it with normexp/precise_bn.py)."""
-    for name, value in (("precise_bn_batches", precise_bn_batches), ("precise_bn_batch_size", precise_bn_batch_size)):
+def batch_norm(momentum: float, precise_bn_batches: Optional[int] = None, precise_bn_batch_size: Optional[int] = None,
+               freeze_after: Optional[float] = None, freeze_images: Optional[int] = None) -> NormFactory:
+    """BatchNorm2d: statistics of the current batch in training, running averages in eval.
+
+    With `precise_bn_batches` (and `precise_bn_batch_size`; norm=bn_precise, the committed `bn-pbn`
+    runs), evaluation uses statistics recomputed over that many training batches of that many images,
+    each normalized as one batch, instead of the running averages (the conductor does it with
+    normexp/precise_bn.py). Every BN run is also evaluated with precise population statistics and
+    with batch statistics (the `evaluation` config). With `freeze_after` (and `freeze_images`;
+    norm=bn_frozen), FrozenBN: from the first epoch at or past that fraction of training on, BN
+    normalizes with fixed population statistics computed at the switch from that many training
+    images, and keeps learning its affine weights (Wu & Johnson 2021)."""
+    for name, value in (("precise_bn_batches", precise_bn_batches), ("precise_bn_batch_size", precise_bn_batch_size),
+                        ("freeze_images", freeze_images)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"norm.{name}={value!r} is invalid: must be null (off) or an integer >= 1")
     if (precise_bn_batches is None) != (precise_bn_batch_size is None):
         raise ConfigError("norm.precise_bn_batches and norm.precise_bn_batch_size go together: set both or neither")
+    if freeze_after is not None and (not isinstance(freeze_after, (int, float)) or not 0 < freeze_after < 1):
+        raise ConfigError(f"norm.freeze_after={freeze_after!r} is invalid: must be null (off) or a fraction of "
+                          f"training, 0 < freeze_after < 1")
+    if (freeze_after is None) != (freeze_images is None):
+        raise ConfigError("norm.freeze_after and norm.freeze_images go together: set both or neither")
     return lambda channels: nn.BatchNorm2d(channels, momentum=momentum)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from normexp import atomic, locks
-from normexp.config import NOT_IDENTITY
+from normexp.config import NOT_IDENTITY, RECORDED_AS_STARTED
 
 IDENTITY = "identity.json"
 CONFIG = "config.yaml"
@@ -37,6 +37,10 @@ STARTS = "starts.jsonl"
 # What changes a run's numbers besides its identity (float rounding that grows into seed-level noise):
 # a run resumes only where its last start ran, unless runtime.allow_env_change says otherwise.
 ENVIRONMENT = ("device", "threads", "torch_version")
+
+# The evaluations of batch-dependent norms besides the running averages (normexp.bn_evaluation):
+# precise population statistics and batch statistics, beside `test_loss` and `test_acc`
+EXTRA_EVALUATIONS = ("test_loss_precise", "test_acc_precise", "test_loss_batch", "test_acc_batch")
 
 FINISHED, DIVERGED, FAILED, RUNNING, UNFINISHED = "finished", "diverged", "failed", "running", "unfinished"
 
@@ -53,6 +57,8 @@ def norm_tag(spec: Mapping[str, Any]) -> str:
         return f"evonorm{spec['groups']}"
     if spec.get("precise_bn_batches") is not None:
         return f"{name}-pbn"
+    if spec.get("freeze_after") is not None:
+        return f"{name}-frozen{spec['freeze_after']:g}"
     return str(name).replace("_", "-")
 
 
@@ -111,6 +117,24 @@ def environment_change(previous: Optional[Mapping[str, Any]], environment: Mappi
         return []
     return [f"{key} {previous[key]} -> {environment[key]}" for key in ENVIRONMENT
             if key in previous and previous[key] != environment[key]]
+
+
+def setting_changes(directory: Path, cfg: DictConfig) -> list[str]:
+    """How `cfg` differs from the run's recorded config (as it first started) in the groups that
+    are not in the identity but change what it records (config.RECORDED_AS_STARTED), e.g.
+    ["evaluation.precise_images 4096 -> 2048"]; a group the record lacks (older code) is not compared."""
+    try:
+        recorded = OmegaConf.load(directory / CONFIG)
+    except OSError:
+        return []
+    changes = []
+    for group in RECORDED_AS_STARTED:
+        if group not in recorded:
+            continue
+        old, new = (OmegaConf.to_container(c[group], resolve=True) for c in (recorded, cfg))
+        changes += [f"{group}.{key} {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
+                    if old.get(key) != new.get(key)]
+    return changes
 
 
 def write_progress(directory: Path, metrics: list[dict[str, Any]], losses: list[dict[str, Any]]) -> None:
@@ -182,6 +206,7 @@ def summary(run: str, metrics: list[dict[str, Any]], diverged_at: Optional[dict[
         "final_train_acc": final["train_acc"],
         "best_test_acc": best["test_acc"],
         "best_epoch": best["epoch"],
+        **{f"final_{key}": final.get(key) for key in EXTRA_EVALUATIONS if key in final},
         "compute_seconds": compute_seconds,
         "train_images_per_s": images / train_seconds if train_seconds else None,
         **provenance,

@@ -57,7 +57,7 @@ def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_pa
     ("+data.batchsize=4", "data.batchsize is not a setting (nearest valid key: data.batch_size)"),
     ("+trainer.epochz=3", "trainer.epochz is not a setting (nearest valid key: trainer.epochs)"),
     ("+optim.lr_typo=3", "optim.lr_typo is not a setting (nearest valid key: optim.lr)"),
-    ("norm=foo", "norm=foo is invalid: no conf/norm/foo.yaml; allowed: bn, bn_precise"),
+    ("norm=foo", "norm=foo is invalid: no conf/norm/foo.yaml; allowed: bn, bn_frozen, bn_precise"),
 ])
 def test_every_config_error_is_one_line_and_exit_2(tmp_path, override, message):
     done = _run("normexp.cli.train", override, cwd=tmp_path)

@@ -1,0 +1,84 @@
+"""Batch-dependent norms (BN, BRN) evaluated three ways on the same weights, and FrozenBN's switch
+(Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm").
+
+- population statistics: eval mode with the running averages (engine.evaluate);
+- precise population statistics: a copy whose running statistics are recomputed on these weights
+  (precise_bn.population_statistics) over a few thousand training images at the run's own step
+  batch, per-device normalization upstream as in training;
+- batch statistics ("train-mode eval"): test batches of the run's N images per device, each
+  normalized by its own statistics, in an order seeded by the run's seed, no running updates.
+A run whose population accuracy is far below its batch-statistics accuracy suffers from the
+train/test inconsistency of its statistics, not from noisy training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normexp.data import EvalBatches, TrainBatches
+from normexp.devices import split_batch_statistics
+from normexp.precise_bn import batch_norm_layers, population_statistics
+
+
+@dataclass(frozen=True)
+class StatisticsDraw:
+    """Training images for population statistics: `steps` batches of `train` (the run's step batch)
+    from the order of epoch `epoch` (past every training epoch, so training's own orders are untouched)."""
+
+    train: TrainBatches
+    steps: int
+
+    @classmethod
+    def of(cls, train: TrainBatches, images: int) -> StatisticsDraw:
+        return cls(train, min(train.steps, math.ceil(images / train.batch_size)))
+
+    def apply(self, model: nn.Module, epoch: int) -> None:
+        """Set `model`'s BN statistics (in place) to the population statistics of this draw."""
+        population_statistics(model, (x for x, _ in self.train.epoch(epoch)), self.steps)
+
+
+def precise_copy(model: nn.Module, draw: StatisticsDraw, epoch: int) -> nn.Module:
+    """A copy of `model` with precise population statistics; `model` is untouched."""
+    precise = copy.deepcopy(model)
+    draw.apply(precise, epoch)
+    return precise
+
+
+@torch.no_grad()
+def evaluate_batch_statistics(model: nn.Module, batches: EvalBatches, per_device: int, seed: int) -> tuple[float, float]:
+    """Test loss and accuracy (%) of a single (unpacked) model in train mode, every `per_device`
+    test images normalized together (the test set in an order seeded by `seed`, the last group
+    filled up from its start, whose second predictions are not counted); `model` is untouched."""
+    model = copy.deepcopy(model)
+    for layer in batch_norm_layers(model):
+        layer.momentum = 0.0  # running statistics unchanged (and Batch Renorm's corrections with them)
+    model.train()
+    n, device = batches.images, batches.x.device
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+    order = torch.cat([order, order[: -n % per_device]])
+    chunk = max(1, batches.batch_size // per_device) * per_device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for start in range(0, order.numel(), chunk):
+        index = order[start:start + chunk]
+        split_batch_statistics(model, index.numel() // per_device)
+        counted = slice(0, max(0, min(index.numel(), n - start)))
+        out = model(batches.x[index])[counted]
+        y = batches.y[index][counted]
+        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def freeze_batch_statistics(model: nn.Module) -> None:
+    """FrozenBN: after `model.train()`, every BN-type layer normalizes with its running statistics
+    (eval mode: no batch statistics, no running updates) while its affine weights keep learning."""
+    for layer in batch_norm_layers(model):
+        layer.eval()
