@@ -1,7 +1,7 @@
 """Collect the run records under a results folder into pandas DataFrames (through normexp.record).
 
 `runs`: one row per run folder (identity columns, summary metrics, `status`, the `identity` dict,
-and the verdict `criteria` its config recorded);
+the verdict `criteria` and `evaluation` settings its config recorded);
 `epochs`: one row per run and epoch; `train_loss`: one row per logged step. Statuses: finished,
 diverged, failed, running, unfinished. Only finished runs enter statistics.
 """
@@ -41,6 +41,15 @@ def _criteria(directory: Path) -> dict | None:
         return None
 
 
+def _evaluation(directory: Path) -> str | None:
+    """The run's recorded `evaluation` settings as one comparable line (None: recorded before they existed)."""
+    try:
+        settings = (yaml.safe_load((directory / record.CONFIG).read_text()) or {}).get("evaluation")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return None if settings is None else ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+
+
 def _run_folders(roots: tuple[Path, ...]) -> list[Path]:
     """Every folder holding identity.json below any of `roots`, skipping hidden folders, each once."""
     folders = {}
@@ -73,6 +82,7 @@ def load_runs(root: Path, *more: Path) -> RunTables:
         metrics = record.read_jsonl(directory / record.METRICS)
         row = {"run": directory.name, "path": str(directory), **columns, "status": status, "reason": reason,
                "epochs_done": len(metrics), "identity": ident, "criteria": _criteria(directory),
+               "evaluation": _evaluation(directory),
                "median5_test_acc": median_last(metrics)}
         if summary is not None:
             row.update({k: v for k, v in summary.items() if k not in row and not isinstance(v, dict)})

@@ -4,8 +4,10 @@ BatchRenorm2d (Ioffe 2017) corrects each batch's statistics towards the running 
 WeightStandardization (Qiao et al. 2019) standardizes each convolution filter;
 FilterResponseNorm2d (Singh & Krishnan 2019) and EvoNormS02d (Liu et al. 2020) normalize each
 sample alone and carry their own nonlinearity (`includes_activation`: the model puts no ReLU
-directly after them). Every layer keeps per-channel tensors of shape (C,), so packing
-(normexp.packing) concatenates members' state along dimension 0 like BatchNorm2d's.
+directly after them). Each layer declares its own rules: how it widens for packed runs
+(`packed(members)`: per-channel tensors of shape (C,) concatenated along dimension 0, like
+BatchNorm2d's) and, if it normalizes over the batch, how it splits per virtual device
+(`per_device(devices)`, normexp.devices).
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ class BatchRenorm2d(nn.BatchNorm2d):
         super().__init__(num_features, eps, momentum)
         self.rmax, self.dmax, self.warmup_images, self.devices = rmax, dmax, warmup_images, devices
 
+    def packed(self, members: int) -> BatchRenorm2d:
+        """A fresh layer for `members` packed runs (normexp.packing): one set of channels each."""
+        return BatchRenorm2d(self.num_features * members, self.eps, self.momentum, self.rmax, self.dmax,
+                             self.warmup_images, self.devices)
+
     def per_device(self, devices: int) -> BatchRenorm2d:
         """This layer, renormalizing each of `devices` consecutive chunks of its batch alone."""
         self.devices = devices
@@ -131,27 +138,32 @@ class FilterResponseNorm2d(nn.Module):
     nu2 the mean of x^2 over (H, W) of each sample and channel; per-channel gamma, beta, tau.
 
     The TLU is the layer's activation: the model applies no ReLU right after it (a ReLU there would
-    make it max(y, max(tau, 0)), and tau, starting at 0, would get no gradient). The TLU applies at
-    every norm, also at the last one of a block and the shortcut's, before the residual addition
-    (whose ReLU the model keeps); some implementations (timm's apply_act=False) skip it there.
+    make it max(y, max(tau, 0)), and tau, starting at 0, would get no gradient). By default the TLU
+    applies at every norm, also at the last one of a block and the shortcut's, right before the
+    residual addition (whose ReLU the model keeps); `tlu=False` gives the layer without it (no tau),
+    what the model puts there with norm.skip_tlu_before_addition (timm's apply_act=False).
     """
 
     includes_activation = True
 
-    def __init__(self, num_features: int, eps: float = 1e-6) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-6, tlu: bool = True) -> None:
         super().__init__()
-        self.num_features, self.eps = num_features, eps
+        self.num_features, self.eps, self.tlu = num_features, eps, tlu
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
-        self.tau = nn.Parameter(torch.zeros(num_features))
+        self.tau = nn.Parameter(torch.zeros(num_features)) if tlu else None
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        return f"{self.num_features}, eps={self.eps}, tlu={self.tlu}"
+
+    def packed(self, members: int) -> FilterResponseNorm2d:
+        """A fresh layer for `members` packed runs: one set of channels each (it is per channel)."""
+        return FilterResponseNorm2d(self.num_features * members, self.eps, self.tlu)
 
     def forward(self, x: Tensor) -> Tensor:
         nu2 = x.square().mean(dim=(2, 3), keepdim=True)
         y = x * torch.rsqrt(nu2 + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return torch.maximum(y, self.tau.view(1, -1, 1, 1))
+        return torch.maximum(y, self.tau.view(1, -1, 1, 1)) if self.tlu else y
 
 
 class EvoNormS02d(nn.Module):
@@ -173,6 +185,10 @@ class EvoNormS02d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, groups={self.groups}, eps={self.eps}"
+
+    def packed(self, members: int) -> EvoNormS02d:
+        """A fresh layer for `members` packed runs: one set of channels and groups each."""
+        return EvoNormS02d(self.num_features * members, self.groups * members, self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         grouped = x.unflatten(1, (self.groups, -1))

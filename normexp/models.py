@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from torch import Tensor, nn
 
 from normexp.layers import standardize_conv_weights
-from normexp.norms import NormFactory, WeightStandardized, build_norm
+from normexp.norms import NormFactory, WeightStandardized, build_norm, norm_before_addition
 
 
 def activation_after(norm: nn.Module) -> nn.Module:
@@ -28,12 +28,12 @@ class BasicBlock(nn.Module):
         self.norm1 = norm_layer(planes)
         self.act1 = activation_after(self.norm1)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.norm2 = norm_layer(planes)
+        self.norm2 = norm_before_addition(norm_layer, planes)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), norm_layer(planes)
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), norm_before_addition(norm_layer, planes)
             )
 
     def forward(self, x: Tensor) -> Tensor:

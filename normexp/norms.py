@@ -5,7 +5,8 @@ in `conf/norm/`, which holds their defaults (an argument defaults to None in the
 where None means "absent" or "off"). It returns a factory `channels -> nn.Module` that the model calls once per norm
 layer (torchvision's `norm_layer` style). To add a norm, write one such function here and one
 YAML file `conf/norm/<name>.yaml` with `name: <name>` and its arguments. A `WeightStandardized`
-factory also has the model standardize its convolutions' weights; a layer with a true
+factory also has the model standardize its convolutions' weights, a `BeforeAddition` one gives
+the norms right before a residual addition from a factory of their own; a layer with a true
 `includes_activation` (normexp.layers) takes the place of the norm and of the ReLU after it.
 """
 
@@ -152,12 +153,38 @@ def batch_renorm(momentum: float, rmax: float, dmax: float, warmup_images: int) 
                                           warmup_images=warmup_images)
 
 
+@dataclass(frozen=True)
+class BeforeAddition:
+    """A norm factory, called as `factory`, that gives the norms right before a residual addition (a
+    block's last one and the projection shortcut's) from `last` instead (the model asks through
+    `norm_before_addition`)."""
+
+    factory: NormFactory
+    last: NormFactory
+
+    def __call__(self, channels: int) -> nn.Module:
+        return self.factory(channels)
+
+
+def norm_before_addition(factory: NormFactory, channels: int) -> nn.Module:
+    """The norm layer that `factory` puts right before a residual addition."""
+    return factory.last(channels) if isinstance(factory, BeforeAddition) else factory(channels)
+
+
 @register_norm("frn")
-def filter_response_norm(eps: float) -> NormFactory:
-    """Filter Response Normalization with its TLU (Singh & Krishnan 2019), in place of norm + ReLU."""
+def filter_response_norm(eps: float, skip_tlu_before_addition: Optional[bool] = None) -> NormFactory:
+    """Filter Response Normalization with its TLU (Singh & Krishnan 2019), in place of norm + ReLU;
+    with `skip_tlu_before_addition`, the norms right before a residual addition have no TLU (He et
+    al. 2016 found a nonlinearity there harmful; timm's ResNets apply none)."""
     if not isinstance(eps, (int, float)) or eps <= 0:
         raise ConfigError(f"norm.eps={eps!r} is invalid: must be a number > 0")
-    return lambda channels: FilterResponseNorm2d(channels, eps=float(eps))
+    if skip_tlu_before_addition not in (None, True, False):
+        raise ConfigError(f"norm.skip_tlu_before_addition={skip_tlu_before_addition!r} is invalid: "
+                          f"must be null (off), true or false")
+    everywhere = lambda channels: FilterResponseNorm2d(channels, eps=float(eps))  # noqa: E731
+    if not skip_tlu_before_addition:
+        return everywhere
+    return BeforeAddition(everywhere, lambda channels: FilterResponseNorm2d(channels, eps=float(eps), tlu=False))
 
 
 @register_norm("evonorm")

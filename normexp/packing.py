@@ -3,8 +3,8 @@
 Each run (a member) keeps its own parameters, norm statistics and data order. Convolutions become
 grouped convolutions with one group block per member, BatchNorm gets one set of channels per member
 (its statistics are per channel, so per member), GroupNorm one set of groups per member, and the
-classifier one weight block per member; Batch Renorm, FRN and EvoNorm (normexp.layers) are widened
-like BatchNorm2d and GroupNorm, and Weight Standardization standardizes each output filter, so each
+classifier one weight block per member; normexp's own layers (Batch Renorm, FRN, EvoNorm) declare
+their widening (`packed(members)`), and Weight Standardization standardizes each output filter, so each
 member's filters alone. Members never mix: the packed model computes what the members compute alone,
 in one call per layer instead of K, which is what makes small batches fast. Every packed tensor is
 the members' tensors concatenated along dimension 0, so packed state converts to and from ordinary
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from normexp.config import ConfigError
-from normexp.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization
+from normexp.layers import WeightStandardization
 from normexp.models import BasicBlock, CifarResNet
 
 # Modules without their own weights whose forward acts on each channel separately (or only routes
@@ -57,34 +57,41 @@ class PackedLinear(nn.Module):
         return out.flatten(1)
 
 
+def _widened_batch_norm(module: nn.BatchNorm2d, k: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(module.num_features * k, module.eps, module.momentum, module.affine, module.track_running_stats)
+
+
+def _widened_group_norm(module: nn.GroupNorm, k: int) -> nn.GroupNorm:
+    return nn.GroupNorm(module.num_groups * k, module.num_channels * k, module.eps, module.affine)
+
+
+def _widened_linear(module: nn.Linear, k: int) -> PackedLinear:
+    return PackedLinear(k, module.in_features, module.out_features, module.bias is not None)
+
+
+# torch's layers, by exact type (a subclass may compute otherwise); normexp's own layers declare
+# their widening themselves (a `packed(members)` method, normexp.layers)
+TORCH_LAYERS = {nn.BatchNorm2d: _widened_batch_norm, nn.GroupNorm: _widened_group_norm, nn.Linear: _widened_linear}
+
+
 def _widened(module: nn.Module, k: int) -> nn.Module:
     """A K-member version of one layer (fresh weights: `pack` loads the members' state)."""
     if parametrize.is_parametrized(module):
         return _widened_parametrized(module, k)
     if type(module) is nn.Conv2d:
         return _widened_conv(module, k)
-    if type(module) is nn.BatchNorm2d:
-        return nn.BatchNorm2d(module.num_features * k, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
-    if type(module) is BatchRenorm2d:
-        return BatchRenorm2d(module.num_features * k, module.eps, module.momentum, module.rmax, module.dmax,
-                             module.warmup_images, module.devices)
-    if type(module) is FilterResponseNorm2d:
-        return FilterResponseNorm2d(module.num_features * k, module.eps)
-    if type(module) is EvoNormS02d:
-        return EvoNormS02d(module.num_features * k, module.groups * k, module.eps)
-    if type(module) is nn.GroupNorm:
-        return nn.GroupNorm(module.num_groups * k, module.num_channels * k, module.eps, module.affine)
-    if type(module) is nn.Linear:
-        return PackedLinear(k, module.in_features, module.out_features, module.bias is not None)
+    if hasattr(module, "packed"):
+        return module.packed(k)
+    if type(module) in TORCH_LAYERS:
+        return TORCH_LAYERS[type(module)](module, k)
     if isinstance(module, CHANNEL_LOCAL):
         for name, child in module.named_children():
             setattr(module, name, _widened(child, k))
         return module
     raise PackingError(
-        f"cannot pack a {type(module).__name__} layer (packing knows Conv2d, BatchNorm2d, GroupNorm, Linear, "
-        f"BatchRenorm2d, FilterResponseNorm2d, EvoNormS02d and {', '.join(t.__name__ for t in CHANNEL_LOCAL)}); "
-        f"train one seed per job (seed=<int>)"
+        f"cannot pack a {type(module).__name__} layer (packing knows Conv2d, "
+        f"{', '.join(t.__name__ for t in TORCH_LAYERS)}, layers with a packed(members) method and "
+        f"{', '.join(t.__name__ for t in CHANNEL_LOCAL)}); train one seed per job (seed=<int>)"
     )
 
 

@@ -134,3 +134,16 @@ def group_ablation(runs: pd.DataFrame, path: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     return _save(fig, path)
+
+
+def statistics_curves(epochs: pd.DataFrame, path: Path) -> Path:
+    """Test accuracy vs epoch of the runs evaluated three ways (normexp.bn_evaluation): running
+    averages, precise population statistics and batch statistics of the same weights, one panel per
+    batch size, mean +- std over seeds."""
+    runs = epochs.loc[epochs["test_acc_batch"].notna(), "run"].unique()
+    carrying = epochs[epochs["run"].isin(runs)]
+    curves = pd.concat([carrying.assign(norm=carrying["norm"] + f" {label}", accuracy=carrying[column])
+                        for column, label in (("test_acc", "population"), ("test_acc_precise", "precise"),
+                                              ("test_acc_batch", "batch stats")) if column in carrying])
+    return _per_batch_grid(curves.dropna(subset=["accuracy"]), "epoch", "accuracy", "test accuracy (%)", path,
+                           "The same weights evaluated with three kinds of BN statistics")

@@ -57,6 +57,8 @@ def norm_tag(spec: Mapping[str, Any]) -> str:
         return f"evonorm{spec['groups']}"
     if spec.get("precise_bn_batches") is not None:
         return f"{name}-pbn"
+    if spec.get("skip_tlu_before_addition"):
+        return f"{name}-noaddtlu"
     if spec.get("freeze_after") is not None:
         return f"{name}-frozen{spec['freeze_after']:g}"
     return str(name).replace("_", "-")

@@ -1,12 +1,15 @@
 """Adding a norm as the README tells it: a registry entry and a YAML. A throwaway norm of each kind
-(learned scale and shift or none) trains and is analysed, with no other file touched."""
+(learned scale and shift or none; batch-dependent, of a new layer class that declares its rules)
+trains and is analysed, with no other file touched; one that declares nothing is refused."""
 
 import pytest
+import torch
 from torch import nn
 
 from normexp import record
 from normexp.cli.analyze import main as analyze
 from normexp.conductor import train_run
+from normexp.config import ConfigError
 from normexp.norms import NORMS
 from tests.conftest import run_dir
 
@@ -32,3 +35,57 @@ def test_a_registered_norm_with_its_yaml_trains_and_is_analysed(make_cfg, tmp_pa
     train_run(make_cfg(f"hydra.searchpath=[file://{conf}]", f"norm={name}", "trainer.epochs=1", "seed=1"))
     assert analyze([str(tmp_path / "runs")]) == 0
     assert name.replace("_", "-") in (tmp_path / "runs" / "tables" / "accuracy.md").read_text()
+
+
+class GhostBatchNorm(nn.BatchNorm2d):
+    """A batch-dependent layer class of its own (BN with another eps, its batch split into `devices`
+    chunks normalized alone) that declares its per-device split and its packing."""
+
+    def __init__(self, channels: int, devices: int = 1) -> None:
+        super().__init__(channels, eps=1e-3)
+        self.devices = devices
+
+    def per_device(self, devices: int) -> "GhostBatchNorm":
+        self.devices = devices
+        return self
+
+    def packed(self, members: int) -> "GhostBatchNorm":
+        return GhostBatchNorm(self.num_features * members, self.devices)
+
+    def forward(self, x):
+        if not self.training or self.devices == 1:
+            return super().forward(x)
+        return torch.cat([super(GhostBatchNorm, self).forward(chunk) for chunk in x.chunk(self.devices)])
+
+
+class UndeclaredBatchNorm(nn.BatchNorm2d):
+    """A BatchNorm subclass that says nothing about virtual devices."""
+
+
+def _register(monkeypatch, tmp_path, name: str, layer: type) -> str:
+    monkeypatch.setitem(NORMS, name, lambda: (lambda channels: layer(channels)))
+    conf = tmp_path / "conf"
+    (conf / "norm").mkdir(parents=True, exist_ok=True)
+    (conf / "norm" / f"{name}.yaml").write_text(f"name: {name}\n")
+    return f"hydra.searchpath=[file://{conf}]"
+
+
+@pytest.mark.slow
+def test_a_batch_dependent_norm_of_a_new_class_trains_per_device_and_packed(make_cfg, tmp_path, monkeypatch):
+    searchpath = _register(monkeypatch, tmp_path, "ghost", GhostBatchNorm)
+    splits = []
+    monkeypatch.setattr(GhostBatchNorm, "forward", lambda self, x, real=GhostBatchNorm.forward:
+                        splits.append(self.devices if self.training else None) or real(self, x))
+    cfg = make_cfg(searchpath, "norm=ghost", "trainer.epochs=1", "data.batch_size=2", "data.devices=2", "seed=[0,1]",
+                   "evaluation.batch_statistics=false")  # that evaluation splits test batches otherwise
+    summaries = train_run(cfg)
+    assert [s["status"] for s in summaries] == [record.FINISHED] * 2 and summaries[0]["pack_size"] == 2
+    assert set(splits) - {None} == {2}  # every training forward normalized each device's images alone
+
+
+def test_a_batch_dependent_layer_that_declares_no_split_is_refused(make_cfg, tmp_path, monkeypatch):
+    searchpath = _register(monkeypatch, tmp_path, "undeclared", UndeclaredBatchNorm)
+    with pytest.raises(ConfigError, match="cannot split a UndeclaredBatchNorm layer per device"):
+        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.devices=2", "seed=0"))
+    with pytest.raises(ConfigError, match="cannot pack a UndeclaredBatchNorm"):
+        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.batch_size=2", "seed=[0,1]"))

@@ -141,3 +141,40 @@ def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactl
 def test_bad_frozen_bn_settings_are_refused(make_cfg, setting, message):
     with pytest.raises(ConfigError, match=message):
         train_run(make_cfg("norm=bn_frozen", "trainer.epochs=5", setting))
+
+
+def test_the_decomposition_pairs_each_remedy_with_the_weights_it_fixes():
+    import pandas as pd
+
+    from normexp.bn_decomposition import decomposition
+
+    rows = []
+    for seed, noise in enumerate((0.0, 0.4, -0.4)):
+        rows += [{"norm": "bn", "batch_size": 32, "seed": seed, "final_test_acc": 80 + noise,
+                  "final_test_acc_precise": 80.5 + noise, "final_test_acc_batch": 79 + noise},
+                 {"norm": "bn", "batch_size": 2, "seed": seed, "final_test_acc": 60 + noise,
+                  "final_test_acc_precise": 66 + noise + seed, "final_test_acc_batch": 70 + noise},
+                 {"norm": "bn-frozen0.8", "batch_size": 2, "seed": seed, "final_test_acc": 64 + noise}]
+    table = decomposition(pd.DataFrame(rows), "bn", "bn-frozen0.8", 32, 0.05).iloc[0]
+    assert table["BN loss vs reference"].startswith("+20.00 [")
+    assert table["precise recovers"].startswith("+7.00 [")  # 6, 7, 8: paired, so only their spread counts
+    assert table["batch statistics recovers"] == "+10.00 [+10.00, +10.00]"
+    assert table["FrozenBN recovers"] == "+4.00 [+4.00, +4.00]"
+    assert table["best at this batch"] == "batch statistics" and table["remains"].startswith("+10.00 [")
+
+
+def test_analysis_writes_the_statistics_tables_and_refuses_mixed_evaluations(make_cfg, tmp_path, capsys):
+    from normexp.cli.analyze import main
+
+    root = tmp_path / "runs"
+    common = ("trainer.epochs=2", "data.devices=2", "seed=[0,1]", "evaluation.precise_images=32")
+    frozen = ("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=32")
+    for overrides in (("norm=bn", "data.batch_size=2"), ("norm=bn", "data.batch_size=4"), (*frozen, "data.batch_size=2")):
+        train_run(make_cfg(*overrides, *common))
+    assert main([str(root), "--set", "reference_batch=4"]) == 0
+    decomposition = (root / "tables" / "bn_decomposition.md").read_text()
+    assert "FrozenBN recovers" in decomposition and (root / "figures" / "statistics_by_epoch.png").is_file()
+    assert "precise" in (root / "tables" / "bn_statistics.md").read_text()
+    train_run(make_cfg("norm=bn", "data.batch_size=8", *common, "evaluation.precise_images=64"))
+    assert main([str(root), "--set", "reference_batch=4"]) == 2
+    assert "different `evaluation` settings" in capsys.readouterr().err

@@ -235,3 +235,17 @@ def test_batch_renorm_ramp_ends_at_the_same_share_of_training_for_every_batch_si
         assert float(r_max) == pytest.approx(3.0, abs=0.02)  # up to the dropped last batch
         r_half, _ = renorm_limits(torch.tensor(steps_per_epoch // 2 * per_device), 3.0, 5.0, warmup_images=6250)
         assert float(r_half) == pytest.approx(2.0, abs=0.02)
+
+
+def test_frn_without_the_tlu_before_the_addition_drops_it_only_there():
+    model_cfg = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": False}
+    model = build_model(model_cfg, norm_spec("frn_noaddtlu"))
+    tlu = {name: layer.tlu for name, layer in model.named_modules() if isinstance(layer, FilterResponseNorm2d)}
+    assert {name for name, on in tlu.items() if not on} == {
+        name for name in tlu if name.endswith("norm2") or ".shortcut." in name}
+    assert tlu["stem.1"] and tlu["stages.0.0.norm1"]
+    x = torch.randn(2, 8, 4, 4) - 3.0  # mostly negative: a TLU at tau=0 would clip it
+    plain = FilterResponseNorm2d(8, tlu=False)
+    assert (plain(x) < 0).any() and "tau" not in dict(plain.named_parameters())
+    torch.manual_seed(0)
+    assert_packed_equals_members([build_model(model_cfg, norm_spec("frn_noaddtlu")) for _ in range(3)], "train")

@@ -129,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         # "flat" uses the verdict's parity margin: the same "close enough" as BN vs GN at the reference batch
         landscape_tables["group_shape"] = (landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap),
                                            landscape.caption(landscape.group_shape))
+    if "final_test_acc_batch" in finished and finished["final_test_acc_batch"].notna().any():
+        try:  # BN's three evaluations and FrozenBN (normexp.bn_decomposition)
+            landscape_tables.update(_statistics_tables(finished, criteria))
+        except ValueError as error:
+            print(f"normexp-analyze: {error}", file=sys.stderr)
+            return 2
+        figures.append(plots.statistics_curves(epochs, figure_dir / "statistics_by_epoch.png"))
     for name, (table, _) in landscape_tables.items():
         _write_table(table, table_dir, name)
 
@@ -147,6 +154,23 @@ def main(argv: list[str] | None = None) -> int:
                           landscape=landscape_tables)
     print(f"report: {report}")
     return 0
+
+
+def _statistics_tables(finished, criteria) -> dict:
+    """The tables of BN's evaluations of the same weights and, where BN has the reference batch and
+    smaller ones, the decomposition of its small-batch loss (name -> (table, what it holds))."""
+    from normexp import bn_decomposition as bd
+
+    bd.evaluated_alike(finished)
+    tables = {"bn_statistics": (bd.statistics_table(finished), bd.statistics_table.__doc__.split("\n\n")[0])}
+    bn_batches = set(finished.loc[finished["norm"] == criteria.bn, "batch_size"])
+    if criteria.reference_batch in bn_batches and min(bn_batches) < criteria.reference_batch:
+        frozen = sorted(n for n in finished["norm"].unique() if n.startswith(f"{criteria.bn}-frozen"))
+        tables["bn_decomposition"] = (
+            bd.decomposition(finished, criteria.bn, frozen[0] if len(frozen) == 1 else None,
+                             criteria.reference_batch, criteria.alpha),
+            bd.decomposition.__doc__.split("\n\n")[0])
+    return tables
 
 
 def _write_table(table, directory: Path, name: str, index: bool = False) -> None:
