@@ -25,7 +25,8 @@ register_configs()  # the schema conf/config.yaml extends: every composition nee
 
 def compose(overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
     """The config `normexp-train` would run with these overrides (with Hydra's own node if `hydra`)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
@@ -49,23 +50,26 @@ def sweep_grid(overrides: Sequence[str]) -> list[list[str]]:
     return grid(compose(fixed, hydra=True).hydra.sweeper.get("params") or {}, overrides)
 
 
-def grid(params: Mapping[str, Any], overrides: Sequence[str]) -> list[list[str]]:
-    """The jobs a sweep of these `hydra.sweeper.params` and command-line overrides makes, in
-    Hydra's basic sweeper's order: a command-line value of a swept key replaces the preset's
-    values, and the axes are crossed as a cartesian product."""
+def axes(params: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The axes of a sweep of these `hydra.sweeper.params` and command-line overrides: key -> its
+    override lines (a command-line value of a swept key replaces the preset's values)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    axes: dict[str, list[str]] = {}
-    for override in parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + list(overrides)):
-        axes[override.key_or_group] = _values(override)
-    return [list(point) for point in itertools.product(*axes.values())]
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]
+                                                      + list(overrides))
+    return {override.key_or_group: _values(override) for override in parsed}
+
+
+def grid(params: Mapping[str, Any], overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs a sweep of these `hydra.sweeper.params` and command-line overrides makes, in
+    Hydra's basic sweeper's order: the `axes` crossed as a cartesian product."""
+    return [list(point) for point in itertools.product(*axes(params, overrides).values())]
 
 
 def unknown_key(cfg: DictConfig) -> Optional[str]:
     """A key that no setting of normexp's schema has (e.g. added with `+data.batchsize=4`), as one
     line naming it and the nearest valid key; None when every key is known. Norm settings and
-    verdict criteria are checked by their own owners (normexp.norms, normexp.criteria)."""
+    verdict criteria are checked by their own owners (normexp.nn.norms, normexp.criteria)."""
     from normexp.config import Config
 
     def walk(node: Any, schema: Any, prefix: str) -> Optional[str]:

@@ -2,7 +2,7 @@
 conf/verdict/default.yaml, then a sweep's recorded values, then overrides).
 
 Standard library and yaml only, so training jobs check the criteria at launch without importing
-the analysis (normexp.verdict).
+the analysis (normexp.analysis.verdict).
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ import time
 import torch
 
 from normexp.compose import compose
-from normexp.conductor import load_data, member_config, seeded_model
 from normexp.config import step_batch
 from normexp.data import TrainBatches
-from normexp.devices import split_batch_statistics
-from normexp.optim import build_optimizer, build_scheduler
-from normexp.packing import Pack
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.packing import Pack
+from normexp.train.conductor import load_data, member_config, seeded_model
+from normexp.train.optim import build_optimizer, build_scheduler
 
 
 def trajectory(cfg, model, batches, steps: int, compiled: bool) -> tuple[list[float], torch.nn.Module]:

@@ -19,12 +19,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from normexp import atomic  # noqa: E402
-from normexp.plots import colour  # noqa: E402
+from normexp.analysis.collect import load_runs  # noqa: E402
+from normexp.analysis.plots import colour  # noqa: E402
+from normexp.analysis.verdict import check_poolable  # noqa: E402
 from normexp.cli.analyze import SWEPT  # noqa: E402
-from normexp.collect import load_runs  # noqa: E402
 from normexp.criteria import load_criteria  # noqa: E402
-from normexp.verdict import check_poolable  # noqa: E402
+from normexp.record import atomic  # noqa: E402
 
 
 def budget_table(runs: pd.DataFrame, bn: str, gn: str) -> pd.DataFrame:

@@ -6,8 +6,8 @@ Usage: python scripts/compare_sweeps.py BEFORE_RESULTS_DIR AFTER_RESULTS_DIR
 
 import sys
 
-from normexp.analysis import compare_sweeps, unpaired_runs
-from normexp.collect import load_runs
+from normexp.analysis.collect import load_runs
+from normexp.analysis.tables import compare_sweeps, unpaired_runs
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from normexp.verdict_text import verdict_table
+from normexp.analysis.verdict_text import verdict_table
 
 if __name__ == "__main__":
     pairs = [arg.partition("=") for arg in sys.argv[1:]]

@@ -12,15 +12,15 @@ import time
 
 import torch
 
-from normexp import runtime
-from normexp.bench import compose_config
-from normexp.conductor import member_config, seeded_model
+from normexp.compose import compose
 from normexp.config import step_batch, validate
 from normexp.data import TrainBatches
-from normexp.devices import split_batch_statistics
-from normexp.engine import train_epoch
-from normexp.optim import build_optimizer, build_scheduler
-from normexp.packing import Pack
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.packing import Pack
+from normexp.train import runtime
+from normexp.train.conductor import member_config, seeded_model
+from normexp.train.engine import train_epoch
+from normexp.train.optim import build_optimizer, build_scheduler
 
 MODES = ("eager", "default", "reduce-overhead")
 
@@ -32,7 +32,7 @@ def probe(depth: int, overrides: list[str], device: torch.device) -> None:
     labels = (torch.arange(4096) % 10).to(device)
     mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
     for batch in (2, 64):
-        cfg = compose_config([f"model.depth={depth}", f"data.batch_size={batch}", *overrides])
+        cfg = compose([f"model.depth={depth}", f"data.batch_size={batch}", *overrides])
         validate(cfg)
         step, n = step_batch(cfg), 1024 if batch == 2 else 4096
         for size in (1, 3):

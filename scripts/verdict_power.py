@@ -2,7 +2,7 @@
 
 Each simulated sweep draws every (norm, batch) cell's seeds from a normal distribution around a
 true mean shape (BN: 70, 8 points lower at the smallest batch; GN: flat, or 3 points below its
-reference at the smallest batch) and is judged by normexp.verdict with today's criteria
+reference at the smallest batch) and is judged by normexp.analysis.verdict with today's criteria
 (conf/verdict/default.yaml, plus --set overrides). The rates size the criteria's comments.
 
 Usage: python scripts/verdict_power.py [--sd 1.0] [--seeds 3] [--batches 2,4,8,16,32,64]
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from normexp.analysis.verdict import verdict
 from normexp.criteria import load_criteria
-from normexp.verdict import verdict
 
 
 def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: float, rng: np.random.Generator) -> pd.DataFrame:

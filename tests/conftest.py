@@ -13,11 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-import normexp.conductor as conductor
+import normexp.train.conductor as conductor
 from normexp import record
 from normexp.compose import CONF_DIR
 from normexp.data.sources import CLASSES
-
 
 TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
 
@@ -45,7 +44,7 @@ def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None
 def assert_packed_equals_members(models: list, mode: str) -> None:
     """Three models packed as one compute each member exactly as it computes alone, and the packed
     state splits back into each member's own state (norm statistics included)."""
-    from normexp import packing
+    from normexp.nn import packing
 
     packed = packing.pack(models)
     inputs = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]

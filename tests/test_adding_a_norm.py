@@ -8,9 +8,9 @@ from torch import nn
 
 from normexp import record
 from normexp.cli.analyze import main as analyze
-from normexp.conductor import train_run
 from normexp.config import ConfigError
-from normexp.norms import NORMS
+from normexp.nn.norms import NORMS
+from normexp.train.conductor import train_run
 from tests.conftest import run_dir
 
 

@@ -10,12 +10,18 @@ import pandas as pd
 import pytest
 
 from normexp import record
-from normexp.analysis import (accuracy_table, compare_sweeps, convergence_table, error_table, thresholds_from,
-                              unpaired_runs)
+from normexp.analysis.collect import load_runs
+from normexp.analysis.tables import (
+    accuracy_table,
+    compare_sweeps,
+    convergence_table,
+    error_table,
+    thresholds_from,
+    unpaired_runs,
+)
+from normexp.analysis.verdict_text import describe_verdict, verdict_table
 from normexp.cli.analyze import main as analyze
-from normexp.collect import load_runs
 from normexp.criteria import load_criteria
-from normexp.verdict_text import describe_verdict, verdict_table
 
 
 def write_run(root: Path, norm: dict, batch: int, seed: int, accs: list[float], status: str = "finished",
@@ -237,7 +243,7 @@ def test_compare_sweeps_pairs_the_same_runs_by_name():
 
 
 def test_every_preset_norm_has_its_own_colour():
-    from normexp.plots import COLOURS, colour
+    from normexp.analysis.plots import COLOURS, colour
 
     tags = ["bn", "gn8", "ln", "in", "none", "gn2", "gn4", "gn16", "gn-cpg16", "brn", "bn-pbn", "gn8-ws", "frn",
             "evonorm8"]

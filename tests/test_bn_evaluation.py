@@ -9,14 +9,13 @@ import torch
 from torch import nn
 
 from normexp import record
-from normexp.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics
-from normexp.conductor import train_run
 from normexp.config import ConfigError, first_frozen_epoch
 from normexp.data import EvalBatches, TrainBatches
-from normexp.devices import split_batch_statistics
-from normexp.engine import evaluate
-from normexp.models import build_model
-from normexp.precise_bn import population_statistics
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.models import build_model
+from normexp.nn.precise_bn import population_statistics
+from normexp.train.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics
+from normexp.train.conductor import train_run
 from tests.conftest import norm_spec, record_numbers, run_dir
 
 MODEL = {"depth": 8, "base_width": 4, "num_classes": 10, "zero_init_residual": False}
@@ -146,7 +145,7 @@ def test_bad_frozen_bn_settings_are_refused(make_cfg, setting, message):
 def test_the_decomposition_pairs_each_remedy_with_the_weights_it_fixes():
     import pandas as pd
 
-    from normexp.bn_decomposition import decomposition
+    from normexp.analysis.bn_decomposition import decomposition
 
     rows = []
     for seed, noise in enumerate((0.0, 0.4, -0.4)):

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import normexp.conductor as conductor
+import normexp.train.conductor as conductor
 from normexp import record
 from normexp.config import ConfigError
-from normexp.conductor import train_run
-from normexp.models import build_model
-from normexp.runtime import memory_format
-from tests.conftest import norm_spec, interrupted_at, make_image_folder, record_numbers, run_dir
+from normexp.nn.models import build_model
+from normexp.train.conductor import train_run
+from normexp.train.runtime import memory_format
+from tests.conftest import interrupted_at, make_image_folder, norm_spec, record_numbers, run_dir
 
 MODEL = {"depth": 8, "num_classes": 10, "zero_init_residual": True}
 
@@ -233,7 +233,7 @@ def test_hydra_app_runs_end_to_end(image_folder, tmp_path):
 
 
 def test_progress_inside_an_epoch_is_a_line_a_minute_without_a_terminal(caplog):
-    from normexp.progress import StepProgress
+    from normexp.train.progress import StepProgress
 
     progress = StepProgress(label="bn_b2_s0_x", every_s=0.0)
     progress.start(epoch=1, epochs=5, steps=100)

@@ -1,10 +1,10 @@
-"""normexp.landscape on simulated sweeps with known effects: independent noise per run (SD 0.5
+"""normexp.analysis.landscape on simulated sweeps with known effects: independent noise per run (SD 0.5
 points, 4 seeds, a fixed generator), effects far from the thresholds either way."""
 
 import numpy as np
 import pandas as pd
 
-from normexp.landscape import SHAPE_COLUMNS, VERSUS_COLUMNS, batch_change, group_shape, versus
+from normexp.analysis.landscape import SHAPE_COLUMNS, VERSUS_COLUMNS, batch_change, group_shape, versus
 
 NAMES = {"ln": "ln", "in": "in", "bn": "bn", "frn": "frn"}  # every other tag here is a GN setting
 
@@ -59,7 +59,7 @@ def test_tables_without_two_seeds_anywhere_are_empty_with_their_columns():
 
 
 def test_holm_adjustment_matches_its_definition():
-    from normexp.landscape import holm
+    from normexp.analysis.landscape import holm
 
     p = pd.Series([0.01, 0.04, 0.03, 0.5], index=list("abcd"))
     assert holm(p).round(6).to_dict() == {"a": 0.04, "b": 0.09, "c": 0.09, "d": 0.5}

@@ -1,4 +1,4 @@
-"""The small-batch fixes (normexp.layers): their math against the papers' formulas, eval mode, the
+"""The small-batch fixes (normexp.nn.layers): their math against the papers' formulas, eval mode, the
 per-device protocol, and packing (each member computed exactly as alone)."""
 
 import pytest
@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normexp import packing
-from normexp.devices import split_batch_statistics
-from normexp.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization, renorm_limits
-from normexp.models import build_model
-from tests.conftest import norm_spec, assert_packed_equals_members
+from normexp.nn import packing
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization, renorm_limits
+from normexp.nn.models import build_model
+from tests.conftest import assert_packed_equals_members, norm_spec
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": True}
 NEW_NORMS = [norm_spec("brn"), norm_spec("bn_ws"), norm_spec("gn_ws", groups=4), norm_spec("frn"),

@@ -6,8 +6,8 @@ from torch import nn
 
 from normexp.compose import CONF_DIR
 from normexp.config import ConfigError
-from normexp.models import CifarResNet, build_model
-from normexp.norms import NORMS, build_norm
+from normexp.nn.models import CifarResNet, build_model
+from normexp.nn.norms import NORMS, build_norm
 from normexp.record import norm_tag
 from tests.conftest import norm_spec
 
@@ -134,8 +134,8 @@ def test_norm_tags():
 
 
 def test_a_whole_number_typed_for_a_float_setting_is_the_same_run():
-    from normexp.conductor import member_config
     from normexp.record import identity
+    from normexp.train.conductor import member_config
 
     def run_identity(*overrides):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -5,7 +5,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from normexp.optim import lr_factor
+from normexp.train.optim import lr_factor
 
 
 def optim(**settings) -> object:

@@ -5,13 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import normexp.conductor as conductor
-from normexp import packing, record
+import normexp.train.conductor as conductor
+from normexp import record
 from normexp.config import ConfigError
-from normexp.models import CifarResNet
-from normexp.norms import NORMS, build_norm, register_norm
-from normexp.conductor import train_run
-from tests.conftest import norm_spec, assert_packed_equals_members, interrupted_at, record_numbers, run_dir
+from normexp.nn import packing
+from normexp.nn.models import CifarResNet
+from normexp.nn.norms import NORMS, build_norm, register_norm
+from normexp.train.conductor import train_run
+from tests.conftest import assert_packed_equals_members, interrupted_at, norm_spec, record_numbers, run_dir
 
 PACK = "runtime.pack_max_batch=8"  # make_cfg's batch size is 8
 NORM_SPECS = [norm_spec("bn"), {"name": "gn", "groups": 4}, {"name": "gn", "channels_per_group": 2},

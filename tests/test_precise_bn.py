@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normexp.devices import PerDeviceBatchNorm2d
-from normexp.layers import BatchRenorm2d
-from normexp.precise_bn import recompute_batchnorm_statistics
+from normexp.nn.devices import PerDeviceBatchNorm2d
+from normexp.nn.layers import BatchRenorm2d
+from normexp.nn.precise_bn import recompute_batchnorm_statistics
 
 
 def _model() -> nn.Sequential:

@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 
 from normexp import record
 from normexp.compose import CONF_DIR, sweep_grid
-from normexp.conductor import member_config, seeded_model
 from normexp.config import ConfigError, seeds, step_batch, validate
-from normexp.optim import scaled_lr
-from normexp.runtime import default_threads, registered_job
+from normexp.train.conductor import member_config, seeded_model
+from normexp.train.optim import scaled_lr
+from normexp.train.runtime import default_threads, registered_job
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -117,7 +117,7 @@ def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tm
     """parity_gpu's sweep shrunk to seconds on CPU (depth 8, 1 epoch, 2 seeds): its runs train, and
     the analysis judges parity alone with the preset's criteria, the small-batch half undecided."""
     from normexp.cli.analyze import main as analyze
-    from normexp.conductor import train_run
+    from normexp.train.conductor import train_run
 
     for norm in ("bn", "gn"):
         train_run(_compose("experiment=parity_gpu", f"norm={norm}", "data.batch_size=4", "data.devices=2",
@@ -135,7 +135,7 @@ def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tm
 
 
 def test_normexp_plan_lists_a_presets_jobs_and_runs(capsys):
-    from normexp.plan import main as plan
+    from normexp.cli.plan import main as plan
 
     assert plan(["experiment=first_look", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
 import pytest
+
 """Kills at random points, divergence, failing jobs: nothing finished is lost or silently wrong."""
 
 import random
@@ -9,9 +10,10 @@ import time
 from pathlib import Path
 
 from normexp import record
-from normexp.collect import load_runs
-from normexp.conductor import train_run
+from normexp.analysis.collect import load_runs
+from normexp.train.conductor import train_run
 from tests.conftest import record_numbers, run_dir
+
 
 def _args(image_folder: Path, tmp_path: Path, root: Path, *extra: str) -> list[str]:
     flags = [a for a in extra if a.startswith("-")]

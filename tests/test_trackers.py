@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import normexp.conductor as conductor
-from normexp import atomic, record
+import normexp.train.conductor as conductor
+from normexp import record
 from normexp.config import ConfigError
-from normexp.conductor import train_run
+from normexp.record import atomic
+from normexp.train.conductor import train_run
 from tests.conftest import interrupted_at, record_numbers, run_dir
 
 PACKED = ("seed=[0,1]", "data.batch_size=4", "trainer.epochs=3", "trainer.eval_every=2")  # 2 seeds as one model

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from scipy import stats
 
+from normexp.analysis.verdict import PoolingError, check_poolable, verdict
+from normexp.analysis.verdict_text import describe_verdict
 from normexp.criteria import DEFAULTS, Criteria, load_criteria
-from normexp.verdict import PoolingError, check_poolable, verdict
-from normexp.verdict_text import describe_verdict
 
 BATCHES = (2, 4, 8, 16, 32, 64)
 SIMULATIONS = 1000
@@ -238,12 +238,12 @@ def test_repeated_runs_are_refused_by_name():
 
 
 def test_module_stays_torch_free():
-    code = "import sys, normexp.verdict; sys.exit(bool({'torch', 'matplotlib'} & set(sys.modules)))"
+    code = "import sys, normexp.analysis.verdict; sys.exit(bool({'torch', 'matplotlib'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_the_papers_median_of_the_last_5_epochs_is_a_verdict_option():
-    from normexp.collect import median_last
+    from normexp.analysis.collect import median_last
 
     assert median_last([{"test_acc": a} for a in (10, 50, 40, 60, 55, 45)]) == 50.0  # last 5: 50 40 60 55 45
     assert median_last([{"test_acc": 30.0}, {"test_acc": None}]) == 30.0 and median_last([]) is None

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from normexp import atomic, record
+from normexp import record
+from normexp.record import atomic
 
 SWEPT = ("norm", "data.batch_size", "data.devices", "seed")
 
@@ -77,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         print("normexp-analyze: several RESULTS_DIRs need an --out of their own (not one of them: the pooled "
               "analysis would replace that set's own)", file=sys.stderr)
         return 2
-    from normexp import landscape, plots
-    from normexp.analysis import accuracy_table, convergence_table, error_table, thresholds_from
-    from normexp.collect import load_runs
+    from normexp.analysis import landscape, plots
+    from normexp.analysis.collect import load_runs
+    from normexp.analysis.tables import accuracy_table, convergence_table, error_table, thresholds_from
+    from normexp.analysis.verdict import PoolingError, check_poolable, verdict
+    from normexp.analysis.verdict_text import describe_verdict
     from normexp.criteria import load_criteria
-    from normexp.verdict import PoolingError, check_poolable, verdict
-    from normexp.verdict_text import describe_verdict
 
     out = args.out or args.results_dirs[0]
     source = ", ".join(map(str, args.results_dirs))
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if finished.empty:
         print(f"normexp-analyze: no finished runs under {source} ({len(tables.runs)} run folder(s), "
               f"listed in {table_dir / 'runs.md'}); no statistics", file=sys.stderr)
-        from normexp.report import write_report
+        from normexp.analysis.report import write_report
         write_report(out / "report.html", source, tables.runs)
         return 1
     try:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         landscape_tables["group_shape"] = (landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap),
                                            landscape.caption(landscape.group_shape))
     if "final_test_acc_batch" in finished and finished["final_test_acc_batch"].notna().any():
-        try:  # BN's three evaluations and FrozenBN (normexp.bn_decomposition)
+        try:  # BN's three evaluations and FrozenBN (normexp.analysis.bn_decomposition)
             landscape_tables.update(_statistics_tables(finished, criteria))
         except ValueError as error:
             print(f"normexp-analyze: {error}", file=sys.stderr)
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(accuracy.to_string(index=False, float_format="%.2f"))
     print(describe_verdict(result))
     print(f"tables: {table_dir}\nfigures: {', '.join(str(f) for f in figures)}\nverdict: {out / 'verdict.json'}")
-    from normexp.report import write_report
+    from normexp.analysis.report import write_report
     report = write_report(out / "report.html", source, tables.runs, result=result,
                           error=error, figures=figures, convergence=convergence,
                           landscape=landscape_tables)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 def _statistics_tables(finished, criteria) -> dict:
     """The tables of BN's evaluations of the same weights and, where BN has the reference batch and
     smaller ones, the decomposition of its small-batch loss (name -> (table, what it holds))."""
-    from normexp import bn_decomposition as bd
+    from normexp.analysis import bn_decomposition as bd
 
     bd.evaluated_alike(finished)
     tables = {"bn_statistics": (bd.statistics_table(finished), bd.statistics_table.__doc__.split("\n\n")[0])}
@@ -176,7 +177,7 @@ def _statistics_tables(finished, criteria) -> dict:
 def _write_table(table, directory: Path, name: str, index: bool = False) -> None:
     """CSV, and Markdown with numbers to 2 decimals and p-values (columns "p", "p_...") by the verdict
     text's rule (never a p printed as 0.00)."""
-    from normexp.verdict_text import is_p_column, with_p_text
+    from normexp.analysis.verdict_text import is_p_column, with_p_text
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
     shown = with_p_text(table)
     p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c)]  # tabulate must not reformat them

@@ -38,9 +38,8 @@ class SweepReport(Callback):
     with its log, and the jobs that were rejected or failed before any run was recorded."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from normexp import atomic
-
-        from normexp.plan import PLANNED
+        from normexp.cli.plan import PLANNED
+        from normexp.record import atomic
 
         total = _job_count(config)
         atomic.write_json(Path(config.hydra.sweep.dir) / SWEEP, {"jobs": total, "started": time.time(),
@@ -66,8 +65,8 @@ class SweepReport(Callback):
                  HydraConfig.get().job.num + 1, sweep["jobs"], ended, sweep["jobs"], elapsed / 60, eta / 60)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from normexp.analysis.collect import load_runs
         from normexp.record import read_json
-        from normexp.collect import load_runs
 
         root = Path(config.paths.results_root).expanduser()
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -26,9 +26,9 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    from normexp.conductor import train_run  # torch: only when a job really runs
     from normexp.data.sources import DataError
-    from normexp.runtime import default_threads, registered_job
+    from normexp.train.conductor import train_run  # torch: only when a job really runs
+    from normexp.train.runtime import default_threads, registered_job
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -53,8 +53,8 @@ def app(cfg: DictConfig) -> None:
 
 
 def _sweep_progress():
-    """The hook that logs this sweep's progress line as each epoch ends (normexp.progress)."""
-    from normexp.progress import sweep_epoch
+    """The hook that logs this sweep's progress line as each epoch ends (normexp.train.progress)."""
+    from normexp.train.progress import sweep_epoch
 
     sweep_dir = Path(HydraConfig.get().sweep.dir)
     return lambda run, done, trained: sweep_epoch(sweep_dir, run, done, trained)
@@ -68,8 +68,8 @@ def _bar_position(multirun: bool) -> int:
 
 def _note_job_problem(kind: str, message: str) -> None:
     """Leave a note in the job's sweep folder for the end-of-sweep report (normexp.cli.sweep_report)."""
-    from normexp import atomic
     from normexp.cli.sweep_report import JOB_PROBLEM
+    from normexp.record import atomic
 
     output = Path(HydraConfig.get().runtime.output_dir)
     atomic.write_json(output / JOB_PROBLEM, {"kind": kind, "message": message,
@@ -78,10 +78,9 @@ def _note_job_problem(kind: str, message: str) -> None:
 
 def _check_command_line(argv: list[str]) -> Optional[str]:
     """The first bad setting of this command line's job or sweep as one line (normexp.compose.check),
-    or None; a sweep that is fine prints its plan (normexp.plan) first. Help and information
+    or None; a sweep that is fine prints its plan (normexp.cli.plan) first. Help and information
     requests are left to Hydra."""
     from hydra._internal.utils import get_args_parser
-
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -99,7 +98,7 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
         return " ".join(str(error).split())
     configs, problem = check(points)
     if problem is None and args.multirun and not args.cfg:
-        from normexp.plan import PLANNED, describe, run_epochs, sweep_plan
+        from normexp.cli.plan import PLANNED, describe, run_epochs, sweep_plan
 
         jobs, parallel, pace = sweep_plan(args.overrides, points, configs)
         print(describe(jobs, parallel, pace), flush=True)

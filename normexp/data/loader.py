@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normexp.packing import join_inputs, join_labels
+from normexp.nn.packing import join_inputs, join_labels
 
 
 def stratified_subset(labels: Tensor, size: int, num_classes: int, seed: int = 0) -> Tensor:
@@ -59,7 +59,7 @@ def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.
 class TrainBatches:
     """Shuffled, augmented, normalized training batches; the last incomplete batch is dropped.
 
-    With several seeds (packed runs, see `normexp.packing`) each seed gets its own order and
+    With several seeds (packed runs, see `normexp.nn.packing`) each seed gets its own order and
     augmentation, exactly as it would alone, joined in the packed layout: x is (B, K*3, H, W) and
     y is (B, K) for K seeds. `batch_size` is the images per optimizer step.
     """

@@ -23,8 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from normexp import atomic, locks
 from normexp.config import PathsConfig
+from normexp.record import atomic, locks
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from normexp import locks, record
+from normexp import record
 from normexp.config import ConfigError
+from normexp.record import locks
 
 log = logging.getLogger("normexp")
 

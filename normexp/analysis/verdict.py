@@ -82,15 +82,22 @@ def _missing_parity(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -
     return problems
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping as {"dotted.key": leaf}."""
+def flat_settings(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping (a run's identity) as {"dotted.key": leaf}."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def with_axes(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """`runs` with a column per swept setting in `axes` (dotted names, e.g. trainer.epochs), read
+    from each run's identity; a setting a run lacks (null, left out of its identity) reads None."""
+    flat = [flat_settings(identity) for identity in runs["identity"]]
+    return runs.assign(**{axis: [row.get(axis) for row in flat] for axis in axes})
 
 
 def check_poolable(runs: pd.DataFrame, varying: Sequence[str], cell: Sequence[str] = ("norm", "batch_size")) -> None:
@@ -100,7 +107,7 @@ def check_poolable(runs: pd.DataFrame, varying: Sequence[str], cell: Sequence[st
     def swept(key: str) -> bool:
         return any(key == v or key.startswith(v + ".") for v in varying)
 
-    flat = [{k: v for k, v in _flat(identity).items() if not swept(k)} for identity in runs["identity"]]
+    flat = [{k: v for k, v in flat_settings(identity).items() if not swept(k)} for identity in runs["identity"]]
     for row, digest in zip(flat, runs["data_digest"]):
         row["data_digest"] = digest
     problems = []
@@ -122,7 +129,7 @@ def _mixed_cells(runs: pd.DataFrame, cell: list[str]) -> list[str]:
     """Tables pool a cell's runs as seeds of one setting: within a cell, runs may differ in their seed only."""
     problems = []
     for key, group in runs.groupby(cell):
-        settings = [{k: v for k, v in _flat(identity).items() if k != "seed"} for identity in group["identity"]]
+        settings = [{k: v for k, v in flat_settings(identity).items() if k != "seed"} for identity in group["identity"]]
         differing = sorted(k for k in set().union(*settings) if len({str(s.get(k)) for s in settings}) > 1)
         if differing:
             where = ", ".join(f"{name}={value}" for name, value in zip(cell, key))

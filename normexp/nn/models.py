@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from normexp.layers import standardize_conv_weights
-from normexp.norms import NormFactory, WeightStandardized, build_norm, norm_before_addition
+from normexp.nn.layers import standardize_conv_weights
+from normexp.nn.norms import NormFactory, WeightStandardized, build_norm, norm_before_addition
 
 
 def activation_after(norm: nn.Module) -> nn.Module:
@@ -21,6 +21,8 @@ def activation_after(norm: nn.Module) -> nn.Module:
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with norms; a 1x1 projection shortcut where the shape changes."""
+
+    routes_channels = True  # packing: its own computation is its layers' (normexp.nn.packing)
 
     def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormFactory) -> None:
         super().__init__()
@@ -44,6 +46,8 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs: a 3x3 stem, three stages of n blocks at widths w, 2w, 4w."""
+
+    routes_channels = True
 
     def __init__(
         self,

@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from normexp.config import ConfigError
-from normexp.layers import WeightStandardization
-from normexp.models import BasicBlock, CifarResNet
+from normexp.nn.layers import WeightStandardization
 
 # Modules without their own weights whose forward acts on each channel separately (or only routes
-# tensors between such modules), so that they work unchanged on packed channels.
-CHANNEL_LOCAL = (nn.Sequential, nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d, BasicBlock, CifarResNet)
+# tensors between such modules), so that they work unchanged on packed channels; a model's own
+# containers say so with `routes_channels = True` (normexp.nn.models).
+CHANNEL_LOCAL = (nn.Sequential, nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d)
 # Parametrizations that act on each output row of a weight alone (so on each member's rows alone).
 ROW_LOCAL_PARAMETRIZATIONS = (WeightStandardization,)
 
@@ -70,7 +70,7 @@ def _widened_linear(module: nn.Linear, k: int) -> PackedLinear:
 
 
 # torch's layers, by exact type (a subclass may compute otherwise); normexp's own layers declare
-# their widening themselves (a `packed(members)` method, normexp.layers)
+# their widening themselves (a `packed(members)` method, normexp.nn.layers)
 TORCH_LAYERS = {nn.BatchNorm2d: _widened_batch_norm, nn.GroupNorm: _widened_group_norm, nn.Linear: _widened_linear}
 
 
@@ -84,14 +84,15 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
         return module.packed(k)
     if type(module) in TORCH_LAYERS:
         return TORCH_LAYERS[type(module)](module, k)
-    if isinstance(module, CHANNEL_LOCAL):
+    if isinstance(module, CHANNEL_LOCAL) or getattr(module, "routes_channels", False):
         for name, child in module.named_children():
             setattr(module, name, _widened(child, k))
         return module
     raise PackingError(
         f"cannot pack a {type(module).__name__} layer (packing knows Conv2d, "
         f"{', '.join(t.__name__ for t in TORCH_LAYERS)}, layers with a packed(members) method and "
-        f"{', '.join(t.__name__ for t in CHANNEL_LOCAL)}); train one seed per job (seed=<int>)"
+        f"{', '.join(t.__name__ for t in CHANNEL_LOCAL)} and containers with routes_channels); train one seed per "
+        f"job (seed=<int>)"
     )
 
 

@@ -1,4 +1,4 @@
-"""Layers for the small-batch fixes the registry offers (normexp.norms).
+"""Layers for the small-batch fixes the registry offers (normexp.nn.norms).
 
 BatchRenorm2d (Ioffe 2017) corrects each batch's statistics towards the running ones;
 WeightStandardization (Qiao et al. 2019) standardizes each convolution filter;
@@ -7,7 +7,7 @@ sample alone and carry their own nonlinearity (`includes_activation`: the model 
 directly after them). Each layer declares its own rules: how it widens for packed runs
 (`packed(members)`: per-channel tensors of shape (C,) concatenated along dimension 0, like
 BatchNorm2d's) and, if it normalizes over the batch, how it splits per virtual device
-(`per_device(devices)`, normexp.devices).
+(`per_device(devices)`, normexp.nn.devices).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
     with BatchNorm2d's variance update (the paper averages sigma itself).
 
     With `devices` > 1 the batch is that many consecutive chunks, each renormalized with its own
-    statistics (the per-device protocol, normexp.devices); the running update is their average.
+    statistics (the per-device protocol, normexp.nn.devices); the running update is their average.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rmax: float = 3.0,
@@ -81,7 +81,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         self.rmax, self.dmax, self.warmup_images, self.devices = rmax, dmax, warmup_images, devices
 
     def packed(self, members: int) -> BatchRenorm2d:
-        """A fresh layer for `members` packed runs (normexp.packing): one set of channels each."""
+        """A fresh layer for `members` packed runs (normexp.nn.packing): one set of channels each."""
         return BatchRenorm2d(self.num_features * members, self.eps, self.momentum, self.rmax, self.dmax,
                              self.warmup_images, self.devices)
 

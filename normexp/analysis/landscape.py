@@ -1,7 +1,7 @@
 """Statistics for sweeps of many norms (`norms`, `groups`, `fixes`): every norm against a baseline
 at each batch size, each norm across batch sizes, and the shape of the GroupNorm group-count
 ablation (GN paper, Table 3). These are reported, not a verdict: the claim's verdict is
-normexp.verdict. Cells with fewer than 2 seeds on either side are left out (Welch needs 2)."""
+normexp.analysis.verdict. Cells with fewer than 2 seeds on either side are left out (Welch needs 2)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from normexp.verdict import welch_contrast
+from normexp.analysis.verdict import welch_contrast
 
 EXTREMES = ("ln", "in")  # G = 1 and G = C, the ends of the group axis; the `gn` settings are the middle
 VERSUS_COLUMNS = ["norm", "batch_size", "acc_mean", "n", "baseline_mean", "n_baseline", "difference",

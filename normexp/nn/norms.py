@@ -7,7 +7,7 @@ layer (torchvision's `norm_layer` style). To add a norm, write one such function
 YAML file `conf/norm/<name>.yaml` with `name: <name>` and its arguments. A `WeightStandardized`
 factory also has the model standardize its convolutions' weights, a `BeforeAddition` one gives
 the norms right before a residual addition from a factory of their own; a layer with a true
-`includes_activation` (normexp.layers) takes the place of the norm and of the ReLU after it.
+`includes_activation` (normexp.nn.layers) takes the place of the norm and of the ReLU after it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional
 from torch import nn
 
 from normexp.config import ConfigError
-from normexp.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d
+from normexp.nn.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d
 
 NormFactory = Callable[[int], nn.Module]
 NormBuilder = Callable[..., NormFactory]
@@ -79,7 +79,7 @@ def batch_norm(momentum: float, precise_bn_batches: Optional[int] = None, precis
     With `precise_bn_batches` (and `precise_bn_batch_size`; norm=bn_precise, the committed `bn-pbn`
     runs), evaluation uses statistics recomputed over that many training batches of that many images,
     each normalized as one batch, instead of the running averages (the conductor does it with
-    normexp/precise_bn.py). Every BN run is also evaluated with precise population statistics and
+    normexp/nn/precise_bn.py). Every BN run is also evaluated with precise population statistics and
     with batch statistics (the `evaluation` config). With `freeze_after` (and `freeze_images`;
     norm=bn_frozen), FrozenBN: from the first epoch at or past that fraction of training on, BN
     normalizes with fixed population statistics computed at the switch from that many training

@@ -13,9 +13,17 @@ from typing import Any
 
 import pandas as pd
 
-from normexp import atomic
-from normexp.verdict_text import (PARTS, budget_text, describe_verdict, is_p_column, overall, p_text, part_text,
-                                  with_p_text)
+from normexp.analysis.verdict_text import (
+    PARTS,
+    budget_text,
+    describe_verdict,
+    is_p_column,
+    overall,
+    p_text,
+    part_text,
+    with_p_text,
+)
+from normexp.record import atomic
 
 # Published test error (%) by batch size (images per GPU), shown beside this sweep's numbers.
 REFERENCE_BATCHES = (32, 16, 8, 4, 2)

@@ -21,8 +21,8 @@ from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from normexp import atomic, locks
 from normexp.config import NOT_IDENTITY, RECORDED_AS_STARTED
+from normexp.record import atomic, locks
 
 IDENTITY = "identity.json"
 CONFIG = "config.yaml"
@@ -38,7 +38,7 @@ STARTS = "starts.jsonl"
 # a run resumes only where its last start ran, unless runtime.allow_env_change says otherwise.
 ENVIRONMENT = ("device", "threads", "torch_version")
 
-# The evaluations of batch-dependent norms besides the running averages (normexp.bn_evaluation):
+# The evaluations of batch-dependent norms besides the running averages (normexp.train.bn_evaluation):
 # precise population statistics and batch statistics, beside `test_loss` and `test_acc`
 EXTRA_EVALUATIONS = ("test_loss_precise", "test_acc_precise", "test_loss_batch", "test_acc_batch")
 

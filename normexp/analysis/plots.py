@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from normexp import atomic  # noqa: E402
-from normexp.analysis import accuracy_table  # noqa: E402
+from normexp.analysis.tables import accuracy_table  # noqa: E402
+from normexp.record import atomic  # noqa: E402
 
 GROUP_ORDER = ["ln", "gn2", "gn4", "gn8", "gn16", "gn32", "in"]
 # One colour per norm tag in every figure, whichever other norms it shows: the presets' tags are
@@ -137,7 +137,7 @@ def group_ablation(runs: pd.DataFrame, path: Path) -> Path:
 
 
 def statistics_curves(epochs: pd.DataFrame, path: Path) -> Path:
-    """Test accuracy vs epoch of the runs evaluated three ways (normexp.bn_evaluation): running
+    """Test accuracy vs epoch of the runs evaluated three ways (normexp.train.bn_evaluation): running
     averages, precise population statistics and batch statistics of the same weights, one panel per
     batch size, mean +- std over seeds."""
     runs = epochs.loc[epochs["test_acc_batch"].notna(), "run"].unique()

@@ -16,15 +16,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normexp.data import EvalBatches, TrainBatches
-from normexp.devices import split_batch_statistics
-from normexp.precise_bn import batch_norm_layers, population_statistics
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.precise_bn import batch_norm_layers, population_statistics
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Why BN fails at small batch: its accuracy under three evaluations of the same weights and under
-FrozenBN, against the statistics batch (normexp.bn_evaluation; Wu & Johnson 2021).
+FrozenBN, against the statistics batch (normexp.train.bn_evaluation; Wu & Johnson 2021).
 
 `statistics_table`: per norm x batch size, the final test accuracy with the running averages
 (population), precise population statistics and batch statistics, mean, std and n.

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from normexp import locks
 from normexp.config import ConfigError
+from normexp.record import locks
 
 Row = Mapping[str, Any]
 MODULES = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow.tracking"}  # what each logger imports

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normexp.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics, precise_copy
 from normexp.data import EvalBatches, TrainBatches
-from normexp.devices import split_batch_statistics
-from normexp.packing import Pack, member_state
-from normexp.precise_bn import batch_norm_layers, recompute_batchnorm_statistics
-from normexp.progress import StepProgress
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.packing import Pack, member_state
+from normexp.nn.precise_bn import batch_norm_layers, recompute_batchnorm_statistics
+from normexp.train.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics, precise_copy
+from normexp.train.progress import StepProgress
 
 
 @dataclass
@@ -111,7 +111,7 @@ def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class ExtraEvaluations:
-    """The evaluations of batch-dependent norms besides the running averages (normexp.bn_evaluation;
+    """The evaluations of batch-dependent norms besides the running averages (normexp.train.bn_evaluation;
     the `evaluation` config): precise population statistics from `precise` (None: off), and batch
     statistics over `per_device` test images per device (None: off), in orders seeded by `seeds`."""
 

@@ -1,4 +1,4 @@
-"""The claim verdict (normexp.verdict's result) in words: a few lines for one run set, or a table
+"""The claim verdict (normexp.analysis.verdict's result) in words: a few lines for one run set, or a table
 comparing several (e.g. two disjoint seed sets and both pooled)."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from normexp import atomic
+from normexp.record import atomic
 
 log = logging.getLogger("normexp")
 

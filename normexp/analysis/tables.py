@@ -1,4 +1,4 @@
-"""Tables computed from finished runs (the verdict is normexp.verdict)."""
+"""Tables computed from finished runs (the verdict is normexp.analysis.verdict)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from scipy import stats
 from normexp.criteria import Criteria
 
 
-def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Final test accuracy mean, std and n per norm x batch size, and the mean of each run's median
-    over its last 5 evaluated epochs (the GN paper's metric) where the runs carry it."""
-    grouped = runs.groupby(["norm", "batch_size"])
+def accuracy_table(runs: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
+    """Final test accuracy mean, std and n per norm x batch size (x each further swept setting in
+    `axes`), and the mean of each run's median over its last 5 evaluated epochs (the GN paper's
+    metric) where the runs carry it."""
+    grouped = runs.groupby(["norm", "batch_size", *axes])
     table = grouped["final_test_acc"].agg(acc_mean="mean", acc_std="std", n="count").reset_index()
     table["acc_std"] = table["acc_std"].fillna(0.0)
     if "median5_test_acc" in runs:
@@ -58,15 +59,21 @@ def unpaired_runs(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, list[s
             "only after": sorted(set(after["run"]) - set(before["run"]))}
 
 
-def error_table(runs: pd.DataFrame, criteria: Criteria) -> pd.DataFrame:
-    """GN-paper style: test error (%) by batch size (largest first) for every norm, and the
-    criteria's BN - GN."""
-    acc = accuracy_table(runs).pivot(index="norm", columns="batch_size", values="acc_mean")
-    acc = acc[sorted(acc.columns, reverse=True)]
-    error = 100.0 - acc
+def error_table(runs: pd.DataFrame, criteria: Criteria, axes: Sequence[str] = ()) -> pd.DataFrame:
+    """GN-paper style: test error (%) by batch size (largest first) for every norm (x each further
+    swept setting in `axes`), and the criteria's BN - GN (at each value of the axes)."""
+    acc = accuracy_table(runs, axes).pivot_table(index=["norm", *axes], columns="batch_size", values="acc_mean")
+    error = 100.0 - acc[sorted(acc.columns, reverse=True)]
     bn, gn = criteria.bn, criteria.gn
-    if bn in error.index and gn in error.index:
-        error.loc[f"{bn} - {gn}"] = error.loc[bn] - error.loc[gn]
+    norms = error.index.get_level_values("norm")
+    if bn in norms and gn in norms:
+        if axes:
+            gap = error.xs(bn, level="norm") - error.xs(gn, level="norm")
+            gap.index = pd.MultiIndex.from_tuples([(f"{bn} - {gn}", *(k if isinstance(k, tuple) else (k,)))
+                                                   for k in gap.index], names=error.index.names)
+            error = pd.concat([error, gap.dropna(how="all")])
+        else:
+            error.loc[f"{bn} - {gn}"] = error.loc[bn] - error.loc[gn]
     error.columns = [f"batch {b}" for b in error.columns]
     return error.round(2)
 
@@ -90,13 +97,15 @@ def thresholds_from(runs: pd.DataFrame, count: int = 4) -> list[float]:
     return [float(t) for t in range(max(10, top - 10 * (count - 1)), top + 1, 10)]
 
 
-def convergence_table(runs: pd.DataFrame, epochs: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataFrame:
+def convergence_table(runs: pd.DataFrame, epochs: pd.DataFrame, thresholds: Sequence[float],
+                      axes: Sequence[str] = ()) -> pd.DataFrame:
     """Mean epochs to reach each accuracy threshold (over seeds that reached it), how many did, and
-    the final train loss and accuracy, per norm x batch size; a threshold no run reached is left out."""
+    the final train loss and accuracy, per norm x batch size (x `axes`); a threshold no run reached
+    is left out."""
     reached_by_any = epochs["test_acc"].max() if len(epochs) else float("nan")
     thresholds = [t for t in thresholds if t <= reached_by_any]
     merged = runs.merge(epochs_to_reach(epochs, thresholds), on="run", how="left")
-    grouped = merged.groupby(["norm", "batch_size"])
+    grouped = merged.groupby(["norm", "batch_size", *axes])
     columns = [f"epochs_to_{t:g}" for t in thresholds]
     table = grouped[columns].mean()
     for t in thresholds:

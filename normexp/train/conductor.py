@@ -19,18 +19,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from normexp import atomic, record, runtime, trackers
+from normexp import record
 from normexp.config import ConfigError, first_frozen_epoch, seeds, step_batch, unwritable, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
-from normexp.bn_evaluation import StatisticsDraw
-from normexp.devices import split_batch_statistics
-from normexp.engine import ExtraEvaluations, evaluate_members, train_epoch
-from normexp.models import build_model
-from normexp.norms import canonical_spec
-from normexp.optim import build_optimizer, build_scheduler, scaled_lr
-from normexp.packing import Pack, check_packable
-from normexp.progress import StepProgress
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.models import build_model
+from normexp.nn.norms import canonical_spec
+from normexp.nn.packing import Pack, check_packable
+from normexp.record import atomic
+from normexp.train import runtime, trackers
+from normexp.train.bn_evaluation import StatisticsDraw
+from normexp.train.engine import ExtraEvaluations, evaluate_members, train_epoch
+from normexp.train.optim import build_optimizer, build_scheduler, scaled_lr
+from normexp.train.progress import StepProgress
 
 log = logging.getLogger("normexp")
 

@@ -2,7 +2,7 @@
 
 A step trains on `devices x batch_size` images; BatchNorm normalizes each device's `batch_size`
 images with their own statistics, as unsynchronized per-GPU BN does, and Batch Renormalization
-(normexp.layers.BatchRenorm2d) renormalizes them so too: each batch-dependent layer declares how it
+(normexp.nn.layers.BatchRenorm2d) renormalizes them so too: each batch-dependent layer declares how it
 splits (`per_device`). Batch-independent norms are unaffected.
 Running statistics: each device updates them from its own batch, and the model keeps the average
 of the devices' updates (their running estimates averaged). With every device's buffers being an
@@ -69,7 +69,7 @@ def batch_dependent(module: nn.Module) -> bool:
 def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
     """Give every batch-dependent layer of `model` (in place) `devices` virtual devices: a layer
     that declares how (a `per_device(devices)` method returning the layer to use, as
-    PerDeviceBatchNorm2d and normexp.layers.BatchRenorm2d have) is asked; a plain BatchNorm2d
+    PerDeviceBatchNorm2d and normexp.nn.layers.BatchRenorm2d have) is asked; a plain BatchNorm2d
     becomes a PerDeviceBatchNorm2d. Any other batch-dependent layer (a BatchNorm subclass that
     declares nothing) is refused when devices > 1: left alone it would normalize over every
     device's images and break the protocol without a word."""
@@ -83,7 +83,7 @@ def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
             if devices > 1:
                 raise ConfigError(
                     f"data.devices={devices} cannot split a {type(child).__name__} layer per device: it normalizes "
-                    f"over the batch but has no per_device(devices) method (see normexp.devices); give it one "
+                    f"over the batch but has no per_device(devices) method (see normexp.nn.devices); give it one "
                     f"or use data.devices=1")
         else:
             split_batch_statistics(child, devices)
