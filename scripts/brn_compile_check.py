@@ -13,6 +13,7 @@ Run:  python scripts/brn_compile_check.py [STEPS]   (about 15 min of one CPU cor
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 import time
 
@@ -36,7 +37,8 @@ def trajectory(cfg, model, batches, steps: int, compiled: bool) -> tuple[list[fl
     forward = torch.compile(pack.model) if compiled else pack.model
     pack.model.train()
     losses = []
-    for _, (x, y) in zip(range(steps), batches.epoch(1)):
+    stream = (batch for epoch in itertools.count(1) for batch in batches.epoch(epoch))  # epochs in order
+    for _, (x, y) in zip(range(steps), stream):
         loss, _ = pack.losses(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()

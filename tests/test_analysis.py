@@ -139,8 +139,8 @@ def test_analyze_refuses_to_pool_runs_that_differ_or_repeat(tmp_path, capsys):
     write_run(tmp_path / "a", BN, 2, 9, [40.0], epochs=1)
     assert analyze([str(tmp_path / "a")]) == 2
     assert "trainer.epochs" in capsys.readouterr().err
-    assert analyze([str(tmp_path / "a"), "--vary", "trainer.epochs"]) == 2  # pooled into one cell: refused
-    assert "runs at norm=bn, batch_size=2 differ in trainer.epochs" in capsys.readouterr().err
+    assert analyze([str(tmp_path / "a"), "--vary", "model.depth"]) == 2  # another field may vary: still refused
+    assert "trainer.epochs" in capsys.readouterr().err
     write_run(tmp_path / "b", BN, 2, 0, [40.0, 50.0], digest="cifar")
     write_run(tmp_path / "b", BN, 2, 1, [40.0, 50.0], digest="other-data")
     assert analyze([str(tmp_path / "b")]) == 2
@@ -263,3 +263,21 @@ def test_runs_recorded_before_and_after_a_criterion_changed_are_analysed_togethe
                                         "alpha": 0.05, "max_gn_loss": 2.7}
     with pytest.raises(ValueError, match="different verdict criteria"):
         _recorded_criteria(pd.DataFrame({"criteria": [old, {**new, "alpha": 0.01}]}))
+
+
+def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):
+    for epochs, gap in ((2, 6.0), (4, 1.0)):  # a budget study: BN's lead at the reference shrinks with epochs
+        for seed in range(3):
+            for norm, batch, acc in ((BN, 2, 50.0), (GN, 2, 60.0), (BN, 32, 70.0 + gap), (GN, 32, 70.0)):
+                write_run(tmp_path, norm, batch, seed, [acc + seed * 0.2 + epochs] * epochs)
+    assert analyze([str(tmp_path), "--vary", "trainer.epochs"]) == 0
+    out = capsys.readouterr().out
+    assert "at trainer.epochs=2:" in out and "at trainer.epochs=4:" in out
+    error = pd.read_csv(tmp_path / "tables" / "error_by_batch.csv").set_index(["norm", "trainer.epochs"])
+    assert error.loc[("bn - gn8", 2), "batch 32"] == pytest.approx(-6.0)
+    assert error.loc[("bn - gn8", 4), "batch 32"] == pytest.approx(-1.0)
+    accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
+    assert set(accuracy["trainer.epochs"]) == {2, 4} and set(accuracy["n"]) == {3}
+    slices = json.loads((tmp_path / "verdict.json").read_text())["slices"]
+    assert [s["at"] for s in slices] == [{"trainer.epochs": 2}, {"trainer.epochs": 4}]
+    assert (tmp_path / "figures" / "accuracy_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -147,3 +148,30 @@ def statistics_curves(epochs: pd.DataFrame, path: Path) -> Path:
                                               ("test_acc_batch", "batch stats")) if column in carrying])
     return _per_batch_grid(curves.dropna(subset=["accuracy"]), "epoch", "accuracy", "test accuracy (%)", path,
                            "The same weights evaluated with three kinds of BN statistics")
+
+
+def with_axis_labels(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """`runs` whose `norm` labels also name their value of each further swept setting (e.g.
+    `bn epochs=10`), so that figures drawn per norm keep those runs apart."""
+    labelled = runs.copy()
+    for axis in axes:
+        labelled["norm"] = labelled["norm"] + f" {axis.split('.')[-1]}=" + labelled[axis].astype(str)
+    return labelled
+
+
+def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
+    """Final test accuracy against a further swept setting (e.g. trainer.epochs), one line per norm
+    and batch size, mean +- std over seeds."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    batches = sorted(runs["batch_size"].unique())
+    for (norm, batch), rows in runs.groupby(["norm", "batch_size"]):
+        curve = rows.groupby(axis)["final_test_acc"].agg(["mean", "std", "count"]).reset_index()
+        look = {**style(norm), "linestyle": "-" if batch == batches[-1] else "--"}
+        ax.errorbar(curve[axis], curve["mean"], yerr=curve["std"].fillna(0), capsize=2, markersize=4,
+                    label=f"{norm}, {batch} per device ({_seeds(curve['count'])})", **look)
+    ax.set_xlabel(axis)
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(f"Accuracy by {axis}")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    return _save(fig, path)

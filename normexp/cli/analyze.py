@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from normexp.analysis import landscape, plots
     from normexp.analysis.collect import load_runs
     from normexp.analysis.tables import accuracy_table, convergence_table, error_table, thresholds_from
-    from normexp.analysis.verdict import PoolingError, check_poolable, verdict
+    from normexp.analysis.verdict import PoolingError, check_poolable, with_axes
     from normexp.analysis.verdict_text import describe_verdict
     from normexp.criteria import load_criteria
 
@@ -99,38 +99,46 @@ def main(argv: list[str] | None = None) -> int:
         from normexp.analysis.report import write_report
         write_report(out / "report.html", source, tables.runs)
         return 1
+    axes = [field for field in args.vary if field not in SWEPT]  # further swept settings: table columns
+    finished = with_axes(finished, axes)
     try:
-        check_poolable(finished, SWEPT + tuple(args.vary))
+        check_poolable(finished, SWEPT + tuple(args.vary), cell=("norm", "batch_size", *axes))
         criteria, provenance = load_criteria(_overrides(args.overrides), _recorded_criteria(finished))
     except (PoolingError, ValueError) as error:
         print(f"normexp-analyze: {error}", file=sys.stderr)
         return 2
 
-    accuracy, error = accuracy_table(finished), error_table(finished, criteria)
+    accuracy, error = accuracy_table(finished, axes), error_table(finished, criteria, axes)
     _write_table(accuracy, table_dir, "accuracy")
     _write_table(error, table_dir, "error_by_batch", index=True)
     finished_runs = set(finished["run"])
     epochs = tables.epochs[tables.epochs["run"].isin(finished_runs) & (tables.epochs["status"] == record.FINISHED)]
-    convergence = convergence_table(finished, epochs, args.thresholds or thresholds_from(finished))
+    convergence = convergence_table(finished, epochs, args.thresholds or thresholds_from(finished), axes)
     _write_table(convergence, table_dir, "convergence")
-    figures = [plots.error_vs_batch(finished, figure_dir / "error_vs_batch.png"),
-               plots.accuracy_curves(epochs, figure_dir / "accuracy_by_epoch.png")]
+    labelled = plots.with_axis_labels(finished, axes)  # figures keep runs of other settings apart
+    by_run = labelled.set_index("run")["norm"]
+    epochs_shown = epochs.assign(norm=epochs["run"].map(by_run))
+    figures = [plots.error_vs_batch(labelled, figure_dir / "error_vs_batch.png"),
+               plots.accuracy_curves(epochs_shown, figure_dir / "accuracy_by_epoch.png")]
+    figures += [plots.accuracy_vs_axis(finished, axis, figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png")
+                for axis in axes]
     if not tables.train_loss.empty:
         losses = tables.train_loss[tables.train_loss["run"].isin(finished_runs)]
-        figures.append(plots.train_loss_curves(losses, figure_dir / "train_loss.png"))
-    landscape_tables = {}  # name -> (table, what it holds), for sweeps of many norms
-    if finished["norm"].nunique() > 2:  # each norm against BN and GN, each across batch sizes
+        figures.append(plots.train_loss_curves(losses.assign(norm=losses["run"].map(by_run)),
+                                               figure_dir / "train_loss.png"))
+    landscape_tables = {}  # name -> (table, what it holds); these compare norm x batch cells: no further axes
+    if not axes and finished["norm"].nunique() > 2:  # each norm against BN and GN, each across batch sizes
         for baseline in sorted({criteria.bn, criteria.gn} & set(finished["norm"])):
             landscape_tables[f"versus_{baseline}"] = (landscape.versus(finished, baseline, criteria.alpha),
                                                       landscape.caption(landscape.versus, baseline))
         landscape_tables["batch_change"] = (landscape.batch_change(finished, criteria.alpha),
                                             landscape.caption(landscape.batch_change))
-    if finished[finished["norm_name"].isin(["gn", "ln", "in"])]["norm"].nunique() > 2:  # a group ablation
+    if not axes and finished[finished["norm_name"].isin(["gn", "ln", "in"])]["norm"].nunique() > 2:
         figures.append(plots.group_ablation(finished, figure_dir / "group_ablation.png"))
         # "flat" uses the verdict's parity margin: the same "close enough" as BN vs GN at the reference batch
         landscape_tables["group_shape"] = (landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap),
                                            landscape.caption(landscape.group_shape))
-    if "final_test_acc_batch" in finished and finished["final_test_acc_batch"].notna().any():
+    if not axes and "final_test_acc_batch" in finished and finished["final_test_acc_batch"].notna().any():
         try:  # BN's three evaluations and FrozenBN (normexp.analysis.bn_decomposition)
             landscape_tables.update(_statistics_tables(finished, criteria))
         except ValueError as error:
@@ -140,21 +148,42 @@ def main(argv: list[str] | None = None) -> int:
     for name, (table, _) in landscape_tables.items():
         _write_table(table, table_dir, name)
 
-    result = verdict(finished, criteria)
+    result = _verdicts(finished, criteria, axes)
     result["criteria_source"] = provenance
     result["runs"] = {"finished": len(finished),
                       "excluded": tables.excluded[["run", "status", "reason"]].to_dict("records")}
     atomic.write_json(out / "verdict.json", result)
 
     print(accuracy.to_string(index=False, float_format="%.2f"))
-    print(describe_verdict(result))
+    for at, sliced in _slices(result):
+        print((f"at {at}:\n" if at else "") + describe_verdict(sliced))
     print(f"tables: {table_dir}\nfigures: {', '.join(str(f) for f in figures)}\nverdict: {out / 'verdict.json'}")
     from normexp.analysis.report import write_report
-    report = write_report(out / "report.html", source, tables.runs, result=result,
-                          error=error, figures=figures, convergence=convergence,
+    if axes:  # one verdict per value of the further axes: the report shows the tables, each verdict in verdict.json
+        landscape_tables["error_by_batch"] = (error.reset_index(), "test error (%) by batch size at each setting")
+    report = write_report(out / "report.html", source, tables.runs, result=None if axes else result,
+                          error=None if axes else error, figures=figures, convergence=convergence,
                           landscape=landscape_tables)
     print(f"report: {report}")
     return 0
+
+
+def _verdicts(finished, criteria, axes: list[str]) -> dict:
+    """The claim verdict on the runs, or with further swept `axes`, one on each of their values
+    ({"by": axes, "slices": [{"at": {axis: value}, ...verdict}]})."""
+    from normexp.analysis.verdict import verdict
+
+    if not axes:
+        return verdict(finished, criteria)
+    return {"by": axes, "slices": [{"at": dict(zip(axes, key if isinstance(key, tuple) else (key,))),
+                                    **verdict(group, criteria)} for key, group in finished.groupby(axes)]}
+
+
+def _slices(result: dict) -> list[tuple[str, dict]]:
+    """(where, verdict) for each verdict in `result`: one without axes, one per slice with them."""
+    if "slices" not in result:
+        return [("", result)]
+    return [(", ".join(f"{k}={v}" for k, v in s["at"].items()), s) for s in result["slices"]]
 
 
 def _statistics_tables(finished, criteria) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -186,6 +187,46 @@ def claim(directory: Path) -> Iterator[bool]:
 def is_claimed(directory: Path) -> bool:
     """Whether a live process holds the run directory's lock (see `claim`)."""
     return locks.is_held(directory / LOCK)
+
+
+@contextmanager
+def run_logger(directory: Path) -> Iterator[logging.Logger]:
+    """A logger for one run: its lines, and the job's shared lines (logger `normexp`), go to the
+    run's `train.log`."""
+    shared = logging.getLogger("normexp")
+    name = f"normexp.run.{directory.name}"
+    handler = logging.FileHandler(directory / LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda rec: rec.name == name or not rec.name.startswith("normexp.run."))
+    shared.addHandler(handler)
+    if shared.level == logging.NOTSET or shared.level > logging.INFO:
+        shared.setLevel(logging.INFO)
+    try:
+        yield logging.getLogger(name)
+    finally:
+        shared.removeHandler(handler)
+        handler.close()
+
+
+def epoch_row(trained: Mapping[str, Any], tested: Mapping[str, Any], eval_seconds: float, pack_size: int,
+              frozen_bn: Optional[bool] = None) -> dict[str, Any]:
+    """One epoch's line of metrics.jsonl: the training pass's numbers (epoch, train loss and
+    accuracy, lr, seconds, images/s), the evaluations' (`test_loss`, `test_acc`, and
+    EXTRA_EVALUATIONS where made; None when not evaluated), the evaluation's seconds, the pack it
+    trained in, whether BN statistics were frozen (FrozenBN runs only), and the epoch's seconds."""
+    row = {**trained, "eval_seconds": eval_seconds, "pack_size": pack_size,
+           **({} if frozen_bn is None else {"frozen_bn": frozen_bn}), **tested}
+    row["seconds"] = row["train_seconds"] + eval_seconds
+    return row
+
+
+def checkpoint_state(model: Mapping[str, Any], optimizer: Mapping[str, Any], scheduler: Mapping[str, Any],
+                     metrics: list[dict[str, Any]], losses: list[dict[str, Any]],
+                     compute_seconds: float) -> dict[str, Any]:
+    """What `checkpoint.pt` holds, in the single-run format whether the run trained packed or not:
+    the model, optimizer and scheduler states and the record so far (a resume reads these keys)."""
+    return {"model": dict(model), "optimizer": dict(optimizer), "scheduler": dict(scheduler), "metrics": metrics,
+            "train_loss": losses, "compute_seconds": compute_seconds}
 
 
 def summary(run: str, metrics: list[dict[str, Any]], diverged_at: Optional[dict[str, int]], compute_seconds: float,

@@ -10,10 +10,10 @@ import copy
 import logging
 import time
 import traceback
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,23 +35,6 @@ from normexp.train.optim import build_optimizer, build_scheduler, scaled_lr
 from normexp.train.progress import StepProgress
 
 log = logging.getLogger("normexp")
-
-
-@contextmanager
-def run_logger(directory: Path) -> Iterator[logging.Logger]:
-    """A logger for one run: its lines, and the job's shared lines, go to the run's `train.log`."""
-    name = f"normexp.run.{directory.name}"
-    handler = logging.FileHandler(directory / record.LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(lambda rec: rec.name == name or not rec.name.startswith("normexp.run."))
-    log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
-    try:
-        yield logging.getLogger(name)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 @dataclass
@@ -130,7 +113,7 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
                 if on_epoch:
                     on_epoch(directory.name, summary["epochs_done"], False)
                 continue
-            run_log = stack.enter_context(run_logger(directory))
+            run_log = stack.enter_context(record.run_logger(directory))
             tracker = stack.enter_context(trackers.open_run(run, directory, run_log))
             members.append(Member(run, directory, run_log, model, tracker))
         if members:
@@ -256,9 +239,9 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
         eval_seconds = time.perf_counter() - eval_start
         active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
         for i, member in active:
-            _record_epoch(member, dict(result.records[i], eval_seconds=eval_seconds, pack_size=pack.size,
-                                       **({"frozen_bn": frozen} if frozen_from else {})),
-                          tested[i] if result.diverged[i] is None else untested, result.losses[i], epochs)
+            _record_epoch(member, record.epoch_row(result.records[i], tested[i] if result.diverged[i] is None
+                                                   else untested, eval_seconds, pack.size,
+                                                   frozen if frozen_from else None), result.losses[i], epochs)
             if result.diverged[i] is not None:
                 member.diverged = result.diverged[i]
                 member.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
@@ -268,13 +251,8 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
         for i, member in active:
             member.compute_seconds += share
             if member.diverged is None:
-                model_state, optimizer_state = states[i]
-                checkpoint = {
-                    "model": model_state,
-                    "optimizer": optimizer_state,
-                    "scheduler": scheduler.state_dict(), "metrics": member.metrics,
-                    "train_loss": member.loss_log, "compute_seconds": member.compute_seconds,
-                }
+                checkpoint = record.checkpoint_state(*states[i], scheduler.state_dict(), member.metrics,
+                                                     member.loss_log, member.compute_seconds)
                 atomic.atomic_write(member.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
         for _, member in active:
             on_epoch(member.directory.name, len(member.metrics), True)
@@ -303,10 +281,7 @@ def _fmt(value: Optional[float], pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def _record_epoch(member: Member, row: dict[str, Any], tested: dict[str, Optional[float]],
-                  losses: list[dict[str, Any]], epochs: int) -> None:
-    row.update(tested)
-    row["seconds"] = row["train_seconds"] + row["eval_seconds"]
+def _record_epoch(member: Member, row: dict[str, Any], losses: list[dict[str, Any]], epochs: int) -> None:
     member.metrics.append(row)
     member.loss_log.extend(losses)
     member.log.info(
