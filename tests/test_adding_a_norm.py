@@ -11,7 +11,7 @@ from normexp.cli.analyze import main as analyze
 from normexp.config import ConfigError
 from normexp.nn.norms import NORMS
 from normexp.train.conductor import train_run
-from tests.conftest import run_dir
+from tests.helpers import run_dir
 
 
 def _group_norm(affine: bool):

@@ -16,7 +16,7 @@ from normexp.nn.models import build_model
 from normexp.nn.precise_bn import population_statistics
 from normexp.train.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics
 from normexp.train.conductor import train_run
-from tests.conftest import norm_spec, record_numbers, run_dir
+from tests.helpers import norm_spec, record_numbers, run_dir
 
 MODEL = {"depth": 8, "base_width": 4, "num_classes": 10, "zero_init_residual": False}
 
@@ -103,7 +103,7 @@ def test_the_evaluations_leave_training_and_the_run_name_alone(make_cfg, tmp_pat
 
 
 def test_a_run_resumes_only_with_the_evaluations_it_started_with(make_cfg, monkeypatch):
-    from tests.conftest import interrupted_at
+    from tests.helpers import interrupted_at
 
     cfg = make_cfg("trainer.epochs=2")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
@@ -114,7 +114,7 @@ def test_a_run_resumes_only_with_the_evaluations_it_started_with(make_cfg, monke
 
 
 def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactly(make_cfg, monkeypatch, tmp_path):
-    from tests.conftest import interrupted_at
+    from tests.helpers import interrupted_at
 
     settings = ("data.devices=2", "data.batch_size=4", "trainer.epochs=3")
     frozen = make_cfg("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=64", *settings)

@@ -14,7 +14,7 @@ from normexp.config import ConfigError
 from normexp.nn.models import build_model
 from normexp.train.conductor import train_run
 from normexp.train.runtime import memory_format
-from tests.conftest import interrupted_at, make_image_folder, norm_spec, record_numbers, run_dir
+from tests.helpers import interrupted_at, make_image_folder, norm_spec, record_numbers, run_dir, tiny_run
 
 MODEL = {"depth": 8, "num_classes": 10, "zero_init_residual": True}
 
@@ -215,9 +215,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_hydra_app_runs_end_to_end(image_folder, tmp_path):
-    common = [f"paths.cifar10_folder={image_folder}", f"paths.cache_dir={tmp_path / 'cache'}",
-              f"paths.results_root={tmp_path / 'runs'}", "model.base_width=4", "trainer.epochs=1",
-              "data.batch_size=16", "runtime.threads=1"]
+    common = [*tiny_run(image_folder, tmp_path), "trainer.epochs=1", "data.batch_size=16"]
     done = _cli(*common, "norm=gn", "norm.groups=4", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (summary,) = (tmp_path / "runs").glob("gn4_b16_s0_*/summary.json")

@@ -11,7 +11,7 @@ import torch
 from normexp.data import TrainBatches, load_cifar10, stratified_subset
 from normexp.data.loader import EvalBatches, normalize, random_crop_flip
 from normexp.data.sources import DataError
-from tests.conftest import make_image_folder
+from tests.helpers import make_image_folder
 
 
 def _paths(folder: Path, cache: Path, torchvision_root: Path | None = None) -> SimpleNamespace:
@@ -187,10 +187,15 @@ def test_the_digest_follows_the_content_not_the_copy_or_its_times(tmp_path):
 def test_two_processes_build_a_fresh_cache_once(tmp_path):
     root = make_image_folder(tmp_path / "data", train_per_class=30, test_per_class=5)
     script = (
-        "import logging, sys, time; from types import SimpleNamespace as S; from normexp.data import load_cifar10;"
+        "import logging, os, sys, time; from types import SimpleNamespace as S; from normexp.data import load_cifar10;"
         "import normexp.data.sources as src; decode = src._decode_image;"
-        "src._decode_image = lambda path: (time.sleep(0.02), decode(path))[1];"  # a decode slow enough to overlap
+        f"marker = {str(tmp_path / 'someone-waits')!r};"
+        # the builder decodes only once the other process has logged that it waits (an event, not a delay)
+        "wait = lambda: next((True for _ in range(6000) if os.path.exists(marker) or time.sleep(0.01)), False);"
+        "src._decode_image = lambda path: (wait(), decode(path))[1];"
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+        "seen = logging.Handler(); seen.emit = lambda rec: 'waiting for it' in rec.getMessage() and open(marker, 'w').close();"
+        "logging.getLogger().addHandler(seen);"
         f"d = load_cifar10('folder', S(cifar10_folder={str(root)!r}, cache_dir={str(tmp_path / 'cache')!r}, "
         "torchvision_root=None)); print('digest', d.digest)"
     )

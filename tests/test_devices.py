@@ -10,7 +10,7 @@ from normexp.nn.devices import PerDeviceBatchNorm2d, split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.packing import pack
 from normexp.train.conductor import train_run
-from tests.conftest import interrupted_at, norm_spec, record_numbers, run_dir
+from tests.helpers import interrupted_at, norm_spec, record_numbers, run_dir
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": False}
 

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from normexp import record
 from normexp.compose import CONF_DIR
-from tests.conftest import record_numbers
+from tests.helpers import record_numbers, tiny_run
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -24,9 +24,8 @@ SWEEP = ("data.devices=1,2", "seed=[0,1]", "data.batch_size=4", "runtime.pack_ma
 
 
 def _sweep(image_folder: Path, tmp_path: Path, root: Path, *launcher: str) -> list[str]:
-    return [sys.executable, "-m", "normexp.cli.train", "-m", *launcher, f"paths.cifar10_folder={image_folder}",
-            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={root}", "data.source=folder",
-            "model.base_width=4", "runtime.threads=1", "trainer.log_every=5", "runtime.progress=false", *SWEEP]
+    return [sys.executable, "-m", "normexp.cli.train", "-m", *launcher, *tiny_run(image_folder, tmp_path, root),
+            *SWEEP]
 
 
 def _runs(root: Path) -> list[Path]:

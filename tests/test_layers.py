@@ -10,7 +10,7 @@ from normexp.nn import packing
 from normexp.nn.devices import split_batch_statistics
 from normexp.nn.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization, renorm_limits
 from normexp.nn.models import build_model
-from tests.conftest import assert_packed_equals_members, norm_spec
+from tests.helpers import assert_packed_equals_members, norm_spec
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": True}
 NEW_NORMS = [norm_spec("brn"), norm_spec("bn_ws"), norm_spec("gn_ws", groups=4), norm_spec("frn"),

@@ -9,7 +9,7 @@ from normexp.config import ConfigError
 from normexp.nn.models import CifarResNet, build_model
 from normexp.nn.norms import NORMS, build_norm
 from normexp.record import norm_tag
-from tests.conftest import norm_spec
+from tests.helpers import norm_spec
 
 
 def test_gn_with_one_group_equals_layer_norm_over_chw():

@@ -12,7 +12,7 @@ from normexp.nn import packing
 from normexp.nn.models import CifarResNet
 from normexp.nn.norms import NORMS, build_norm, register_norm
 from normexp.train.conductor import train_run
-from tests.conftest import assert_packed_equals_members, interrupted_at, norm_spec, record_numbers, run_dir
+from tests.helpers import assert_packed_equals_members, interrupted_at, norm_spec, record_numbers, run_dir
 
 PACK = "runtime.pack_max_batch=8"  # make_cfg's batch size is 8
 NORM_SPECS = [norm_spec("bn"), {"name": "gn", "groups": 4}, {"name": "gn", "channels_per_group": 2},

@@ -1,66 +1,44 @@
-import pytest
+"""Kills at chosen points, divergence, failing jobs: nothing finished is lost or silently wrong."""
 
-"""Kills at random points, divergence, failing jobs: nothing finished is lost or silently wrong."""
-
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import pytest
 
 from normexp import record
 from normexp.analysis.collect import load_runs
 from normexp.train.conductor import train_run
-from tests.conftest import record_numbers, run_dir
+from tests.helpers import record_numbers, run_dir, tiny_run, train_with_fault
+
+
+TRAIN = [sys.executable, "-m", "normexp.cli.train"]
 
 
 def _args(image_folder: Path, tmp_path: Path, root: Path, *extra: str) -> list[str]:
-    flags = [a for a in extra if a.startswith("-")]
-    overrides = [a for a in extra if not a.startswith("-")]
-    return [sys.executable, "-m", "normexp.cli.train", *flags, f"paths.cifar10_folder={image_folder}", f"paths.cache_dir={tmp_path / 'cache'}",
-            f"paths.results_root={root}", "model.base_width=4", "data.batch_size=4", "runtime.threads=1",
-            "trainer.log_every=5", *overrides]
-
-
-def _kill_at_random(args: list[str], cwd: Path, root: Path, rng: random.Random, kills: int,
-                    sig: int = signal.SIGKILL) -> int:
-    """Start the command; once it is training (a run log is written), kill it after a random delay.
-
-    Repeats `kills` times and returns how many attempts were really cut short.
-    """
-    cut = 0
-    for _ in range(kills):
-        started = time.time()
-        process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while process.poll() is None and time.time() - started < 120:
-            if any(log.stat().st_mtime >= started for log in root.glob("*/" + record.LOG)):
-                break
-            time.sleep(0.05)
-        try:
-            process.wait(timeout=rng.uniform(0.0, 2.0))
-        except subprocess.TimeoutExpired:
-            process.send_signal(sig)
-            process.wait()
-            cut += 1
-    return cut
+    """The command line after `normexp-train`: a tiny run (batch 4: 30 steps per epoch) under `root`."""
+    return [*(a for a in extra if a.startswith("-")), *tiny_run(image_folder, tmp_path, root), "data.batch_size=4",
+            *(a for a in extra if not a.startswith("-"))]
 
 
 @pytest.mark.slow
-def test_run_killed_at_random_points_finishes_with_the_uninterrupted_numbers(image_folder, tmp_path, make_cfg):
+def test_run_killed_anywhere_finishes_with_the_uninterrupted_numbers(image_folder, tmp_path, make_cfg):
     epochs = "trainer.epochs=12"
-    reference = make_cfg(epochs, "data.batch_size=4", "model.base_width=4", f"paths.results_root={tmp_path / 'ref'}")
+    reference = make_cfg(epochs, "data.batch_size=4", f"paths.results_root={tmp_path / 'ref'}")
     train_run(reference)
     root = tmp_path / "runs"
     args = _args(image_folder, tmp_path, root, epochs)
-    rng = random.Random(0)
-    cut = _kill_at_random(args, tmp_path, root, rng, 3) + _kill_at_random(args, tmp_path, root, rng, 1, signal.SIGINT)
-    print(f"run: {cut} of 4 kills landed during training")
-    assert cut >= 2  # most attempts were really interrupted
-    assert subprocess.run(args, cwd=tmp_path, capture_output=True).returncode == 0
+    # mid-epoch (step 67 of 360: epoch 3), inside a checkpoint write (after the temp file, before the
+    # rename), and Ctrl-C at the start of the resumed run's first epoch; each resumes from its last checkpoint
+    faults = [("step", 67, "SIGKILL"), ("checkpoint", 3, "SIGKILL"), ("step", 1, "SIGINT")]
+    codes = [train_with_fault(args, kind, at, sig, tmp_path) for kind, at, sig in faults]
+    assert codes == [-9, -9, 130]
     (directory,) = [d for d in root.iterdir() if not d.name.startswith(".")]
+    epochs_before = len(record.read_jsonl(directory / record.METRICS))
+    assert 0 < epochs_before < 12 and not (directory / record.SUMMARY).exists()
+    assert subprocess.run([*TRAIN, *args], cwd=tmp_path, capture_output=True).returncode == 0
     assert record_numbers(directory) == record_numbers(run_dir(reference))
-    assert not list(directory.glob(".*.tmp"))
+    assert not list(directory.glob(".*.tmp"))  # the killed write's temp file was cleaned up
     summary = record.read_json(directory / record.SUMMARY)
     assert summary["final_test_acc"] == record.read_json(run_dir(reference) / record.SUMMARY)["final_test_acc"]
 
@@ -69,18 +47,19 @@ def test_run_killed_at_random_points_finishes_with_the_uninterrupted_numbers(ima
 def test_sweep_killed_and_rerun_completes_only_what_is_missing(image_folder, tmp_path):
     root = tmp_path / "runs"
     args = _args(image_folder, tmp_path, root, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=6")
-    cut = _kill_at_random(args, tmp_path, root, random.Random(1), kills=3)
-    print(f"sweep: {cut} of 3 kills landed during training")
-    assert cut >= 1  # the rerun below really had something to resume
+    # 180 steps per job: killed in the second job, then in the third's checkpoint writes, then in the fourth
+    for kind, at in (("step", 250), ("checkpoint", 9), ("step", 200)):
+        assert train_with_fault(args, kind, at, "SIGKILL", tmp_path) == -9
     before = {d.name: (d / record.SUMMARY).stat().st_mtime_ns for d in root.iterdir() if (d / record.SUMMARY).exists()}
-    assert subprocess.run(args, cwd=tmp_path, capture_output=True).returncode == 0
+    assert 0 < len(before) < 4
+    assert subprocess.run([*TRAIN, *args], cwd=tmp_path, capture_output=True).returncode == 0
     tables = load_runs(root)
     assert len(tables.runs) == 4 and set(tables.runs["status"]) == {"finished"}
     for name, mtime in before.items():  # finished runs were not retrained
         assert (root / name / record.SUMMARY).stat().st_mtime_ns == mtime
     reference = tmp_path / "reference"
-    subprocess.run(_args(image_folder, tmp_path, reference, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=6"),
-                   cwd=tmp_path, capture_output=True, check=True)
+    subprocess.run([*TRAIN, *_args(image_folder, tmp_path, reference, "-m", "norm=bn,ln", "seed=0,1",
+                                            "trainer.epochs=6")], cwd=tmp_path, capture_output=True, check=True)
     for directory in (d for d in root.iterdir() if not d.name.startswith(".")):
         assert record_numbers(directory) == record_numbers(reference / directory.name)
 

@@ -14,7 +14,7 @@ from normexp import record
 from normexp.config import ConfigError
 from normexp.record import atomic
 from normexp.train.conductor import train_run
-from tests.conftest import interrupted_at, record_numbers, run_dir
+from tests.helpers import interrupted_at, record_numbers, run_dir
 
 PACKED = ("seed=[0,1]", "data.batch_size=4", "trainer.epochs=3", "trainer.eval_every=2")  # 2 seeds as one model
 
