@@ -281,3 +281,13 @@ def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):
     slices = json.loads((tmp_path / "verdict.json").read_text())["slices"]
     assert [s["at"] for s in slices] == [{"trainer.epochs": 2}, {"trainer.epochs": 4}]
     assert (tmp_path / "figures" / "accuracy_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_folder_reads_the_runs_its_shared_list_names(tmp_path, capsys):
+    stored = write_run(tmp_path / "claim" / "runs", BN, 2, 0, [40.0, 50.0])
+    write_run(tmp_path / "norms" / "runs", GN, 2, 0, [45.0, 55.0])
+    (tmp_path / "norms" / record.SHARED).write_text(f"# stored in claim\n../claim/runs/{stored.name}\n")
+    assert sorted(load_runs(tmp_path / "norms").runs["norm"]) == ["bn", "gn8"]
+    (tmp_path / "norms" / record.SHARED).write_text("../claim/runs/gone\n")
+    assert analyze([str(tmp_path / "norms")]) == 2
+    assert "lists run folders that do not exist" in capsys.readouterr().err

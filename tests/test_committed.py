@@ -19,3 +19,11 @@ def test_committed_runs_resolve_to_their_names():
         config = OmegaConf.load(path.parent / record.CONFIG)
         assert record.identity(config, recorded["data_digest"]) == recorded, path.parent.name
         assert record.run_name(recorded) == path.parent.name
+
+
+def test_shared_runs_lists_name_committed_runs():
+    listings = sorted(RESULTS.glob("*/" + record.SHARED))
+    for listing in listings:
+        for directory in record.shared_runs(listing.parent):  # raises on a missing run
+            assert (directory / record.SUMMARY).is_file(), directory
+            assert directory.parent.parent != listing.parent  # stored elsewhere, once

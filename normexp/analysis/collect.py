@@ -51,13 +51,17 @@ def _evaluation(directory: Path) -> str | None:
 
 
 def _run_folders(roots: tuple[Path, ...]) -> list[Path]:
-    """Every folder holding identity.json below any of `roots`, skipping hidden folders, each once."""
+    """Every folder holding identity.json below any of `roots`, skipping hidden folders, and those
+    that a root's shared-runs list names (record.SHARED), each once."""
     folders = {}
     for root in map(Path, roots):
         for identity_path in root.rglob(record.IDENTITY):
             directory = identity_path.parent
             if not any(part.startswith(".") for part in directory.relative_to(root).parts):
                 folders[directory.resolve()] = directory
+        for listing in root.rglob(record.SHARED):
+            for directory in record.shared_runs(listing.parent):
+                folders.setdefault(directory.resolve(), directory)
     return [folders[key] for key in sorted(folders)]
 
 

@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.results_dirs[0]
     source = ", ".join(map(str, args.results_dirs))
     table_dir, figure_dir = out / "tables", out / "figures"
-    tables = load_runs(*args.results_dirs)
+    try:
+        tables = load_runs(*args.results_dirs)
+    except FileNotFoundError as error:  # a shared-runs list naming a run that is not there
+        print(f"normexp-analyze: {error}", file=sys.stderr)
+        return 2
     _write_table(tables.runs.drop(columns=["path", "identity", "criteria"], errors="ignore"), table_dir, "runs")
     for _, run in tables.excluded.iterrows():
         print(f"excluded {run['run']}: {run['status']} - {run['reason']}")

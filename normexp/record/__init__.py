@@ -35,6 +35,9 @@ LOG = "train.log"
 ERROR = "error.json"
 LOCK = ".lock"
 STARTS = "starts.jsonl"
+# A results folder may list runs stored in another one instead of holding copies: one path per line,
+# relative to the file's folder (e.g. ../claim/runs/bn_b2x8_s0_22895390); the analysis reads them as its own.
+SHARED = "shared_runs.txt"
 # What changes a run's numbers besides its identity (float rounding that grows into seed-level noise):
 # a run resumes only where its last start ran, unless runtime.allow_env_change says otherwise.
 ENVIRONMENT = ("device", "threads", "torch_version")
@@ -162,6 +165,19 @@ def read_json(path: Path) -> Optional[dict[str, Any]]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def shared_runs(folder: Path) -> list[Path]:
+    """The run folders that `folder`'s SHARED file lists (none without one); a listed folder that
+    is missing raises FileNotFoundError naming it."""
+    path = folder / SHARED
+    if not path.is_file():
+        return []
+    listed = [folder / line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    missing = [str(p) for p in listed if not (p / IDENTITY).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} lists run folders that do not exist: {', '.join(missing)}")
+    return listed
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
