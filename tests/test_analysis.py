@@ -291,3 +291,13 @@ def test_a_folder_reads_the_runs_its_shared_list_names(tmp_path, capsys):
     (tmp_path / "norms" / record.SHARED).write_text("../claim/runs/gone\n")
     assert analyze([str(tmp_path / "norms")]) == 2
     assert "lists run folders that do not exist" in capsys.readouterr().err
+
+
+def test_a_swept_norm_setting_the_tag_does_not_show_is_named_in_the_tables(tmp_path):
+    for rmax in (2.0, 3.0):
+        for seed in range(2):
+            write_run(tmp_path, {"name": "brn", "momentum": 0.1, "rmax": rmax}, 2, seed, [40.0 + rmax, 50.0 + rmax])
+    assert analyze([str(tmp_path)]) == 0
+    accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv").set_index("norm")
+    assert accuracy.loc["brn rmax=2.0", "acc_mean"] == pytest.approx(52.0)
+    assert accuracy.loc["brn rmax=3.0", "n"] == 2

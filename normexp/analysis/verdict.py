@@ -234,3 +234,19 @@ def _small_batch_checks(groups: Mapping[tuple[str, int], np.ndarray], c: Criteri
             "bn_mean": bn_small.mean(), "gap": beats["estimate"], "n_gn": len(gn_small), "n_bn": len(bn_small),
             "welch_t": beats["t"], "df": beats["df"], "p_value_one_sided": beats["p_one_sided"], "alpha": c.alpha},
     }
+
+
+def tag_norm_settings(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` whose norm tag also names the norm settings that differ among runs of one tag (a
+    swept setting the tag does not show, e.g. `brn rmax=2.0` beside `brn rmax=3.0`), so that tables
+    keep them apart; tags that do not share settings are left as they are."""
+    settings = [{k: v for k, v in flat_settings(identity["norm"]).items()} for identity in runs["identity"]]
+    tags = list(runs["norm"])
+    for tag in set(tags):
+        rows = [i for i, t in enumerate(tags) if t == tag]
+        varying = sorted(k for k in set().union(*(settings[i] for i in rows))
+                         if len({str(settings[i].get(k)) for i in rows}) > 1)
+        for i in rows:
+            if varying:
+                tags[i] = tag + "".join(f" {k}={settings[i].get(k)}" for k in varying)
+    return runs.assign(norm=tags)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from normexp.analysis import landscape, plots
     from normexp.analysis.collect import load_runs
     from normexp.analysis.tables import accuracy_table, convergence_table, error_table, thresholds_from
-    from normexp.analysis.verdict import PoolingError, check_poolable, with_axes
+    from normexp.analysis.verdict import PoolingError, check_poolable, tag_norm_settings, with_axes
     from normexp.analysis.verdict_text import describe_verdict
     from normexp.criteria import load_criteria
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(out / "report.html", source, tables.runs)
         return 1
     axes = [field for field in args.vary if field not in SWEPT]  # further swept settings: table columns
-    finished = with_axes(finished, axes)
+    finished = tag_norm_settings(with_axes(finished, axes))
     try:
         check_poolable(finished, SWEPT + tuple(args.vary), cell=("norm", "batch_size", *axes))
         criteria, provenance = load_criteria(_overrides(args.overrides), _recorded_criteria(finished))
