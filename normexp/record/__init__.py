@@ -1,6 +1,7 @@
 """One run's record: its identity and folder name, the files it writes, its summary and status.
 
-Torch-free: the conductor writes through this module and the tables read through it.
+Torch-free: the conductor writes through this module and the tables read through it; a run's
+identity and name are in normexp.record.identity (re-exported here).
 
 A run folder `<tag>_b<batch>[x<devices>]_s<seed>_<hash>/` holds `identity.json` (what the hash
 covers: every setting that changes the numbers, and the data's content digest), `config.yaml`
@@ -13,7 +14,6 @@ unfinished ones resume.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from contextlib import contextmanager
@@ -22,8 +22,9 @@ from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from normexp.config import NOT_IDENTITY, RECORDED_AS_STARTED
+from normexp.config import RECORDED_AS_STARTED
 from normexp.record import atomic, locks
+from normexp.record.identity import columns, identity, norm_tag, run_dir, run_name  # noqa: F401 (record's API)
 
 IDENTITY = "identity.json"
 CONFIG = "config.yaml"
@@ -47,55 +48,6 @@ ENVIRONMENT = ("device", "threads", "torch_version")
 EXTRA_EVALUATIONS = ("test_loss_precise", "test_acc_precise", "test_loss_batch", "test_acc_batch")
 
 FINISHED, DIVERGED, FAILED, RUNNING, UNFINISHED = "finished", "diverged", "failed", "running", "unfinished"
-
-
-def norm_tag(spec: Mapping[str, Any]) -> str:
-    """A short readable label for a norm config, e.g. `bn`, `gn8`, `gn-cpg16`, `gn8-ws`, `evonorm8`
-    (no underscores: run folder names split on them)."""
-    name = spec["name"]
-    if name in ("gn", "gn_ws"):
-        groups = spec.get("groups")
-        tag = f"gn{groups}" if groups is not None else f"gn-cpg{spec['channels_per_group']}"
-        return tag + ("-ws" if name == "gn_ws" else "")
-    if name == "evonorm":
-        return f"evonorm{spec['groups']}"
-    if spec.get("precise_bn_batches") is not None:
-        return f"{name}-pbn"
-    if spec.get("skip_tlu_before_addition"):
-        return f"{name}-noaddtlu"
-    if spec.get("freeze_after") is not None:
-        return f"{name}-frozen{spec['freeze_after']:g}"
-    return str(name).replace("_", "-")
-
-
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    return value
-
-
-def identity(cfg: DictConfig, data_digest: str) -> dict[str, Any]:
-    """Everything that determines a run's numbers: the resolved config without the groups that
-    never change them (config.NOT_IDENTITY) and without null settings, and the content digest of
-    the data it trains on. Null settings are left out so that a setting added later, null (off) by
-    default, leaves the names of existing runs unchanged."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    ident = {key: _without_nulls(value) for key, value in container.items() if key not in NOT_IDENTITY}
-    ident["data_digest"] = data_digest
-    return ident
-
-
-def run_name(ident: Mapping[str, Any]) -> str:
-    """e.g. `gn8_b4x8_s1_3f2a9c1e`: norm, images per device x devices, seed, hash of the identity."""
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
-    data = ident["data"]
-    devices = f"x{data['devices']}" if data["devices"] != 1 else ""
-    return f"{norm_tag(ident['norm'])}_b{data['batch_size']}{devices}_s{ident['seed']}_{digest}"
-
-
-def run_dir(cfg: DictConfig, data_digest: str) -> Path:
-    return Path(cfg.paths.results_root).expanduser().resolve() / run_name(identity(cfg, data_digest))
 
 
 def write_start(directory: Path, ident: Mapping[str, Any], config_yaml: str,
@@ -285,23 +237,3 @@ def status(directory: Path, summary_: Optional[Mapping[str, Any]]) -> tuple[str,
     if error is not None:
         return FAILED, f"{error.get('type')}: {error.get('message')} (log: {directory / LOG})"
     return UNFINISHED, "interrupted; rerun the same command to resume it"
-
-
-def columns(ident: Mapping[str, Any]) -> dict[str, Any]:
-    """The table columns of a run's identity: its swept settings first, then the rest of its setup."""
-    norm, data = ident["norm"], ident["data"]
-    return {
-        "norm": norm_tag(norm),
-        "batch_size": data["batch_size"],
-        "devices": data["devices"],
-        "seed": ident["seed"],
-        "step_batch": data["batch_size"] * data["devices"],
-        "norm_name": norm["name"],
-        "groups": norm.get("groups"),
-        "channels_per_group": norm.get("channels_per_group"),
-        "depth": ident["model"]["depth"],
-        "base_width": ident["model"]["base_width"],
-        "epochs": ident["trainer"]["epochs"],
-        "train_subset": data.get("train_subset"),
-        "data_digest": ident["data_digest"],
-    }
