@@ -45,33 +45,26 @@ def preset(overrides: list[str]) -> dict:
     """`claim_gpu` as its sweep composes it with `overrides`: its epochs, milestones and schedule,
     whether its verdict requires parity, and the runs the sweep makes (grid points x seeds; a
     command-line value of a swept key replaces the preset's values, as Hydra's sweeper does)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
 
-    from normexp.compose import CONF_DIR
+    from normexp.compose import axes, compose
     from normexp.config import seeds
 
-    def count(override) -> int:
-        return len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
-
-    parser = OverridesParser.create()
     try:
-        given = parser.parse_overrides(overrides)
+        given = OverridesParser.create().parse_overrides(overrides)
         fitted = sorted({o.key_or_group for o in given if o.is_sweep_override()} & FITTED)
         if fitted:
             raise SystemExit(f"claim_gpu.py chooses {', '.join(fitted)} itself: do not sweep them")
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", return_hydra_config=True, overrides=[
-                "experiment=claim_gpu", "hydra/launcher=joblib", *(o.input_line for o in given if not o.is_sweep_override())])
-        axes = {o.key_or_group: count(o) for o in
-                parser.parse_overrides([f"{key}={values}" for key, values in cfg.hydra.sweeper.params.items()])}
+        cfg = compose(["experiment=claim_gpu", "hydra/launcher=joblib",
+                       *(o.input_line for o in given if not o.is_sweep_override())], hydra=True)
+        grid = axes(OmegaConf.to_container(cfg.hydra.sweeper.params), overrides)
     except HydraException as error:
         raise SystemExit(f"claim_gpu.py: {error}") from error
-    axes.update({o.key_or_group: count(o) for o in given if o.is_sweep_override() or o.key_or_group in axes})
     return {"epochs": cfg.trainer.epochs, "milestones": list(cfg.optim.milestones),
             "step_schedule": cfg.optim.schedule == "step", "require_parity": bool(cfg.verdict.require_parity),
-            "runs": math.prod(axes.values()) * len(seeds(cfg))}
+            "runs": math.prod(len(values) for values in grid.values()) * len(seeds(cfg))}
 
 
 def train(overrides: list[str], timeout: float | None = None) -> int:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from normexp.compose import CONF_DIR
+from normexp.compose import compose
 from tests.helpers import make_image_folder, tiny_run
 
 
@@ -23,7 +22,6 @@ def make_cfg(image_folder: Path, tmp_path: Path):
     """Compose the real config as a tiny run (conf/experiment/debug.yaml) with these overrides."""
 
     def make(*overrides: str) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=tiny_run(image_folder, tmp_path) + list(overrides))
+        return compose(tiny_run(image_folder, tmp_path) + list(overrides))
 
     return make

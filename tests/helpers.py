@@ -10,13 +10,12 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
 import normexp.train.conductor as conductor
 from normexp import record
-from normexp.compose import CONF_DIR
+from normexp.compose import compose
 from normexp.data.sources import CLASSES
 
 TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
@@ -89,8 +88,7 @@ def norm_spec(name: str, **settings: object) -> dict:
     """The `norm` config of conf/norm/<name>.yaml (where a norm's defaults live), with `settings`."""
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        spec = OmegaConf.to_container(compose(config_name="config", overrides=[f"norm={name}"]).norm)
+    spec = OmegaConf.to_container(compose([f"norm={name}"]).norm)
     return {**spec, **settings}
 
 

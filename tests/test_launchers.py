@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from normexp import record
-from normexp.compose import CONF_DIR
+from normexp.compose import compose
 from tests.helpers import record_numbers, tiny_run
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
@@ -77,8 +76,7 @@ def test_submitit_sweep_killed_and_rerun_finishes_with_the_basic_launchers_recor
 
 
 def _launcher(name: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
+    cfg = compose([f"hydra/launcher={name}"], hydra=True)
     return cfg.hydra.launcher
 
 

@@ -1,10 +1,9 @@
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from normexp.compose import CONF_DIR
+from normexp.compose import CONF_DIR, compose
 from normexp.config import ConfigError
 from normexp.nn.models import CifarResNet, build_model
 from normexp.nn.norms import NORMS, build_norm
@@ -121,8 +120,7 @@ def test_a_norm_with_its_own_activation_gets_no_relu_after_it(name, relu):
 
 @pytest.mark.parametrize("yaml", sorted((CONF_DIR / "norm").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_norm_yaml_builds_a_model_that_runs(yaml):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"norm={yaml.stem}"])
+    cfg = compose([f"norm={yaml.stem}"])
     model = build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, cfg.model.num_classes)
 
@@ -138,8 +136,7 @@ def test_a_whole_number_typed_for_a_float_setting_is_the_same_run():
     from normexp.train.conductor import member_config
 
     def run_identity(*overrides):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return identity(member_config(compose(config_name="config", overrides=list(overrides)), 0), "data")
+        return identity(member_config(compose(list(overrides)), 0), "data")
 
     assert run_identity("norm=brn", "norm.rmax=3") == run_identity("norm=brn")  # the YAML says 3.0
     assert run_identity("norm=brn", "norm.rmax=3")["norm"]["rmax"] == 3.0

@@ -6,10 +6,9 @@ import platform
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from normexp import record
-from normexp.compose import CONF_DIR, sweep_grid
+from normexp.compose import CONF_DIR, compose, sweep_grid
 from normexp.config import ConfigError, seeds, step_batch, validate
 from normexp.train.conductor import member_config, seeded_model
 from normexp.train.optim import scaled_lr
@@ -19,8 +18,7 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def _compose(*overrides: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    return compose(list(overrides), hydra=hydra)
 
 
 def _grid(experiment: str) -> list[list[str]]:
