@@ -101,9 +101,11 @@ def _model(cfg: DictConfig, seed: int = 0) -> nn.Module:
 
 
 def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
-                 device: torch.device) -> float:
+                 device: torch.device, compile_mode: str | None = "config") -> float:
     """Training images/s of normexp's loop (`engine.train_epoch`) on `pack_size` seeds packed as
-    one model, all of them together; the second of two epochs (the first warms up and compiles)."""
+    one model, all of them together; the second of two epochs (the first warms up and compiles).
+    `compile_mode`: "config" (runtime.compile decides), None (eager), or a torch.compile mode
+    ("default", "reduce-overhead"); the first epoch's seconds go to `normexp_rate.first_seconds`."""
     pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
     split_batch_statistics(pack.model, cfg.data.devices)
     fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
@@ -113,9 +115,16 @@ def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
                          flip=cfg.data.flip, memory_format=fmt)
     optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
     scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
-    forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
+    if compile_mode == "config":
+        forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
+    else:
+        forward = pack.model if compile_mode is None else torch.compile(
+            pack.model, mode=None if compile_mode == "default" else compile_mode)
+    start = time.perf_counter()
     for epoch in (1, 2):
         result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every, 2)
+        if epoch == 1:
+            normexp_rate.first_seconds = time.perf_counter() - start
     if forward is not pack.model:
         torch._dynamo.reset()  # the next cell's model must not count against this one's compile cache
     return pack_size * result.records[0]["images_per_s"]
