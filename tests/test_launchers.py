@@ -18,6 +18,7 @@ from tests.helpers import record_numbers, tiny_run
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
+FAULTS = Path(__file__).parent / "faults"
 # Two jobs (1 and 2 virtual devices, the per-device protocol), each training seeds 0 and 1 packed as one model.
 SWEEP = ("data.devices=1,2", "seed=[0,1]", "data.batch_size=4", "runtime.pack_max_batch=8", "trainer.epochs=3")
 
@@ -40,13 +41,17 @@ def test_submitit_sweep_killed_and_rerun_finishes_with_the_basic_launchers_recor
     root = tmp_path / "runs"
     args = _sweep(image_folder, tmp_path, root, "hydra/launcher=slurm_local")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sweep = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    held = tmp_path / "held"  # the 2-device job stops at its 20th step (epoch 2 of 3): tests/faults/
+    faulty = {**env, "PYTHONPATH": os.pathsep.join([str(FAULTS), env.get("PYTHONPATH", "")]),
+              "NORMEXP_HOLD_AT_STEP": "20", "NORMEXP_HOLD_MARKER": str(held)}
+    sweep = subprocess.Popen(args, cwd=tmp_path, env=faulty, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)  # its own process group: the launcher and its jobs
     started = time.time()
-    while not _summaries(root) and sweep.poll() is None and time.time() - started < 120:
-        time.sleep(0.02)
+    while not (held.exists() and _summaries(root)) and sweep.poll() is None and time.time() - started < 240:
+        time.sleep(0.1)  # waits for two events: one job finished, the other held mid-training
     os.killpg(sweep.pid, signal.SIGKILL)  # as a lost node or preemption: every process of the sweep at once
     sweep.wait()
+    assert held.exists()  # the fault held the 2-device job
     finished = _summaries(root)
     unfinished = [d for d in _runs(root) if d.name not in finished]
     assert finished and unfinished  # one job's runs had finished; the other's were cut short
