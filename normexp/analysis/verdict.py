@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from normexp.analysis.verdict_text import SMALL_BATCH_CHECKS
 from normexp.criteria import METRICS, Criteria
 
-SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")
 
 
 class PoolingError(ValueError):
@@ -57,11 +57,16 @@ def _bounds(estimate: float, se: float, df: float, alpha: float) -> dict[str, fl
             "lower_bound": float(estimate - one), "ci_low": float(estimate - half), "ci_high": float(estimate + half)}
 
 
+def _batches_run(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -> dict[str, list[int]]:
+    """The batch sizes each of the verdict's two norms ran."""
+    return {tag: sorted(b for t, b in groups if t == tag) for tag in (c.bn, c.gn)}
+
+
 def _missing_small_batch(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria, shared: list[int]) -> list[str]:
     """What the data lack for the small-batch half, as sentences; empty when it can be judged."""
     problems = _missing_parity(groups, c)
     if not problems and not [b for b in shared if b < c.reference_batch]:
-        have = {tag: sorted(b for t, b in groups if t == tag) for tag in (c.bn, c.gn)}
+        have = _batches_run(groups, c)
         problems.append(f"no batch size below reference batch {c.reference_batch} run with both {c.bn} and {c.gn}; "
                         f"have {c.bn} {have[c.bn]}, {c.gn} {have[c.gn]}")
     if not problems:
@@ -72,7 +77,7 @@ def _missing_small_batch(groups: Mapping[tuple[str, int], np.ndarray], c: Criter
 
 def _missing_parity(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -> list[str]:
     """What the data lack for parity at the reference batch, as sentences."""
-    have = {tag: sorted(b for t, b in groups if t == tag) for tag in (c.bn, c.gn)}
+    have = _batches_run(groups, c)
     problems = [f"no finished {tag} runs" for tag in (c.bn, c.gn) if not have[tag]]
     problems += [f"no finished {tag} runs at reference batch {c.reference_batch}; have batches {have[tag]}"
                  for tag in (c.bn, c.gn) if have[tag] and c.reference_batch not in have[tag]]

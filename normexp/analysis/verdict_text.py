@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch", "parity")
+SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")  # the first part
+CHECKS = (*SMALL_BATCH_CHECKS, "parity")
 PARTS = ("small_batch", "parity")  # in the order the text names them
 
 
@@ -84,7 +85,7 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
     if result["parts"]["small_batch"]["undecided"]:
         lines.append(f"  small-batch half undecided: {result['parts']['small_batch']['reason']}")
     else:
-        d, g, i, b = (k[name] for name in CHECKS[:4])
+        d, g, i, b = (k[name] for name in SMALL_BATCH_CHECKS)
         lines += [
             f"  small-batch half ({gn} vs {bn}, batch sizes {', '.join(map(str, result['batch_sizes']))}; "
             f"reference {ref}):",
@@ -140,7 +141,7 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                          f"alpha {c['alpha']:g}, parity ±{c['max_parity_gap']:g}"),
         }
         if "bn_degrades" in k:
-            d, g, i, b = (k[name] for name in CHECKS[:4])
+            d, g, i, b = (k[name] for name in SMALL_BATCH_CHECKS)
             column.update({
                 "BN degrades: drop (lower bound)": f"{num(d['drop'])} ({num(d['lower_bound'])}) {outcome(d)}",
                 "GN holds vs reference: change (lower bound)": f"{num(g['change'], '+.2f')} "
