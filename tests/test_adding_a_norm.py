@@ -87,5 +87,10 @@ def test_a_batch_dependent_layer_that_declares_no_split_is_refused(make_cfg, tmp
     searchpath = _register(monkeypatch, tmp_path, "undeclared", UndeclaredBatchNorm)
     with pytest.raises(ConfigError, match="cannot split a UndeclaredBatchNorm layer per device"):
         train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.devices=2", "seed=0"))
+    with pytest.raises(ConfigError, match="evaluation.batch_statistics=true .* UndeclaredBatchNorm"):
+        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0"))  # one device: the evaluation
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused before writing
+    one_device = make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0", "evaluation.batch_statistics=false")
+    assert train_run(one_device)[0]["status"] == record.FINISHED
     with pytest.raises(ConfigError, match="cannot pack a UndeclaredBatchNorm"):
         train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.batch_size=2", "seed=[0,1]"))

@@ -141,6 +141,8 @@ def test_analyze_refuses_to_pool_runs_that_differ_or_repeat(tmp_path, capsys):
     assert "trainer.epochs" in capsys.readouterr().err
     assert analyze([str(tmp_path / "a"), "--vary", "model.depth"]) == 2  # another field may vary: still refused
     assert "trainer.epochs" in capsys.readouterr().err
+    assert analyze([str(tmp_path / "a"), "--vary", "trainer"]) == 2  # a group is not an axis
+    assert "--vary trainer names a group of settings" in capsys.readouterr().err
     write_run(tmp_path / "b", BN, 2, 0, [40.0, 50.0], digest="cifar")
     write_run(tmp_path / "b", BN, 2, 1, [40.0, 50.0], digest="other-data")
     assert analyze([str(tmp_path / "b")]) == 2
@@ -286,7 +288,7 @@ def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):
 def test_a_folder_reads_the_runs_its_shared_list_names(tmp_path, capsys):
     stored = write_run(tmp_path / "claim" / "runs", BN, 2, 0, [40.0, 50.0])
     write_run(tmp_path / "norms" / "runs", GN, 2, 0, [45.0, 55.0])
-    (tmp_path / "norms" / record.SHARED).write_text(f"# stored in claim\n../claim/runs/{stored.name}\n")
+    (tmp_path / "norms" / record.SHARED).write_text(f"  # stored in claim\n../claim/runs/{stored.name}\n")
     assert sorted(load_runs(tmp_path / "norms").runs["norm"]) == ["bn", "gn8"]
     (tmp_path / "norms" / record.SHARED).write_text("../claim/runs/gone\n")
     assert analyze([str(tmp_path / "norms")]) == 2

@@ -16,6 +16,7 @@ from normexp.nn.models import build_model
 from normexp.nn.precise_bn import population_statistics
 from normexp.train.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics
 from normexp.train.conductor import train_run
+from normexp.train.engine import evaluate
 from tests.helpers import norm_spec, record_numbers, run_dir
 
 MODEL = {"depth": 8, "base_width": 4, "num_classes": 10, "zero_init_residual": False}
@@ -54,6 +55,19 @@ def test_batch_statistics_evaluation_normalizes_per_device_groups_of_the_test_se
     assert loss == pytest.approx(expected, rel=1e-5)
     assert acc == pytest.approx(100.0 * (logits.argmax(1) == test.y[order[:50]]).float().mean().item())
     assert evaluate_batch_statistics(model, test, per_device=4, seed=4) != (loss, acc)  # the order matters
+
+
+def test_batch_renorm_is_evaluated_with_its_batch_statistics_not_renormalized():
+    torch.manual_seed(0)
+    model = build_model(MODEL, norm_spec("brn"))
+    images, labels = _batches(64)
+    train = TrainBatches(images, labels, 16, torch.full((3,), 0.5), torch.full((3,), 0.25), seeds=[0])
+    model.train()
+    for x, _ in train.epoch(1):  # running statistics away from their initial values; past the warm-up's start
+        model(x)
+    test = EvalBatches(images[:32], labels[:32], 16, torch.full((3,), 0.5), torch.full((3,), 0.25))
+    # train-mode Batch Renorm with unclipped r and d computes eval mode's output; batch statistics differ
+    assert evaluate_batch_statistics(model, test, per_device=4, seed=0) != pytest.approx(evaluate(model, test))
 
 
 def test_after_the_freeze_train_mode_computes_what_eval_mode_does():
@@ -123,6 +137,7 @@ def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactl
     assert run_dir(frozen).name.startswith("bn-frozen0.5_b4x2_s0_")
     ours, theirs = record_numbers(run_dir(frozen)), record_numbers(run_dir(plain))
     assert [r["frozen_bn"] for r in ours] == [False, False, True]  # epoch 3 is the first to start past half
+    assert "test_acc_precise" in ours[1] and "test_acc_precise" not in ours[2]  # not after the switch
     assert ours[1]["train_loss"] == theirs[1]["train_loss"] and ours[2]["train_loss"] != theirs[2]["train_loss"]
     again = make_cfg("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=64", *settings,
                      f"paths.results_root={tmp_path / 'again'}")
@@ -159,7 +174,8 @@ def test_the_decomposition_pairs_each_remedy_with_the_weights_it_fixes():
     assert table["precise recovers"].startswith("+7.00 [")  # 6, 7, 8: paired, so only their spread counts
     assert table["batch statistics recovers"] == "+10.00 [+10.00, +10.00]"
     assert table["FrozenBN recovers"] == "+4.00 [+4.00, +4.00]"
-    assert table["best at this batch"] == "batch statistics" and table["remains"].startswith("+10.00 [")
+    assert table["best at this batch"] == "batch statistics"
+    assert table["remains"].startswith("+9.00 [")  # batch statistics at 32 (79) minus at 2 (70)
 
 
 def test_analysis_writes_the_statistics_tables_and_refuses_mixed_evaluations(make_cfg, tmp_path, capsys):

@@ -19,7 +19,6 @@ from normexp.analysis.verdict_text import SMALL_BATCH_CHECKS
 from normexp.criteria import METRICS, Criteria
 
 
-
 class PoolingError(ValueError):
     """Runs that differ in more than the swept fields, or repeat a run, cannot be pooled."""
 
@@ -99,10 +98,16 @@ def flat_settings(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def with_axes(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
-    """`runs` with a column per swept setting in `axes` (dotted names, e.g. trainer.epochs), read
-    from each run's identity; a setting a run lacks (null, left out of its identity) reads None."""
+    """`runs` with a column per swept setting in `axes` (dotted names of single settings, e.g.
+    trainer.epochs), read from each run's identity; a setting a run lacks (null, left out of its
+    identity, or a norm without it) reads "unset", a list a tuple. PoolingError for a group."""
     flat = [flat_settings(identity) for identity in runs["identity"]]
-    return runs.assign(**{axis: [row.get(axis) for row in flat] for axis in axes})
+    for axis in axes:
+        if any(key.startswith(axis + ".") for row in flat for key in row):
+            raise PoolingError(f"--vary {axis} names a group of settings; name one setting of it as an axis "
+                               f"(e.g. {next(k for row in flat for k in row if k.startswith(axis + '.'))})")
+    value = lambda v: "unset" if v is None else tuple(v) if isinstance(v, list) else v  # noqa: E731
+    return runs.assign(**{axis: [value(row.get(axis)) for row in flat] for axis in axes})
 
 
 def check_poolable(runs: pd.DataFrame, varying: Sequence[str], cell: Sequence[str] = ("norm", "batch_size")) -> None:

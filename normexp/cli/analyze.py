@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
               "analysis would replace that set's own)", file=sys.stderr)
         return 2
     from normexp.analysis import landscape, plots
+    from normexp.analysis.bn_decomposition import carries_extra_evaluations
     from normexp.analysis.collect import load_runs
     from normexp.analysis.tables import accuracy_table, convergence_table, error_table, thresholds_from
     from normexp.analysis.verdict import PoolingError, check_poolable, tag_norm_settings, with_axes
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         write_report(out / "report.html", source, tables.runs)
         return 1
     axes = [field for field in args.vary if field not in SWEPT]  # further swept settings: table columns
-    finished = tag_norm_settings(with_axes(finished, axes))
     try:
+        finished = tag_norm_settings(with_axes(finished, axes))
         check_poolable(finished, SWEPT + tuple(args.vary), cell=("norm", "batch_size", *axes))
         criteria, provenance = load_criteria(_overrides(args.overrides), _recorded_criteria(finished))
     except (PoolingError, ValueError) as error:
@@ -142,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         # "flat" uses the verdict's parity margin: the same "close enough" as BN vs GN at the reference batch
         landscape_tables["group_shape"] = (landscape.group_shape(finished, criteria.alpha, criteria.max_parity_gap),
                                            landscape.caption(landscape.group_shape))
-    if not axes and "final_test_acc_batch" in finished and finished["final_test_acc_batch"].notna().any():
+    if not axes and carries_extra_evaluations(finished):
         try:  # BN's three evaluations and FrozenBN (normexp.analysis.bn_decomposition)
             landscape_tables.update(_statistics_tables(finished, criteria))
         except ValueError as error:
             print(f"normexp-analyze: {error}", file=sys.stderr)
             return 2
-        figures.append(plots.statistics_curves(epochs, figure_dir / "statistics_by_epoch.png"))
+        figures.append(plots.statistics_curves(epochs_shown, figure_dir / "statistics_by_epoch.png"))
     for name, (table, _) in landscape_tables.items():
         _write_table(table, table_dir, name)
 

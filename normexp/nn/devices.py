@@ -13,6 +13,8 @@ with 1/devices of its variance. The state dict is plain BatchNorm2d's (BatchReno
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,3 +90,17 @@ def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
         else:
             split_batch_statistics(child, devices)
     return model
+
+
+def check_splittable(model: nn.Module, devices: int, batch_statistics: bool) -> None:
+    """Raise ConfigError, before anything is written, if `model` holds a batch-dependent layer that
+    does not declare its per-device split while `devices` > 1 or `batch_statistics` (the evaluation
+    that normalizes test images in groups of data.batch_size: the `evaluation` config) needs it."""
+    undeclared = [type(m).__name__ for m in model.modules()
+                  if batch_dependent(m) and not hasattr(m, "per_device") and type(m) is not nn.BatchNorm2d]
+    if undeclared and devices > 1:
+        split_batch_statistics(copy.deepcopy(model), devices)  # raises, naming data.devices and the layer
+    if undeclared and batch_statistics:
+        raise ConfigError(f"evaluation.batch_statistics=true normalizes test images in groups of data.batch_size, "
+                          f"but a {undeclared[0]} layer has no per_device(devices) method (see normexp.nn.devices): "
+                          f"give it one or set evaluation.batch_statistics=false")

@@ -125,7 +125,8 @@ def shared_runs(folder: Path) -> list[Path]:
     path = folder / SHARED
     if not path.is_file():
         return []
-    listed = [folder / line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    listed = [folder / line for line in lines if line and not line.startswith("#")]
     missing = [str(p) for p in listed if not (p / IDENTITY).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} lists run folders that do not exist: {', '.join(missing)}")

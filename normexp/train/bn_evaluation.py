@@ -23,13 +23,15 @@ from torch import nn
 
 from normexp.data import EvalBatches, TrainBatches
 from normexp.nn.devices import split_batch_statistics
+from normexp.nn.layers import BatchRenorm2d
 from normexp.nn.precise_bn import batch_norm_layers, population_statistics
 
 
 @dataclass(frozen=True)
 class StatisticsDraw:
-    """Training images for population statistics: `steps` batches of `train` (the run's step batch)
-    from the order of epoch `epoch` (past every training epoch, so training's own orders are untouched)."""
+    """Training images for population statistics: `steps` batches of `train` (the run's step batch),
+    in the order of the epoch `apply` is given (one past every training epoch, so that training's
+    own orders are untouched)."""
 
     train: TrainBatches
     steps: int
@@ -53,15 +55,18 @@ def precise_copy(model: nn.Module, draw: StatisticsDraw, epoch: int) -> nn.Modul
 @torch.no_grad()
 def evaluate_batch_statistics(model: nn.Module, batches: EvalBatches, per_device: int, seed: int) -> tuple[float, float]:
     """Test loss and accuracy (%) of a single (unpacked) model in train mode, every `per_device`
-    test images normalized together (the test set in an order seeded by `seed`, the last group
-    filled up from its start, whose second predictions are not counted); `model` is untouched."""
+    test images normalized together by their own statistics (Batch Renorm without its correction
+    to the running ones), in an order seeded by `seed`, the last group filled up from the order's
+    start, whose repeated predictions are not counted; `model` is untouched."""
     model = copy.deepcopy(model)
     for layer in batch_norm_layers(model):
-        layer.momentum = 0.0  # running statistics unchanged (and Batch Renorm's corrections with them)
+        layer.momentum = 0.0  # running statistics unchanged
+        if isinstance(layer, BatchRenorm2d):  # r = 1, d = 0: its own batch statistics, not renormalized
+            layer.rmax, layer.dmax = 1.0, 0.0
     model.train()
     n, device = batches.images, batches.x.device
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
-    order = torch.cat([order, order[: -n % per_device]])
+    order = order.repeat(math.ceil(per_device / n) + 1)[: math.ceil(n / per_device) * per_device]
     chunk = max(1, batches.batch_size // per_device) * per_device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)

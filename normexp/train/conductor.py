@@ -23,7 +23,7 @@ from normexp import record
 from normexp.config import ConfigError, first_frozen_epoch, seeds, step_batch, unwritable, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
-from normexp.nn.devices import split_batch_statistics
+from normexp.nn.devices import check_splittable, split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.norms import canonical_spec
 from normexp.nn.packing import Pack, check_packable
@@ -93,6 +93,7 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     device = runtime.pick_device(cfg.runtime.device)
     if len(models) > 1 and step_batch(cfg) <= pack_limit(cfg, device):
         check_packable(models[0])
+    check_splittable(models[0], cfg.data.devices, cfg.evaluation.batch_statistics)
     problem = unwritable(cfg.paths.results_root)
     if problem:
         raise ConfigError(problem)
@@ -234,7 +235,8 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
         due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
         untested = {"test_loss": None, "test_acc": None}
         tested = (evaluate_members(pack, [m.model for m in group], test, epochs + epoch,  # draws past training
-                                   (legacy_precise, cfg.norm.precise_bn_batches) if legacy_precise else None, extra)
+                                   (legacy_precise, cfg.norm.precise_bn_batches) if legacy_precise else None, extra,
+                                   frozen)
                   if due else [untested] * pack.size)
         eval_seconds = time.perf_counter() - eval_start
         active = [(i, m) for i, m in enumerate(group) if m.diverged is None]

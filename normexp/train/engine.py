@@ -97,7 +97,9 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
-    """Test loss and accuracy (%) in eval mode (BN uses its running statistics)."""
+    """Test loss and accuracy (%) in eval mode (BN uses its running statistics); every module's
+    mode is restored afterwards (a FrozenBN layer stays frozen)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     loss_sum = torch.zeros((), device=batches.x.device)
     correct = torch.zeros((), device=batches.x.device, dtype=torch.int64)
@@ -105,7 +107,8 @@ def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
         out = model(x)
         loss_sum += F.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
-    model.train()
+    for module, training in modes:
+        module.training = training
     return loss_sum.item() / batches.images, 100.0 * correct.item() / batches.images
 
 
@@ -133,10 +136,11 @@ def _each_member(pack: Pack, model: nn.Module, members: list[nn.Module]) -> Iter
 
 def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches, epoch: int,
                      precise_bn: Optional[tuple[TrainBatches, int]] = None,
-                     extra: Optional[ExtraEvaluations] = None) -> list[dict[str, float]]:
+                     extra: Optional[ExtraEvaluations] = None, frozen: bool = False) -> list[dict[str, float]]:
     """Each member's test loss and accuracy (`test_loss`, `test_acc`), and with `extra`, for a model
     with BN-type layers, the same with precise population statistics (`*_precise`) and with batch
-    statistics (`*_batch`); draws past training: epoch `epoch`. Packed members are evaluated one by
+    statistics (`*_batch`; precise statistics are left out when `frozen`: after FrozenBN's switch
+    the weights no longer train under batch statistics upstream); draws past training: epoch `epoch`. Packed members are evaluated one by
     one as single models (large-batch inference runs faster ungrouped). With `precise_bn` =
     (training batches, batches) (norm=bn_precise, the committed `bn-pbn` runs), `test_*` itself is
     evaluated on a copy whose BN statistics were recomputed over that many training batches, each
@@ -150,7 +154,7 @@ def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches,
             for member in _each_member(pack, model, members)]
     if extra is None or not batch_norm_layers(pack.model):
         return rows
-    if extra.precise is not None:
+    if extra.precise is not None and not frozen:
         precise = precise_copy(pack.model, extra.precise, epoch)
         for row, member in zip(rows, _each_member(pack, precise, members)):
             row["test_loss_precise"], row["test_acc_precise"] = evaluate(member, batches)
