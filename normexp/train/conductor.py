@@ -265,7 +265,8 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
         member.summary = atomic.finite(record.summary(
             member.directory.name, member.metrics, member.diverged, member.compute_seconds,
             pack_size=member.metrics[-1]["pack_size"],
-            lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source, **runtime.provenance(device)))
+            lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source,
+            **runtime.provenance(device, record.last_start(member.directory))))
         record.write_summary(member.directory, member.summary)
         member.tracker.finish(member.summary)
 

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
@@ -146,6 +146,8 @@ def refuse_environment_change(resumed: list[Path], device: torch.device, allowed
                 f"pass runtime.allow_env_change=true to continue and record the change")
 
 
-def provenance(device: torch.device) -> dict[str, Any]:
-    """What ran a run: its environment and the code's commit."""
-    return {**environment(device), **code_version()}
+def provenance(device: torch.device, start: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """What ran a run: its environment, and the code's commit as the run's last `start` recorded it
+    (the code that trained its last stretch; starts.jsonl holds every start's), or as it is now."""
+    code = {key: start[key] for key in ("git_commit", "git_dirty") if key in start} if start else {}
+    return {**environment(device), **(code or code_version())}
