@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     accuracy, error = accuracy_table(finished, axes), error_table(finished, criteria, axes)
     _write_table(accuracy, table_dir, "accuracy")
-    _write_table(error, table_dir, "error_by_batch", index=True)
+    _write_table(error.reset_index() if axes else error, table_dir, "error_by_batch", index=not axes)
     finished_runs = set(finished["run"])
     epochs = tables.epochs[tables.epochs["run"].isin(finished_runs) & (tables.epochs["status"] == record.FINISHED)]
     convergence = convergence_table(finished, epochs, args.thresholds or thresholds_from(finished), axes)
