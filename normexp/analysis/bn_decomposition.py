@@ -13,6 +13,8 @@ noisier training under small-batch statistics costs.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 from scipy import stats
 
@@ -50,6 +52,14 @@ def statistics_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _interval(value: object) -> str:
+    """A (mean, CI low, CI high) as "+m [+l, +h]"; without a CI (one seed) as "+m (no CI)"."""
+    if not isinstance(value, tuple):
+        return ""
+    mean, low, high = value
+    return f"{mean:+.2f} (no CI)" if math.isnan(low) else f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def _ci(difference: pd.Series, alpha: float) -> tuple[float, float, float]:
     if len(difference) < 2:
         return float(difference.mean()), float("nan"), float("nan")
@@ -70,7 +80,8 @@ def decomposition(runs: pd.DataFrame, bn: str, frozen: str | None, reference: in
     by run), FrozenBN (`frozen` norm's population minus BN's, paired by seed). Then the remedy with
     the highest mean at b (so chosen after seeing the data: read its CI as optimistic), and what it
     leaves: the same remedy at the reference minus at b (Welch), the loss that remains when both
-    batch sizes get it. Each as mean [CI low, CI high]."""
+    batch sizes get it (population at the reference where the remedy did not run there; `remains
+    against` says which). Each as mean [CI low, CI high], or the mean alone with one seed."""
     bn_runs = runs[runs["norm"] == bn]
     frozen_runs = runs[runs["norm"] == frozen] if frozen is not None else runs.iloc[0:0]
 
@@ -95,12 +106,12 @@ def decomposition(runs: pd.DataFrame, bn: str, frozen: str | None, reference: in
                 means[name] = remedy.mean()
         best = max(means, key=means.get)
         row["best at this batch"] = best
-        reference_best = accuracy(best, reference)
-        row["remains"] = _welch(reference_best, accuracy(best, batch), alpha) if len(reference_best) else None
+        against = best if len(accuracy(best, reference)) else "population"  # a remedy not run at the reference
+        row["remains"] = _welch(accuracy(against, reference), accuracy(best, batch), alpha)
+        row["remains against"] = f"{against} at {reference}"
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in table.columns:
         if table[column].map(lambda v: isinstance(v, tuple)).any():
-            table[column] = table[column].map(lambda v: f"{v[0]:+.2f} [{v[1]:+.2f}, {v[2]:+.2f}]"
-                                              if isinstance(v, tuple) else "")
+            table[column] = table[column].map(_interval)
     return table
