@@ -79,7 +79,7 @@ def test_diverging_run_is_recorded_with_its_epoch_and_step(make_cfg):
 def test_failing_job_does_not_stop_the_sweep(image_folder, tmp_path):
     root = tmp_path / "runs"
     # G=3 fits no layer: those jobs fail at build time, the others run; the report lists the failures
-    done = subprocess.run(_args(image_folder, tmp_path, root, "-m", "norm=gn", "norm.groups=3,2", "trainer.epochs=1"),
+    done = subprocess.run([*TRAIN, *_args(image_folder, tmp_path, root, "-m", "norm=gn", "norm.groups=3,2", "trainer.epochs=1")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # the sweep ran on, and its exit says that a job did not
     assert "norm.groups=3 does not fit a layer with 4 channels" in done.stdout + done.stderr
@@ -91,7 +91,7 @@ def test_failing_job_does_not_stop_the_sweep(image_folder, tmp_path):
 @pytest.mark.slow
 def test_two_concurrent_sweeps_on_one_root_train_each_run_once(image_folder, tmp_path):
     root = tmp_path / "runs"
-    args = _args(image_folder, tmp_path, root, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=3")
+    args = [*TRAIN, *_args(image_folder, tmp_path, root, "-m", "norm=bn,ln", "seed=0,1", "trainer.epochs=3")]
     first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
