@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 DATA_SOURCES = ("folder", "torchvision")
 SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("bf16",)  # trainer.precision besides null (fp32)
 DEVICES = ("auto", "cpu", "cuda")
 # groups outside a run's identity; of runtime, the device, threads and torch version change the numbers by
 # float rounding and are held fixed per run instead (record.ENVIRONMENT, checked on resume)
@@ -75,6 +76,7 @@ class TrainerConfig:
     epochs: int = MISSING
     eval_every: int = MISSING
     log_every: int = MISSING
+    precision: Optional[str] = MISSING
 
 
 @dataclass
@@ -90,6 +92,7 @@ class RuntimeConfig:
     progress: bool = MISSING
     channels_last: bool = MISSING
     compile: Optional[bool] = MISSING
+    capture: Optional[bool] = MISSING
     pack_max_batch: Optional[int] = MISSING
     eval_batch_size: int = MISSING
     download: bool = MISSING
@@ -240,6 +243,8 @@ def validate(cfg: DictConfig) -> None:
     _require(_positive_int(t.eval_every), "trainer.eval_every", t.eval_every,
              "must be an integer >= 1 (the last epoch is always evaluated)")
     _require(_positive_int(t.log_every), "trainer.log_every", t.log_every, "must be an integer >= 1")
+    _require(t.precision is None or t.precision in PRECISIONS, "trainer.precision", t.precision,
+             f"allowed: null (fp32), {', '.join(PRECISIONS)}")
     _require(cfg.evaluation.precise_images is None or _positive_int(cfg.evaluation.precise_images),
              "evaluation.precise_images", cfg.evaluation.precise_images, "must be null (off) or an integer >= 1")
     _require(_positive_int(r.eval_batch_size), "runtime.eval_batch_size", r.eval_batch_size,

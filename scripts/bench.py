@@ -45,6 +45,7 @@ from normexp.record import atomic, norm_tag
 from normexp.train import runtime
 from normexp.train.conductor import member_config, pack_limit, seeded_model
 from normexp.train.engine import evaluate, train_epoch
+from normexp.train.step import build_step, captures
 from normexp.train.optim import build_optimizer, build_scheduler
 
 MIN_STEPS = 4  # optimizer steps per timed epoch at least, whatever --images says
@@ -101,11 +102,12 @@ def _model(cfg: DictConfig, seed: int = 0) -> nn.Module:
 
 
 def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
-                 device: torch.device, compile_mode: str | None = "config") -> float:
+                 device: torch.device, compile_mode: str | None = "config", capture: bool | None = None) -> float:
     """Training images/s of normexp's loop (`engine.train_epoch`) on `pack_size` seeds packed as
-    one model, all of them together; the second of two epochs (the first warms up and compiles).
-    `compile_mode`: "config" (runtime.compile decides), None (eager), or a torch.compile mode
-    ("default", "reduce-overhead"); the first epoch's seconds go to `normexp_rate.first_seconds`."""
+    one model, all of them together; the second of two epochs (the first warms up, compiles and
+    captures). `compile_mode`: "config" (runtime.compile decides), None (eager), or a torch.compile
+    mode ("default", "reduce-overhead"); `capture`: the step (normexp.train.step; None: as
+    `runtime.capture` decides); the first epoch's seconds go to `normexp_rate.first_seconds`."""
     pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
     split_batch_statistics(pack.model, cfg.data.devices)
     fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
@@ -115,14 +117,16 @@ def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
                          flip=cfg.data.flip, memory_format=fmt)
     optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
     scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
+    capture = capture if capture is not None else cfg.runtime.capture
     if compile_mode == "config":
-        forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
+        forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, captures(capture, device))
     else:
         forward = pack.model if compile_mode is None else torch.compile(
             pack.model, mode=None if compile_mode == "default" else compile_mode)
+    step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name)
     start = time.perf_counter()
     for epoch in (1, 2):
-        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every, 2)
+        result = train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, 2)
         if epoch == 1:
             normexp_rate.first_seconds = time.perf_counter() - start
     if forward is not pack.model:

@@ -67,9 +67,12 @@ def preset(overrides: list[str]) -> dict:
             "runs": math.prod(len(values) for values in grid.values()) * len(seeds(cfg))}
 
 
+LAUNCHER = ["hydra/launcher=joblib"]  # --launcher: joblib's processes, or gpu (one process, a stream per job)
+
+
 def train(overrides: list[str], timeout: float | None = None) -> int:
-    """`normexp-train -m experiment=claim_gpu` with the joblib launcher, stopped after `timeout` s; its exit code."""
-    command = [sys.executable, "-m", "normexp.cli.train", "-m", "experiment=claim_gpu", "hydra/launcher=joblib",
+    """`normexp-train -m experiment=claim_gpu` with LAUNCHER, stopped after `timeout` s; its exit code."""
+    command = [sys.executable, "-m", "normexp.cli.train", "-m", "experiment=claim_gpu", *LAUNCHER,
                "runtime.progress=false", *overrides]
     print("$", " ".join(command), flush=True)
     process = subprocess.Popen(command, start_new_session=True)  # its own group: its workers stop with it
@@ -152,10 +155,14 @@ def main() -> None:
     parser.add_argument("--probe-images", type=int, default=8192)
     parser.add_argument("--train-images", type=int, default=CIFAR10_TRAIN,
                         help="train the sweep on a stratified subset of this many images (tests)")
-    parser.add_argument("--parallel", type=int, default=12, help="jobs at once (joblib n_jobs)")
+    parser.add_argument("--parallel", type=int, default=12, help="jobs at once (the launcher's n_jobs)")
+    parser.add_argument("--launcher", choices=["joblib", "gpu"], default="joblib",
+                        help="joblib: a process per job; gpu: every job in one process, each on its own CUDA "
+                             "stream (hydra/launcher=gpu, not yet timed on a GPU); default %(default)s")
     parser.add_argument("--margin", type=float, default=1.2, help="factor on the probe's time per epoch")
     parser.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the analysis")
     args, overrides = parser.parse_known_args()
+    LAUNCHER[:] = [f"hydra/launcher={args.launcher}"]
     full = preset(overrides)
     deadline = time.monotonic() + args.seconds - args.reserve
     launcher = [f"hydra.launcher.n_jobs={args.parallel}"]

@@ -18,7 +18,7 @@ from normexp import record
 from normexp.compose import compose
 from normexp.data.sources import CLASSES
 
-TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s"}
+TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s", "capture_seconds"}
 
 
 def tiny_run(image_folder: Path, tmp_path: Path, results_root: Path | None = None) -> list[str]:
@@ -38,10 +38,10 @@ def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None
     """Inside the block, the conductor is stopped as by Ctrl-C when it starts training `epoch`."""
     real_epoch = conductor.train_epoch
 
-    def interrupted(pack, forward, optimizer, scheduler, train, current, *args):
+    def interrupted(pack, step, scheduler, train, current, *args):
         if current == epoch:
             raise KeyboardInterrupt
-        return real_epoch(pack, forward, optimizer, scheduler, train, current, *args)
+        return real_epoch(pack, step, scheduler, train, current, *args)
 
     with monkeypatch.context() as patch:
         patch.setattr(conductor, "train_epoch", interrupted)
@@ -115,8 +115,8 @@ def hit():
         os.kill(os.getpid(), sig)
 if kind == "step":
     compiled = runtime.maybe_compiled
-    def counted(flag, model, device):
-        forward = compiled(flag, model, device)
+    def counted(flag, model, *args):
+        forward = compiled(flag, model, *args)
         return lambda x: (hit(), forward(x))[1]
     runtime.maybe_compiled = counted
 else:

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from normexp.cli.launcher import hydra_released
 from normexp.compose import CONF_DIR
 from normexp.config import ConfigError, register_configs
 
@@ -35,8 +36,10 @@ def app(cfg: DictConfig) -> None:
         with registered_job(Path(cfg.paths.cache_dir).expanduser() / "jobs") as running:
             # under SLURM the CPU affinity is this job's allocation: other jobs on the node don't share it
             others = running if "SLURM_JOB_ID" not in os.environ else 1
-            train_run(cfg, auto_threads=default_threads(HydraConfig.get().launcher.get("n_jobs"), others),
-                      on_epoch=_sweep_progress() if multirun else None, bar_position=_bar_position(multirun))
+            threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), others)
+            on_epoch, position = _sweep_progress() if multirun else None, _bar_position(multirun)
+            with hydra_released():  # hydra/launcher=gpu: the sweep's other jobs in this process go on
+                train_run(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
     except (ConfigError, DataError) as error:
         log.error("%s", error)
         if not multirun:

@@ -92,13 +92,28 @@ class TrainBatches:
         images = random_crop_flip(self.images[order], self.padding, self.flip, generator)
         return normalize(images, self.mean, self.std), self.labels[order]
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def _whole(self, epoch: int) -> tuple[Tensor, Tensor]:
         xs, ys = zip(*(self._one_seed(seed, epoch) for seed in self.seeds))
-        x = join_inputs(xs).contiguous(memory_format=self.memory_format)
-        y = join_labels(ys)
+        return join_inputs(xs).contiguous(memory_format=self.memory_format), join_labels(ys)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        x, y = self._whole(epoch)
         b = self.batch_size
         for i in range(self.steps):
             yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
+
+    def buffers(self) -> tuple[Tensor, Tensor]:
+        """Empty tensors that hold one epoch's trained images and labels (for `fill`)."""
+        n, (_, c, h, w) = self.steps * self.batch_size, self.images.shape
+        x = torch.empty(n, c * len(self.seeds), h, w, device=self.images.device).contiguous(memory_format=self.memory_format)
+        return x, torch.empty(n, len(self.seeds), dtype=self.labels.dtype, device=self.images.device)
+
+    def fill(self, epoch: int, x: Tensor, y: Tensor) -> None:
+        """Write the epoch's batches, in order, into `buffers()` in place (their addresses stay:
+        what a captured step reads)."""
+        images, labels = self._whole(epoch)
+        x.copy_(images[: x.shape[0]])
+        y.copy_(labels[: y.shape[0]])
 
 
 class EvalBatches:

@@ -41,7 +41,9 @@ STARTS = "starts.jsonl"
 SHARED = "shared_runs.txt"
 # What changes a run's numbers besides its identity (float rounding that grows into seed-level noise):
 # a run resumes only where its last start ran, unless runtime.allow_env_change says otherwise.
-ENVIRONMENT = ("device", "threads", "torch_version")
+ENVIRONMENT = ("device", "threads", "torch_version", "step")
+# what a start recorded before a field of ENVIRONMENT was recorded held (all steps were eager then)
+ENVIRONMENT_BEFORE = {"step": "eager"}
 
 # The evaluations of batch-dependent norms besides the running averages (normexp.train.bn_evaluation):
 # precise population statistics and batch statistics, beside `test_loss` and `test_acc`
@@ -73,8 +75,9 @@ def environment_change(previous: Optional[Mapping[str, Any]], environment: Mappi
     ["threads 1 -> 2"]; empty when they agree or nothing was recorded."""
     if previous is None:
         return []
-    return [f"{key} {previous[key]} -> {environment[key]}" for key in ENVIRONMENT
-            if key in previous and previous[key] != environment[key]]
+    before = {**ENVIRONMENT_BEFORE, **previous}
+    return [f"{key} {before[key]} -> {environment[key]}" for key in ENVIRONMENT
+            if key in before and before[key] != environment[key]]
 
 
 def setting_changes(directory: Path, cfg: DictConfig) -> list[str]:

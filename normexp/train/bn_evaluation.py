@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -86,3 +87,12 @@ def freeze_batch_statistics(model: nn.Module) -> None:
     (eval mode: no batch statistics, no running updates) while its affine weights keep learning."""
     for layer in batch_norm_layers(model):
         layer.eval()
+
+
+def legacy_precise_batches(norm: Mapping[str, Any], train: TrainBatches) -> Optional[TrainBatches]:
+    """The batches of the committed `bn-pbn` runs' precise BN (norm=bn_precise, norm.precise_bn_*):
+    the training set at their own batch size; None when it is off."""
+    if norm.get("precise_bn_batches") is None:
+        return None
+    return TrainBatches(train.images, train.labels, norm["precise_bn_batch_size"], train.mean, train.std,
+                        seeds=train.seeds, padding=train.padding, flip=train.flip, memory_format=train.memory_format)

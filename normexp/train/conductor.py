@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -27,12 +28,14 @@ from normexp.nn.devices import check_splittable, split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.norms import canonical_spec
 from normexp.nn.packing import Pack, check_packable
+from normexp.nn.precision import keep_norms_fp32
 from normexp.record import atomic
 from normexp.train import runtime, trackers
-from normexp.train.bn_evaluation import StatisticsDraw
+from normexp.train.bn_evaluation import StatisticsDraw, legacy_precise_batches
 from normexp.train.engine import ExtraEvaluations, evaluate_members, train_epoch
 from normexp.train.optim import build_optimizer, build_scheduler, scaled_lr
 from normexp.train.progress import StepProgress
+from normexp.train.step import build_step, captures
 
 log = logging.getLogger("normexp")
 
@@ -63,9 +66,13 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
     return run
 
 
+_SEEDING = threading.Lock()  # jobs in threads of one process (hydra/launcher=gpu) share torch's global RNG
+
+
 def seeded_model(cfg: DictConfig) -> nn.Module:
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
+    with _SEEDING:
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
 
 
 def load_data(cfg: DictConfig) -> CifarArrays:
@@ -121,7 +128,8 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
             resumed = [m.directory for m in members if (m.directory / record.CHECKPOINT).is_file()]
             if cfg.runtime.threads is None:
                 runtime.keep_recorded_threads(resumed)
-            runtime.refuse_environment_change(resumed, device, cfg.runtime.allow_env_change)
+            runtime.refuse_environment_change(resumed, device, captures(cfg.runtime.capture, device),
+                                              cfg.runtime.allow_env_change)
             for directory in resumed:
                 if changes := record.setting_changes(directory, cfg):
                     raise ConfigError(f"{directory.name} started with other settings ({', '.join(changes)}): "
@@ -142,7 +150,7 @@ def _start(member: Member, digest: str, device: torch.device) -> None:
     its checkpoint if it has one."""
     path = member.directory / record.CHECKPOINT
     state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
-    environment = runtime.environment(device)
+    environment = runtime.environment(device, captures(member.cfg.runtime.capture, device))
     changed = record.environment_change(record.last_start(member.directory), environment) if state else []
     start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(state["metrics"]) if state else 0,
              **environment, **runtime.code_version(), **({"environment_change": changed} if changed else {})}
@@ -192,6 +200,8 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
     for group in groups:
         pack = Pack([m.model for m in group])
         split_batch_statistics(pack.model, cfg.data.devices)
+        if cfg.trainer.precision is not None:
+            keep_norms_fp32(pack.model)
         pack.model.to(device, memory_format=fmt)
         for member in group:
             member.model.to(device, memory_format=fmt)
@@ -217,8 +227,11 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                 member.directory.name, device, f", packed with {pack.size - 1} other seed(s)" if pack.size > 1 else "",
                 len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
 
-    forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device)
-    legacy_precise = _precise_bn_batches(cfg, train)
+    captured = captures(cfg.runtime.capture, device)
+    forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, captured)
+    step = build_step(pack, forward, optimizer, train, device, cfg.runtime.capture, cfg.norm.name,
+                      cfg.trainer.precision)
+    legacy_precise = legacy_precise_batches(cfg.norm, train)
     extra = ExtraEvaluations(
         StatisticsDraw.of(train, cfg.evaluation.precise_images) if cfg.evaluation.precise_images else None,
         cfg.data.batch_size if cfg.evaluation.batch_statistics else None, [m.cfg.seed for m in group])
@@ -229,7 +242,7 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
             StatisticsDraw.of(train, cfg.norm.freeze_images).apply(pack.model, epochs + epoch - 1)
             group[0].log.info("epoch %d on: BN statistics frozen at their precise population values", epoch)
         frozen = frozen_from is not None and epoch >= frozen_from
-        result = train_epoch(pack, forward, optimizer, scheduler, train, epoch, cfg.trainer.log_every, epochs,
+        result = train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, epochs,
                              progress, frozen)
         eval_start = time.perf_counter()
         due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
@@ -266,18 +279,9 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
             member.directory.name, member.metrics, member.diverged, member.compute_seconds,
             pack_size=member.metrics[-1]["pack_size"],
             lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source,
-            **runtime.provenance(device, record.last_start(member.directory))))
+            **runtime.provenance(device, record.last_start(member.directory), captured)))
         record.write_summary(member.directory, member.summary)
         member.tracker.finish(member.summary)
-
-
-def _precise_bn_batches(cfg: DictConfig, train: TrainBatches) -> Optional[TrainBatches]:
-    """Precise BN's batches (norm.precise_bn_*): the training set at their own batch size; None when
-    it is off."""
-    if cfg.norm.get("precise_bn_batches") is None:
-        return None
-    return TrainBatches(train.images, train.labels, cfg.norm.precise_bn_batch_size, train.mean, train.std,
-                        seeds=train.seeds, padding=train.padding, flip=train.flip, memory_format=train.memory_format)
 
 
 def _fmt(value: Optional[float], pattern: str) -> str:

@@ -1,7 +1,8 @@
 """The training and evaluation passes: tensors in, numbers out, no files.
 
-A step trains every member of a `Pack` at once; losses and accuracies stay on the device and are
-read every `log_every` steps, which is also where divergence (a non-finite loss) is caught.
+A step (normexp.train.step) trains every member of a `Pack` at once; losses and accuracies stay on
+the device and are read every `log_every` steps, which is also where divergence (a non-finite loss)
+is caught.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from normexp.nn.packing import Pack, member_state
 from normexp.nn.precise_bn import batch_norm_layers, recompute_batchnorm_statistics
 from normexp.train.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics, precise_copy
 from normexp.train.progress import StepProgress
+from normexp.train.step import DeviceStep, EagerStep
+
+TrainStep = EagerStep | DeviceStep
 
 
 @dataclass
@@ -35,8 +39,7 @@ class EpochResult:
 
 def train_epoch(
     pack: Pack,
-    forward: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    step: TrainStep,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     train: TrainBatches,
     epoch: int,
@@ -45,52 +48,47 @@ def train_epoch(
     progress: Optional[StepProgress] = None,
     frozen: bool = False,
 ) -> EpochResult:
-    """One pass over the training split; `forward` is the pack's model, maybe compiled. Each record's
-    `lr` is the rate of the epoch's first step (the rate the epoch started training with). `frozen`:
-    BN-type layers normalize with their running statistics (FrozenBN)."""
+    """One pass over the training split by `step` (normexp.train.step). Each record's `lr` is the
+    rate of the epoch's first step (the rate the epoch started training with); with a CUDA graph
+    recorded in the epoch, `capture_seconds` is the time its warm-up and capture took, left out of
+    `images_per_s`. `frozen`: BN-type layers normalize with their running statistics (FrozenBN)."""
     pack.model.train()
     if frozen:
         freeze_batch_statistics(pack.model)
     k, device, steps = pack.size, train.images.device, train.steps
-    loss_sum = torch.zeros(k, device=device)
-    window = torch.zeros(k, device=device)
-    correct = torch.zeros(k, device=device, dtype=torch.int64)
     losses: list[list[dict[str, Any]]] = [[] for _ in range(k)]
     diverged: list[Optional[dict[str, int]]] = [None] * k
-    lr = optimizer.param_groups[0]["lr"]
+    lr = scheduler.optimizer.param_groups[0]["lr"]
     progress = progress or StepProgress(label="")
     progress.start(epoch, epochs, steps)
     start = time.perf_counter()
-    for step, (x, y) in enumerate(train.epoch(epoch), start=1):
-        loss, hits = pack.losses(forward(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        optimizer.step()
+    step.start_epoch(train, epoch, frozen)
+    totals = step.totals
+    for done in range(1, steps + 1):
+        step()
         scheduler.step()
-        loss = loss.detach()
-        loss_sum += loss
-        window += loss
-        correct += hits
-        if step % log_every == 0 or step == steps:
-            means = (window / (log_every if step % log_every == 0 else step % log_every)).tolist()
-            window.zero_()
-            global_step = (epoch - 1) * steps + step
+        if done % log_every == 0 or done == steps:
+            means = (totals.window / (log_every if done % log_every == 0 else done % log_every)).tolist()
+            totals.window.zero_()
+            global_step = (epoch - 1) * steps + done
             for i, mean in enumerate(means):
                 losses[i].append({"epoch": epoch, "step": global_step, "loss": mean})
                 if diverged[i] is None and not math.isfinite(mean):
                     diverged[i] = {"epoch": epoch, "step": global_step}
-            progress.update(step, steps, train.batch_size, means)
+            progress.update(done, steps, train.batch_size, means)
             if all(d is not None for d in diverged):
                 break
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     progress.close()
-    seen = step * train.batch_size
+    seen = done * train.batch_size
+    setup = step.capture_seconds  # a captured step's warm-up and capture: not in images_per_s
     records = [
-        {"epoch": epoch, "train_loss": total / step, "train_acc": 100.0 * hits / seen, "lr": lr,
-         "train_seconds": seconds, "images_per_s": seen / seconds}
-        for total, hits in zip(loss_sum.tolist(), correct.tolist())
+        {"epoch": epoch, "train_loss": total / done, "train_acc": 100.0 * hits / seen, "lr": lr,
+         "train_seconds": seconds, "images_per_s": seen / (seconds - setup),
+         **({"capture_seconds": setup} if setup else {})}
+        for total, hits in zip(totals.loss.tolist(), totals.correct.tolist())
     ]
     return EpochResult(records, losses, diverged)
 

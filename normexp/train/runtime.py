@@ -82,14 +82,16 @@ def memory_format(channels_last: bool, model: nn.Module, device: torch.device) -
     return torch.channels_last
 
 
-def maybe_compiled(flag: Optional[bool], model: nn.Module, device: torch.device) -> nn.Module:
-    """The model, or with `runtime.compile` (null = on GPUs only) `torch.compile`d, with CUDA graphs
-    on a GPU ("reduce-overhead"): it removes most of the per-step launch overhead that dominates
-    small batches there (results/bench). On 2 CPU cores compiling did not pay for its compile time
-    in a one-off probe (about +10% at batch 2 for 40 s, slower at 64)."""
-    if not (flag if flag is not None else device.type == "cuda"):
+def maybe_compiled(flag: Optional[bool], model: nn.Module, device: torch.device, captured: bool = False) -> nn.Module:
+    """The model, or with `runtime.compile` (null = on a GPU when the step is not `captured`)
+    `torch.compile`d; on a GPU outside a captured step with torch's CUDA graphs ("reduce-overhead"),
+    which removes most of the per-step launch overhead that dominates small batches there
+    (results/bench); inside a captured step (its own graph) in the default mode. On 2 CPU cores
+    compiling did not pay for its compile time in a one-off probe (about +10% at batch 2 for 40 s,
+    slower at 64)."""
+    if not (flag if flag is not None else device.type == "cuda" and not captured):
         return model
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" and not captured else None)
 
 
 def code_version() -> dict[str, Any]:
@@ -107,12 +109,14 @@ def code_version() -> dict[str, Any]:
     return {"git_commit": commit.strip() if commit else None, "git_dirty": None if status is None else bool(status.strip())}
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Where a run computes: device, torch threads, versions, host (record.ENVIRONMENT are the
-    fields among these that change its numbers)."""
+def environment(device: torch.device, captured: bool = False) -> dict[str, Any]:
+    """Where a run computes: device, torch threads, the step (`eager` or `captured`,
+    normexp.train.step), versions, host (record.ENVIRONMENT are the fields among these that change
+    its numbers)."""
     return {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
+        "step": "captured" if captured else "eager",
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
@@ -133,21 +137,21 @@ def keep_recorded_threads(resumed: list[Path]) -> None:
         torch.set_num_threads(threads)
 
 
-def refuse_environment_change(resumed: list[Path], device: torch.device, allowed: bool) -> None:
+def refuse_environment_change(resumed: list[Path], device: torch.device, captured: bool, allowed: bool) -> None:
     """A run resumes only in the environment of its last start (record.ENVIRONMENT) unless
     `allowed` (runtime.allow_env_change): else one name would hold a mix of two sets of numbers."""
-    here = environment(device)
+    here = environment(device, captured)
     for directory in resumed:
         changed = record.environment_change(record.last_start(directory), here)
         if changed and not allowed:
             raise ConfigError(
                 f"{directory.name} trained in another environment ({', '.join(changed)}): resuming here would "
-                f"mix two sets of numbers under one name; resume it where it ran (runtime.threads, torch, device) or "
+                f"mix two sets of numbers under one name; resume it where it ran (runtime.threads, runtime.capture, torch, device) or "
                 f"pass runtime.allow_env_change=true to continue and record the change")
 
 
-def provenance(device: torch.device, start: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def provenance(device: torch.device, start: Optional[Mapping[str, Any]] = None, captured: bool = False) -> dict[str, Any]:
     """What ran a run: its environment, and the code's commit as the run's last `start` recorded it
     (the code that trained its last stretch; starts.jsonl holds every start's), or as it is now."""
     code = {key: start[key] for key in ("git_commit", "git_dirty") if key in start} if start else {}
-    return {**environment(device), **(code or code_version())}
+    return {**environment(device, captured), **(code or code_version())}

@@ -14,8 +14,8 @@ if os.environ.get("NORMEXP_HOLD_AT_STEP"):
 
     _compiled = runtime.maybe_compiled
 
-    def _held(flag, model, device):
-        forward = _compiled(flag, model, device)
+    def _held(flag, model, *args):
+        forward = _compiled(flag, model, *args)
         if not any(isinstance(m, PerDeviceBatchNorm2d) for m in model.modules()):
             return forward
         steps = [0]

@@ -1,0 +1,41 @@
+"""`hydra/launcher=gpu`: every job of a sweep in this one process (normexp.cli.launcher).
+
+Hydra finds launchers in the `hydra_plugins` package only; the work is in normexp.cli.launcher.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class GpuLauncherConf:
+    _target_: str = "hydra_plugins.normexp_launcher.gpu_launcher.GpuLauncher"
+    # jobs training at once, each in a thread with its own CUDA stream; null = every job of the
+    # sweep on a GPU, one after another on CPU (where parallel jobs belong in processes: joblib)
+    n_jobs: Optional[int] = None
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="gpu", node=GpuLauncherConf, provider="normexp")
+
+
+class GpuLauncher(Launcher):
+    def __init__(self, n_jobs: Optional[int] = None) -> None:
+        self.n_jobs = n_jobs
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from normexp.cli.launcher import launch
+
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        return launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx, self.n_jobs)

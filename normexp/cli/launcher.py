@@ -1,0 +1,100 @@
+"""One process runs a whole sweep (`hydra/launcher=gpu`): the jobs train in threads of this process,
+each on its own CUDA stream, so that kernels of the small-batch chains run beside the large-batch
+jobs' (kernels of different processes never overlap on one GPU without MPS). On CPU it runs the
+jobs one after another, as Hydra's basic launcher does.
+
+Hydra's per-job state (HydraConfig, the job's logging) is process-wide, so a job holds `GATE`
+while Hydra sets it up and tears it down, and lets go of it while it trains (`hydra_released`,
+around `train_run` in the app). Each run keeps its folder, lock, checkpoint and record as under
+any launcher; a failing job does not stop the others (the app notes it for the sweep's report);
+Ctrl-C or a kill ends every job, each losing at most the epoch it had in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger("normexp")
+
+GATE = threading.Lock()
+_holding = threading.local()  # whether this thread holds GATE for its job's Hydra set-up
+
+
+@contextmanager
+def hydra_released() -> Iterator[None]:
+    """Inside, other jobs of this process may set up and tear down (a job under `launch` lets go of
+    GATE and gets its HydraConfig back after); elsewhere, nothing happens."""
+    if not getattr(_holding, "gate", False):
+        yield
+        return
+    saved = HydraConfig.instance().cfg
+    GATE.release()
+    try:
+        yield
+    finally:
+        GATE.acquire()
+        HydraConfig.instance().cfg = saved
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_overrides: Sequence[Sequence[str]],
+           initial_job_idx: int, n_jobs: Optional[int]) -> list[JobReturn]:
+    """Run the sweep's jobs in this process, `n_jobs` at a time (null: all on a GPU, 1 on CPU)."""
+    setup_globals()
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    cuda = _cuda()
+    workers = n_jobs or (len(job_overrides) if cuda else 1)
+    log.info("Launching %d jobs in this process, %d at a time%s", len(job_overrides), workers,
+             ", each on its own CUDA stream" if cuda else "")
+    configs = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
+        configs.append(sweep_config)
+
+    def one(sweep_config: DictConfig) -> JobReturn:
+        with GATE:
+            _holding.gate = True
+            try:
+                if cuda:
+                    import torch
+
+                    with torch.cuda.stream(torch.cuda.Stream()):
+                        return run_job(hydra_context=context, task_function=task, config=sweep_config,
+                                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+                return run_job(hydra_context=context, task_function=task, config=sweep_config,
+                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            finally:
+                _holding.gate = False
+
+    if workers == 1:
+        results = [one(c) for c in configs]
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        try:
+            results = list(pool.map(one, configs))
+        except KeyboardInterrupt:
+            log.warning("interrupted; finished epochs are kept: rerun the same command to resume")
+            os._exit(130)  # the jobs' threads would each train on to the end of their epoch
+        pool.shutdown()
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return results

@@ -1,0 +1,59 @@
+"""`hydra/launcher=gpu` (normexp.cli.launcher): a sweep's jobs in one process, on CPU one after
+another or, with n_jobs, in threads as on a GPU; the records are the basic launcher's, exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from normexp import record
+from tests.helpers import record_numbers, tiny_run, train_with_fault
+
+# Two jobs (1 and 2 virtual devices), each training seeds 0 and 1 packed as one model.
+SWEEP = ("data.devices=1,2", "seed=[0,1]", "data.batch_size=4", "runtime.pack_max_batch=8", "trainer.epochs=3")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _sweep(image_folder: Path, tmp_path: Path, root: Path, *launcher: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "normexp.cli.train", "-m", *launcher, *tiny_run(image_folder, tmp_path, root), *SWEEP]
+    return subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _runs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if not d.name.startswith("."))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_jobs", ["null", "2"])
+def test_one_process_sweep_records_what_the_basic_launcher_records(image_folder, tmp_path, n_jobs):
+    ours = _sweep(image_folder, tmp_path, tmp_path / "gpu", "hydra/launcher=gpu", f"hydra.launcher.n_jobs={n_jobs}")
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    out = ours.stdout + ours.stderr
+    assert "in this process" in out and "4 finished" in out and "sweep progress:" in out  # launch line, report
+    basic = _sweep(image_folder, tmp_path, tmp_path / "basic")
+    assert basic.returncode == 0, basic.stdout + basic.stderr
+    assert [d.name for d in _runs(tmp_path / "gpu")] == [d.name for d in _runs(tmp_path / "basic")]
+    for directory in _runs(tmp_path / "gpu"):
+        assert record_numbers(directory) == record_numbers(tmp_path / "basic" / directory.name), directory.name
+
+
+@pytest.mark.slow
+def test_one_process_sweep_killed_mid_training_resumes_to_the_same_records(image_folder, tmp_path):
+    root = tmp_path / "runs"
+    args = ["-m", "hydra/launcher=gpu", "hydra.launcher.n_jobs=2", *tiny_run(image_folder, tmp_path, root), *SWEEP]
+    # 90 steps per job (30 per epoch); both jobs step in turn: the kill lands in both jobs' epoch 2 or 3
+    assert train_with_fault(args, "step", 130, "SIGKILL", tmp_path) == -9
+    assert not all((d / record.SUMMARY).exists() for d in _runs(root))
+    assert any(record.read_jsonl(d / record.METRICS) for d in _runs(root))
+    done = subprocess.run([sys.executable, "-m", "normexp.cli.train", *args], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any("resuming" in (d / record.LOG).read_text() for d in _runs(root))
+    reference = _sweep(image_folder, tmp_path, tmp_path / "reference")
+    assert reference.returncode == 0
+    for directory in _runs(root):
+        assert record_numbers(directory) == record_numbers(tmp_path / "reference" / directory.name), directory.name

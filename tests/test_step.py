@@ -1,0 +1,159 @@
+"""The device step (runtime.capture, normexp.train.step) against today's eager loop, on CPU: the same
+ops a CUDA graph records, run eagerly. Its update computes p - (lr*g) where torch's SGD computes
+p + (-lr)*g in one op, so the two agree to float rounding, not bit for bit: the tolerances below."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from normexp import record
+from normexp.compose import compose
+from normexp.data import TrainBatches
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.models import build_model
+from normexp.nn.packing import Pack
+from normexp.train.conductor import train_run
+from normexp.train.engine import train_epoch
+from normexp.train.optim import build_optimizer, build_scheduler
+from normexp.train.step import DeviceSGD, DeviceStep, EagerStep
+from tests.helpers import interrupted_at, record_numbers, run_dir
+
+NORMS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "norm").glob("*.yaml"))
+RTOL, ATOL = 1e-3, 1e-4  # 12 steps of float-rounding drift (seen: up to 2.4e-5 on weights of ~0.1)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_device_sgd_is_torch_sgd_with_a_tensor_rate(nesterov):
+    cfg = compose(["optim.weight_decay=0.01", f"optim.nesterov={str(nesterov).lower()}"]).optim
+    models = [torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    ours, torchs = build_optimizer(models[0], cfg, 64), build_optimizer(models[1], cfg, 64)
+    device_sgd = DeviceSGD(ours)
+    for step in range(6):
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        for model in models:
+            model.zero_grad()
+            model(x).square().mean().backward()
+        for optimizer in (ours, torchs):
+            for group in optimizer.param_groups:
+                group["lr"] = 0.1 / (step + 1)
+        device_sgd.load_rates()
+        device_sgd.step()
+        torchs.step()
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert ours.state_dict()["state"].keys() == torchs.state_dict()["state"].keys()
+
+
+def _train_steps(norm: str, step_kind: str, members: int, devices: int, schedule: str) -> list[torch.Tensor]:
+    """Two epochs of a width-16 ResNet-8 on random images by one kind of step; the final parameters
+    and BN statistics, and each epoch's loss sums."""
+    cfg = compose([f"norm={norm}", f"optim.schedule={schedule}", "optim.warmup_epochs=1", "trainer.epochs=2"])
+    spec = OmegaConf.to_container(cfg.norm, resolve=True)
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(build_model({**cfg.model, "base_width": 16}, spec))
+    pack = Pack(models)
+    split_batch_statistics(pack.model, devices)
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
+    train = TrainBatches(images, labels, 4 * devices, torch.full((3,), 0.5), torch.full((3,), 0.25), range(members))
+    optimizer = build_optimizer(pack.model, cfg.optim, train.batch_size)
+    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
+    device = torch.device("cpu")
+    step = (EagerStep(pack, pack.model, optimizer, device) if step_kind == "eager"
+            else DeviceStep(pack, pack.model, optimizer, train, device, graph=False, norm=norm))
+    sums = []
+    for epoch in (1, 2):
+        frozen = norm == "bn_frozen" and epoch == 2
+        result = train_epoch(pack, step, scheduler, train, epoch, 2, 2, frozen=frozen)
+        sums.append(torch.tensor([r["train_loss"] for r in result.records]))
+    return [*pack.model.state_dict().values(), *sums]
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_the_device_step_trains_every_norm_as_the_eager_loop_does(norm):
+    eager, device = _train_steps(norm, "eager", 1, 2, "cosine"), _train_steps(norm, "device", 1, 2, "cosine")
+    for a, b in zip(eager, device):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_the_device_step_trains_packed_per_device_bn_as_the_eager_loop_does(schedule):
+    eager, device = _train_steps("bn", "eager", 2, 2, schedule), _train_steps("bn", "device", 2, 2, schedule)
+    for a, b in zip(eager, device):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+
+
+def test_a_captured_run_records_what_the_eager_run_records_and_resumes_exactly(make_cfg, tmp_path, monkeypatch):
+    eager = make_cfg("norm=bn", "data.devices=2", "data.batch_size=4", "trainer.epochs=3",
+                     f"paths.results_root={tmp_path / 'eager'}")
+    train_run(eager)
+    cfg = make_cfg("norm=bn", "data.devices=2", "data.batch_size=4", "trainer.epochs=3", "runtime.capture=true")
+    assert run_dir(cfg).name == run_dir(eager).name  # the step is not in the identity...
+    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    train_run(cfg)
+    starts = record.read_jsonl(run_dir(cfg) / record.STARTS)
+    assert [s["step"] for s in starts] == ["captured", "captured"]  # ...but recorded, and held on resume
+    reference = make_cfg("norm=bn", "data.devices=2", "data.batch_size=4", "trainer.epochs=3", "runtime.capture=true",
+                         f"paths.results_root={tmp_path / 'reference'}")
+    train_run(reference)
+    assert record_numbers(run_dir(cfg)) == record_numbers(run_dir(reference))
+    for ours, theirs in zip(record_numbers(run_dir(cfg)), record_numbers(run_dir(eager))):
+        for key, value in theirs.items():
+            assert ours[key] == (pytest.approx(value, rel=1e-3, abs=1e-3) if isinstance(value, float) else value), key
+
+
+def test_a_run_started_eagerly_does_not_resume_captured(make_cfg, monkeypatch):
+    from normexp.config import ConfigError
+
+    cfg = make_cfg("trainer.epochs=2")
+    with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    with pytest.raises(ConfigError, match="step eager -> captured"):
+        train_run(make_cfg("trainer.epochs=2", "runtime.capture=true"))
+
+
+def test_a_start_recorded_before_the_step_was_recorded_reads_as_eager():
+    before = {"device": "cpu", "threads": 1, "torch_version": "2.14.1"}
+    assert record.environment_change(before, {**before, "step": "eager"}) == []
+    assert record.environment_change(before, {**before, "step": "captured"}) == ["step eager -> captured"]
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("norm", ["bn", "gn", "brn", "frn"])
+def test_on_cuda_the_captured_graph_trains_as_the_eager_loop_does(norm):
+    """Two epochs of 6 steps: 3 warm-up steps, a capture, replays; packed, 2 devices, then a restart."""
+    def train(capture: bool) -> list[torch.Tensor]:
+        cfg = compose([f"norm={norm}", "trainer.epochs=2"])
+        spec = OmegaConf.to_container(cfg.norm, resolve=True)
+        models = []
+        for seed in range(2):
+            torch.manual_seed(seed)
+            models.append(build_model({**cfg.model, "base_width": 16}, spec))
+        pack = Pack(models)
+        split_batch_statistics(pack.model, 2)
+        device = torch.device("cuda")
+        pack.model.to(device)
+        images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
+        train = TrainBatches(images.to(device), labels.to(device), 8, torch.full((3,), 0.5), torch.full((3,), 0.25),
+                             range(2))
+        optimizer = build_optimizer(pack.model, cfg.optim, 8)
+        scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
+        step = (DeviceStep(pack, pack.model, optimizer, train, device, graph=True, norm=norm) if capture
+                else EagerStep(pack, pack.model, optimizer, device))
+        for epoch in (1, 2):
+            train_epoch(pack, step, scheduler, train, epoch, 2, 2)
+        return [t.cpu() for t in pack.model.state_dict().values()]
+
+    for a, b in zip(train(False), train(True)):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
