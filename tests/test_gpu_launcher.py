@@ -39,6 +39,9 @@ def test_one_process_sweep_records_what_the_basic_launcher_records(image_folder,
     assert [d.name for d in _runs(tmp_path / "gpu")] == [d.name for d in _runs(tmp_path / "basic")]
     for directory in _runs(tmp_path / "gpu"):
         assert record_numbers(directory) == record_numbers(tmp_path / "basic" / directory.name), directory.name
+        other_job = [d.name for d in _runs(tmp_path / "gpu") if ("x2_" in d.name) != ("x2_" in directory.name)]
+        log = (directory / record.LOG).read_text()
+        assert not any(name in log for name in other_job)  # each run's log: its own job's lines only
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -163,13 +164,14 @@ def is_claimed(directory: Path) -> bool:
 
 @contextmanager
 def run_logger(directory: Path) -> Iterator[logging.Logger]:
-    """A logger for one run: its lines, and the job's shared lines (logger `normexp`), go to the
-    run's `train.log`."""
+    """A logger for one run: its lines, and the job's shared lines (logger `normexp`, from this
+    thread: hydra/launcher=gpu trains other jobs in other threads), go to the run's `train.log`."""
     shared = logging.getLogger("normexp")
     name = f"normexp.run.{directory.name}"
     handler = logging.FileHandler(directory / LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(lambda rec: rec.name == name or not rec.name.startswith("normexp.run."))
+    thread = threading.get_ident()
+    handler.addFilter(lambda rec: rec.name == name or (not rec.name.startswith("normexp.run.") and rec.thread == thread))
     shared.addHandler(handler)
     if shared.level == logging.NOTSET or shared.level > logging.INFO:
         shared.setLevel(logging.INFO)

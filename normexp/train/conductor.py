@@ -66,11 +66,13 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
     return run
 
 
-_SEEDING = threading.Lock()  # jobs in threads of one process (hydra/launcher=gpu) share torch's global RNG
+# jobs in threads of one process (hydra/launcher=gpu) share torch's global RNG: whatever draws from
+# it (a seeded model's initialization; the layers packing builds) holds this lock
+GLOBAL_RNG = threading.Lock()
 
 
 def seeded_model(cfg: DictConfig) -> nn.Module:
-    with _SEEDING:
+    with GLOBAL_RNG:
         torch.manual_seed(cfg.seed)
         return build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
 
@@ -99,7 +101,8 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     models = [seeded_model(run) for run in runs]
     device = runtime.pick_device(cfg.runtime.device)
     if len(models) > 1 and step_batch(cfg) <= pack_limit(cfg, device):
-        check_packable(models[0])
+        with GLOBAL_RNG:
+            check_packable(models[0])
     check_splittable(models[0], cfg.data.devices, cfg.evaluation.batch_statistics)
     problem = unwritable(cfg.paths.results_root)
     if problem:
@@ -198,7 +201,8 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
     test = EvalBatches(test_x.to(device), test_y.to(device), cfg.runtime.eval_batch_size, data.mean, data.std,
                        memory_format=fmt)
     for group in groups:
-        pack = Pack([m.model for m in group])
+        with GLOBAL_RNG:
+            pack = Pack([m.model for m in group])
         split_batch_statistics(pack.model, cfg.data.devices)
         if cfg.trainer.precision is not None:
             keep_norms_fp32(pack.model)

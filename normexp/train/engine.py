@@ -50,8 +50,8 @@ def train_epoch(
 ) -> EpochResult:
     """One pass over the training split by `step` (normexp.train.step). Each record's `lr` is the
     rate of the epoch's first step (the rate the epoch started training with); with a CUDA graph
-    recorded in the epoch, `capture_seconds` is the time its warm-up and capture took, left out of
-    `images_per_s`. `frozen`: BN-type layers normalize with their running statistics (FrozenBN)."""
+    recorded in the epoch, `capture_seconds` is the time its warm-up and capture took, and
+    `images_per_s` is the rate of the steps after them. `frozen`: BN-type layers normalize with their running statistics (FrozenBN)."""
     pack.model.train()
     if frozen:
         freeze_batch_statistics(pack.model)
@@ -79,14 +79,15 @@ def train_epoch(
             if all(d is not None for d in diverged):
                 break
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.current_stream().synchronize()  # this job's work (other jobs may share the GPU)
     seconds = time.perf_counter() - start
     progress.close()
     seen = done * train.batch_size
-    setup = step.capture_seconds  # a captured step's warm-up and capture: not in images_per_s
+    setup, setup_steps = step.capture_seconds, step.capture_steps  # a graph's warm-up and capture
+    steady = (done - setup_steps) * train.batch_size / (seconds - setup) if done > setup_steps else seen / seconds
     records = [
         {"epoch": epoch, "train_loss": total / done, "train_acc": 100.0 * hits / seen, "lr": lr,
-         "train_seconds": seconds, "images_per_s": seen / (seconds - setup),
+         "train_seconds": seconds, "images_per_s": steady,
          **({"capture_seconds": setup} if setup else {})}
         for total, hits in zip(totals.loss.tolist(), totals.correct.tolist())
     ]

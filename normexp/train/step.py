@@ -16,6 +16,7 @@ same ops run eagerly: that is the path the CPU tests compare with `EagerStep`.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Iterator, Optional
 
@@ -28,6 +29,9 @@ from normexp.nn.packing import Pack
 from normexp.nn.precision import autocast
 
 WARMUP = 3  # eager steps before a capture (cuDNN's algorithm choice, lazy state, the autograd streams)
+# one capture at a time in this process (hydra/launcher=gpu's jobs are threads): entering a capture
+# synchronizes the device and empties the allocator's cache, which another capture under way forbids
+_CAPTURING = threading.Lock()
 
 
 class Totals:
@@ -104,7 +108,7 @@ class EagerStep:
                  precision: Optional[str] = None) -> None:
         self.pack, self.forward, self.optimizer, self.precision = pack, forward, optimizer, precision
         self.totals = Totals(pack.size, device)
-        self.capture_seconds = 0.0  # nothing is captured
+        self.capture_seconds, self.capture_steps = 0.0, 0  # nothing is captured
         self._batches: Optional[Iterator[tuple[Tensor, Tensor]]] = None
 
     def start_epoch(self, train: TrainBatches, epoch: int, frozen: bool) -> None:
@@ -139,12 +143,13 @@ class DeviceStep:
         self.eager_left = WARMUP
         self.side = torch.cuda.Stream(device) if graph else None
         self.capture_seconds = 0.0  # this epoch's warm-up and capture (compilation included), timed apart
+        self.capture_steps = 0  # the steps they trained
 
     def start_epoch(self, train: TrainBatches, epoch: int, frozen: bool) -> None:
         train.fill(epoch, self.x, self.y)
         self.counter.zero_()
         self.totals.zero()
-        self.capture_seconds = 0.0
+        self.capture_seconds, self.capture_steps = 0.0, 0
         if self.use_graph and frozen != self.graph_frozen:  # FrozenBN changes the layers' mode: a new graph
             self.graph, self.graph_frozen, self.eager_left = None, frozen, WARMUP
 
@@ -175,6 +180,7 @@ class DeviceStep:
     def _warm_up_or_capture(self) -> None:
         if self.eager_left:
             self.eager_left -= 1
+            self.capture_steps += 1
             assert self.side is not None
             self.side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.side):
@@ -185,13 +191,14 @@ class DeviceStep:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other jobs' threads go on
+            with _CAPTURING, torch.cuda.graph(graph, stream=self.side, capture_error_mode="thread_local"):
                 self._ops()
         except RuntimeError as error:
-            raise ConfigError(f"norm={self.norm} does not capture as a CUDA graph ({' '.join(str(error).split())[:200]}); "
-                              f"train it with runtime.capture=false") from error
+            raise ConfigError(f"capturing the training step of norm={self.norm} as a CUDA graph failed "
+                              f"({' '.join(str(error).split())[:300]}); train it with runtime.capture=false") from error
         self.graph = graph
         graph.replay()
+        self.capture_steps += 1
 
 
 def build_step(pack: Pack, forward: nn.Module, optimizer: torch.optim.Optimizer, train: TrainBatches,
