@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normexp.config import register_configs
 from normexp.locations import CONF_DIR
@@ -64,6 +64,18 @@ def grid(params: Mapping[str, Any], overrides: Sequence[str]) -> list[list[str]]
     """The jobs a sweep of these `hydra.sweeper.params` and command-line overrides makes, in
     Hydra's basic sweeper's order: the `axes` crossed as a cartesian product."""
     return [list(point) for point in itertools.product(*axes(params, overrides).values())]
+
+
+def preset(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any], dict[str, list[str]]]:
+    """A preset as the benches time it: its composed config without Hydra's node, its sweeper's
+    params and, per swept key, the values its sweep takes (e.g. {"norm": ["bn", "gn"]})."""
+    cfg = compose(overrides, hydra=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {})
+    assert isinstance(params, dict)
+    swept = {key: [line.split("=", 1)[1] for line in lines] for key, lines in axes(params).items()}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, params, swept
 
 
 def unknown_key(cfg: DictConfig) -> Optional[str]:

@@ -29,14 +29,14 @@ from typing import Callable, Optional
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from normexp.compose import axes, compose, grid
+from normexp.compose import compose, grid, preset
 from normexp.config import DEVICES, seeds, step_batch, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10, stratified_subset
 from normexp.nn.devices import split_batch_statistics
@@ -256,11 +256,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     device_override = [f"runtime.device={args.device}"] if args.device else []
     common = [f"experiment={args.project}", *device_override, *args.overrides]
-    base = compose(common, hydra=True)
-    params = OmegaConf.to_container(base.hydra.sweeper.get("params") or {})
-    swept = {key: [line.split("=", 1)[1] for line in lines] for key, lines in axes(params).items()}
-    with open_dict(base):
-        del base["hydra"]
+    base, params, swept = preset(common)
     validate(base)
     norms = args.norms or swept.get("norm") or [OmegaConf.select(base, "norm.name")]
     batches = args.batch_sizes or [int(b) for b in swept.get("data.batch_size", [base.data.batch_size])]

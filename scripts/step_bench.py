@@ -23,10 +23,10 @@ from typing import Optional
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from normexp.compose import axes, compose, grid
+from normexp.compose import compose, grid, preset
 from normexp.config import DEVICES, seeds, step_batch, validate
 from normexp.data import CifarArrays, TrainBatches, load_cifar10, stratified_subset
 from normexp.nn.devices import split_batch_statistics
@@ -99,11 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_intermixed_args(argv)
     common = [f"experiment={args.project}", *([f"runtime.device={args.device}"] if args.device else []),
               *args.overrides]
-    base = compose(common, hydra=True)
-    params = OmegaConf.to_container(base.hydra.sweeper.get("params") or {})
-    swept = {key: [line.split("=", 1)[1] for line in lines] for key, lines in axes(params).items()}
-    with open_dict(base):
-        del base["hydra"]
+    base, params, swept = preset(common)
     validate(base)
     torch.set_num_threads(base.runtime.threads or 1)
     device = runtime.pick_device(base.runtime.device)
