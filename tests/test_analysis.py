@@ -303,3 +303,16 @@ def test_a_swept_norm_setting_the_tag_does_not_show_is_named_in_the_tables(tmp_p
     accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv").set_index("norm")
     assert accuracy.loc["brn rmax=2.0", "acc_mean"] == pytest.approx(52.0)
     assert accuracy.loc["brn rmax=3.0", "n"] == 2
+
+
+def test_a_further_baseline_gets_its_own_versus_table_and_an_unknown_one_is_named(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(40.0, 44.0), (39.0, 43.5), (41.0, 44.5)]):
+        write_run(runs, {"name": "frn", "eps": 1e-6}, 2, seed, [30.0, a])
+        write_run(runs, {"name": "frn", "eps": 1e-6, "skip_tlu_before_addition": True}, 2, seed, [30.0, b])
+    assert analyze([str(tmp_path), "--versus", "frn"]) == 0
+    table = pd.read_csv(tmp_path / "tables" / "versus_frn.csv")
+    assert list(table["norm"]) == ["frn-noaddtlu"] and table["difference"][0] == pytest.approx(4.0)
+    assert table["ci_low"][0] > 0
+    assert analyze([str(tmp_path), "--versus", "frnx"]) == 2
+    assert "--versus frnx: no finished runs of that norm here; allowed: frn, frn-noaddtlu" in capsys.readouterr().err

@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a verdict criterion (see conf/verdict/default.yaml), e.g. --set alpha=0.01")
     parser.add_argument("--vary", action="append", default=[], metavar="FIELD",
                         help=f"a further setting the runs may differ in (swept: {', '.join(SWEPT)})")
+    parser.add_argument("--versus", action="append", default=[], metavar="NORM",
+                        help="a further baseline for the versus_* tables, by its tag (e.g. frn): every other norm "
+                             "minus it at each batch size, as against BN and GN")
     parser.add_argument("--thresholds", type=float, nargs="+",
                         help="accuracy thresholds for the convergence table (default: the 4 highest multiples of 10 "
                              "that the best run reaches; thresholds no run reaches are left out)")
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     except (PoolingError, ValueError) as error:
         print(f"normexp-analyze: {error}", file=sys.stderr)
         return 2
+    if unknown := sorted(set(args.versus) - set(finished["norm"])):
+        print(f"normexp-analyze: --versus {', '.join(unknown)}: no finished runs of that norm here; "
+              f"allowed: {', '.join(sorted(set(finished['norm'])))}", file=sys.stderr)
+        return 2
 
     accuracy, error = accuracy_table(finished, axes), error_table(finished, criteria, axes)
     _write_table(accuracy, table_dir, "accuracy")
@@ -132,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(plots.train_loss_curves(losses.assign(norm=losses["run"].map(by_run)),
                                                figure_dir / "train_loss.png"))
     landscape_tables = {}  # name -> (table, what it holds); these compare norm x batch cells: no further axes
-    if not axes and finished["norm"].nunique() > 2:  # each norm against BN and GN, each across batch sizes
-        for baseline in sorted({criteria.bn, criteria.gn} & set(finished["norm"])):
+    if not axes and (finished["norm"].nunique() > 2 or args.versus):  # each norm against BN, GN (and --versus)
+        for baseline in sorted(({criteria.bn, criteria.gn} | set(args.versus)) & set(finished["norm"])):
             landscape_tables[f"versus_{baseline}"] = (landscape.versus(finished, baseline, criteria.alpha),
                                                       landscape.caption(landscape.versus, baseline))
         landscape_tables["batch_change"] = (landscape.batch_change(finished, criteria.alpha),
@@ -214,7 +221,7 @@ def _write_table(table, directory: Path, name: str, index: bool = False) -> None
     from normexp.analysis.verdict_text import is_p_column, with_p_text
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
     shown = with_p_text(table)
-    p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c)]  # tabulate must not reformat them
+    p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c) and not table.empty]  # tabulate must not reformat them
     atomic.write_text(directory / f"{name}.md",
                       shown.to_markdown(index=index, floatfmt=".2f", disable_numparse=p_at or False) + "\n")
 
