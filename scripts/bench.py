@@ -123,7 +123,7 @@ def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
     else:
         forward = pack.model if compile_mode is None else torch.compile(
             pack.model, mode=None if compile_mode == "default" else compile_mode)
-    step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name)
+    step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name, cfg.trainer.precision)
     start = time.perf_counter()
     for epoch in (1, 2):
         result = train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, 2)

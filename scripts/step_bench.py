@@ -16,61 +16,29 @@ import argparse
 import itertools
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch.utils.flop_counter import FlopCounterMode
 
 from normexp.compose import compose, grid, preset
 from normexp.config import DEVICES, seeds, step_batch, validate
-from normexp.data import CifarArrays, TrainBatches, load_cifar10, stratified_subset
-from normexp.nn.devices import split_batch_statistics
-from normexp.nn.packing import Pack
+from normexp.data import CifarArrays, load_cifar10, stratified_subset
 from normexp.record import atomic, norm_tag
 from normexp.train import runtime
 from normexp.train.conductor import member_config, seeded_model
-from normexp.train.engine import train_epoch
-from normexp.train.optim import build_optimizer, build_scheduler
-from normexp.train.step import build_step
 
-
-def flops_per_image(cfg: DictConfig, batch: int = 16) -> float:
-    """The model's FLOPs per image of a training step (forward + backward), by torch's counter."""
-    model = seeded_model(member_config(cfg, 0))
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops() / batch
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the throughput bench's timing, beside this script
+from bench import flops_per_image, normexp_rate  # noqa: E402
 
 def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.device, capture: bool) -> float:
-    """Milliseconds per optimizer step over a timed epoch of `steps` steps, after an untimed one."""
-    members = seeds(cfg)
-    pack = Pack([seeded_model(member_config(cfg, seed)) for seed in members])
-    split_batch_statistics(pack.model, cfg.data.devices)
-    fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
-    pack.model.to(device, memory_format=fmt)
+    """Milliseconds per optimizer step of the preset's seeds packed, over a timed epoch of `steps`
+    steps after an untimed one (bench.normexp_rate)."""
+    members = len(seeds(cfg))
     index = stratified_subset(data.train_labels, steps * step_batch(cfg), cfg.model.num_classes)
-    train = TrainBatches(data.train_images[index].to(device), data.train_labels[index].to(device), step_batch(cfg),
-                         data.mean, data.std, seeds=members, padding=cfg.data.crop_padding, flip=cfg.data.flip,
-                         memory_format=fmt)
-    optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
-    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
-    forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, capture)
-    step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name, cfg.trainer.precision)
-    log_every = train.steps  # one host read per epoch, as a long run's log_every amortizes it
-    train_epoch(pack, step, scheduler, train, 1, log_every, 2)
-    start = time.perf_counter()
-    train_epoch(pack, step, scheduler, train, 2, log_every, 2)  # synchronizes on CUDA before it returns
-    seconds = time.perf_counter() - start
-    if forward is not pack.model:
-        torch._dynamo.reset()
-    return 1000 * seconds / train.steps
+    return 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, index, members, device, capture=capture)
 
 
 def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarArrays) -> Optional[float]:
@@ -104,7 +72,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(base.runtime.threads or 1)
     device = runtime.pick_device(base.runtime.device)
     data = load_cifar10(base.data.source, base.paths, base.runtime.download)
-    flops = flops_per_image(base)
+    flops = flops_per_image(seeded_model(member_config(base, 0)))
     rows = []
     for name, batch in itertools.product(args.norms or swept.get("norm") or [base.norm.name],
                                          args.batch_sizes or [int(b) for b in swept.get("data.batch_size", [])]):

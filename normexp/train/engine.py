@@ -51,7 +51,8 @@ def train_epoch(
     """One pass over the training split by `step` (normexp.train.step). Each record's `lr` is the
     rate of the epoch's first step (the rate the epoch started training with); with a CUDA graph
     recorded in the epoch, `capture_seconds` is the time its warm-up and capture took, and
-    `images_per_s` is the rate of the steps after them. `frozen`: BN-type layers normalize with their running statistics (FrozenBN)."""
+    `images_per_s` is the rate of the steps after them. `frozen`: BN-type layers normalize with
+    their running statistics (FrozenBN)."""
     pack.model.train()
     if frozen:
         freeze_batch_statistics(pack.model)
