@@ -22,9 +22,8 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pandas as pd
 import torch
@@ -33,20 +32,20 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from normexp.compose import compose, grid, preset
 from normexp.config import DEVICES, seeds, step_batch, validate
-from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10, stratified_subset
+from normexp.data import CifarArrays, EvalBatches, load_cifar10, stratified_subset
 from normexp.nn.devices import split_batch_statistics
-from normexp.nn.packing import Pack
 from normexp.record import atomic, norm_tag
 from normexp.train import runtime
 from normexp.train.conductor import member_config, pack_limit, seeded_model
-from normexp.train.engine import evaluate, train_epoch
-from normexp.train.step import build_step, captures
-from normexp.train.optim import build_optimizer, build_scheduler
+from normexp.train.engine import evaluate
+from normexp.train.optim import build_optimizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop's timing, beside this script
+from loop_timing import flops_per_image, normexp_rate, timed  # noqa: E402
 
 MIN_STEPS = 4  # optimizer steps per timed epoch at least, whatever --images says
 
@@ -66,72 +65,18 @@ class PILDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
     """float32 matmul rate (2048^2 on CPU, 8192^2 on GPU), best of `repeats`."""
     size = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
-    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
-
-
-def flops_per_image(model: nn.Module, batch: int = 16) -> float:
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / batch
 
 
 def _model(cfg: DictConfig, seed: int = 0) -> nn.Module:
     """The run's model with this seed, BN statistics split over `data.devices` as in training."""
     return split_batch_statistics(seeded_model(member_config(cfg, seed)), cfg.data.devices)
-
-
-def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
-                 device: torch.device, compile_mode: str | None = "config", capture: bool | None = None) -> float:
-    """Training images/s of normexp's loop (`engine.train_epoch`) on `pack_size` seeds packed as
-    one model, all of them together; the second of two epochs (the first warms up, compiles and
-    captures). `compile_mode`: "config" (runtime.compile decides), None (eager), or a torch.compile
-    mode ("default", "reduce-overhead"); `capture`: the step (normexp.train.step; None: as
-    `runtime.capture` decides); the first epoch's seconds go to `normexp_rate.first_seconds`."""
-    pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
-    split_batch_statistics(pack.model, cfg.data.devices)
-    fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
-    pack.model.to(device, memory_format=fmt)
-    train = TrainBatches(data.train_images[index].to(device), data.train_labels[index].to(device), step_batch(cfg),
-                         data.mean, data.std, seeds=range(pack_size), padding=cfg.data.crop_padding,
-                         flip=cfg.data.flip, memory_format=fmt)
-    optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
-    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
-    capture = capture if capture is not None else cfg.runtime.capture
-    if compile_mode == "config":
-        forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, captures(capture, device))
-    else:
-        forward = pack.model if compile_mode is None else torch.compile(
-            pack.model, mode=None if compile_mode == "default" else compile_mode)
-    step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name, cfg.trainer.precision)
-    start = time.perf_counter()
-    for epoch in (1, 2):
-        result = train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, 2)
-        if epoch == 1:
-            normexp_rate.first_seconds = time.perf_counter() - start
-    if forward is not pack.model:
-        torch._dynamo.reset()  # the next cell's model must not count against this one's compile cache
-    return pack_size * result.records[0]["images_per_s"]
 
 
 def eval_rate(cfg: DictConfig, data: CifarArrays, images: int, device: torch.device) -> float:
@@ -142,7 +87,7 @@ def eval_rate(cfg: DictConfig, data: CifarArrays, images: int, device: torch.dev
     test = EvalBatches(data.test_images[:images].to(device), data.test_labels[:images].to(device),
                        cfg.runtime.eval_batch_size, data.mean, data.std, memory_format=fmt)
     evaluate(model, test)  # warm-up
-    return test.images / _timed(lambda: evaluate(model, test), device)
+    return test.images / timed(lambda: evaluate(model, test), device)
 
 
 def conventional_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, device: torch.device,
@@ -168,7 +113,7 @@ def conventional_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, d
             optimizer.step()
 
     epoch()  # warm-up
-    return len(loader) * step_batch(cfg) / _timed(epoch, device)
+    return len(loader) * step_batch(cfg) / timed(epoch, device)
 
 
 def measure(cfg: DictConfig, data: CifarArrays, images: int, pack: int, workers: int, ceiling: float,

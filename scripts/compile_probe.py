@@ -1,5 +1,5 @@
 """GPU probe: eager vs torch.compile (default, reduce-overhead) in normexp's training loop, through
-the benchmark's harness (scripts/bench.py's `normexp_rate`).
+the benches' harness (scripts/loop_timing.py's `normexp_rate`).
 
 Usage: python scripts/compile_probe.py [DEPTH] [HYDRA_OVERRIDE ...]
 The config is composed from conf/ (`normexp-train`'s defaults, BN) with `model.depth=DEPTH` (default
@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from bench import normexp_rate  # scripts/bench.py, beside this file
+from loop_timing import normexp_rate  # scripts/loop_timing.py, beside this file
 from normexp.compose import compose
 from normexp.config import step_batch, validate
 from normexp.data import CifarArrays

@@ -3,9 +3,12 @@
 For each images/device N of the preset (its `data.devices` virtual devices, its seeds packed as one
 model, its model and norm), times whole epochs of `engine.train_epoch` with today's eager step and
 with the device step (`runtime.capture=true`: a CUDA graph on a GPU, the same ops eagerly on CPU),
-after one untimed epoch that warms up, compiles and captures. Reports ms per optimizer step,
-sustained TFLOP/s (the model's FLOPs per image forward + backward x images per second) and the
-preset's sweep time projected from the faster step, one job at a time, evaluation not included.
+after one untimed epoch that warms up, compiles and captures. With --side-by-side, also the device
+step of every timed cell while all of them train at once, each in a thread on its own CUDA stream
+(as `hydra/launcher=gpu` runs a sweep's jobs). Reports ms per optimizer step, sustained TFLOP/s
+(the model's FLOPs per image forward + backward x images per second) and the preset's sweep time
+projected from the faster step one job at a time and, side by side, from each job's shared pace;
+evaluation not included.
 
 Run:  python scripts/step_bench.py --help
 """
@@ -16,6 +19,9 @@ import argparse
 import itertools
 import shlex
 import sys
+import threading
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -30,29 +36,84 @@ from normexp.record import atomic, norm_tag
 from normexp.train import runtime
 from normexp.train.conductor import member_config, seeded_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the throughput bench's timing, beside this script
-from bench import flops_per_image, normexp_rate  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop's timing, beside this script
+from loop_timing import flops_per_image, normexp_loop, normexp_rate  # noqa: E402
+
+SIDE = "side-by-side ms/step"  # the device step of every timed cell at once
+
+
+def timed_index(cfg: DictConfig, data: CifarArrays, steps: int) -> torch.Tensor:
+    """The training images of a timed epoch of `steps` optimizer steps (every class alike)."""
+    return stratified_subset(data.train_labels, steps * step_batch(cfg), cfg.model.num_classes)
+
 
 def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.device, capture: bool) -> float:
     """Milliseconds per optimizer step of the preset's seeds packed, over a timed epoch of `steps`
-    steps after an untimed one (bench.normexp_rate)."""
+    steps after an untimed one (loop_timing.normexp_rate)."""
     members = len(seeds(cfg))
-    index = stratified_subset(data.train_labels, steps * step_batch(cfg), cfg.model.num_classes)
-    return 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, index, members, device, capture=capture)
+    return 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, timed_index(cfg, data, steps), members,
+                                                          device, capture=capture)
 
 
-def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarArrays) -> Optional[float]:
-    """The sweep's training time from the faster step's ms/step, one job at a time; None if a job's
-    cell is not in the table."""
-    total = 0.0
+def side_by_side_ms(cells: list[DictConfig], data: CifarArrays, steps: int, device: torch.device,
+                    seconds: float) -> list[float]:
+    """Milliseconds per step of each cell's device step (its seeds packed) while all cells train at
+    once, each in a thread on its own CUDA stream: after each one's untimed epoch (built, warmed up
+    and captured one after another), the epochs of `steps` steps each finishes within a common
+    window of `seconds`; every thread trains on past the window, so all run throughout it. NaN
+    where a cell finished no epoch inside the window."""
+    cuda = device.type == "cuda"
+    streams = [torch.cuda.Stream(device) if cuda else None for _ in cells]
+    loops = []
+    for cfg, stream in zip(cells, streams):
+        with torch.cuda.stream(stream) if cuda else nullcontext():
+            loops.append(normexp_loop(cfg, data, timed_index(cfg, data, steps), len(seeds(cfg)), device,
+                                      capture=True, epochs=10**6))
+            loops[-1](1)
+    if cuda:
+        torch.cuda.synchronize(device)
+    start: list[float] = []
+    barrier = threading.Barrier(len(cells), action=lambda: start.append(time.perf_counter()))
+    paces: list[float] = [float("nan")] * len(cells)
+
+    def train(i: int) -> None:
+        with torch.cuda.stream(streams[i]) if cuda else nullcontext():
+            barrier.wait()
+            epoch, done = 2, 0
+            while True:
+                loops[i](epoch)  # ends by reading its totals: this stream has finished the epoch
+                now = time.perf_counter() - start[0]
+                if now > seconds:
+                    return
+                done += steps
+                paces[i] = 1000 * now / done
+                epoch += 1
+
+    threads = [threading.Thread(target=train, args=(i,)) for i in range(len(cells))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return paces
+
+
+def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarArrays) -> dict[str, float]:
+    """The sweep's training minutes: "one at a time" (the sum of each job's steps at its faster step)
+    and, where the table has the side-by-side column, "side by side" (the longest of its jobs' steps
+    at their shared pace, an upper bound: a job speeds up as others finish). Empty if a job's cell is
+    not in the table."""
+    alone, shared = 0.0, 0.0
     for cfg in jobs:
         row = table[(table["norm"] == norm_tag(cfg.norm)) & (table["images/device"] == cfg.data.batch_size)]
         if row.empty:
-            return None
+            return {}
         steps = (min(cfg.data.train_subset or data.train_labels.numel(), data.train_labels.numel())
                  // step_batch(cfg)) * cfg.trainer.epochs
-        total += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000
-    return total / 60
+        alone += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000
+        if SIDE in table:
+            shared = max(shared, steps * row.iloc[0][SIDE] / 1000)
+    return {"one job at a time, at the faster step": alone / 60,
+            **({f"all {len(jobs)} jobs side by side, device step": shared / 60} if SIDE in table else {})}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -62,6 +123,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--norms", nargs="+", help="norm options; default: the preset's swept norms")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="images per device; default: the preset's")
     parser.add_argument("--steps", type=int, default=32, help="optimizer steps per timed epoch (default %(default)s)")
+    parser.add_argument("--side-by-side", type=float, metavar="SECONDS", help="also time every cell's device step "
+                        "with all cells training at once, over a window of SECONDS (a GPU's question)")
     parser.add_argument("--device", choices=DEVICES, help="runtime.device (default: the config's)")
     parser.add_argument("--out", type=Path, help="write the report (Markdown) here")
     args = parser.parse_intermixed_args(argv)
@@ -73,7 +136,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = runtime.pick_device(base.runtime.device)
     data = load_cifar10(base.data.source, base.paths, base.runtime.download)
     flops = flops_per_image(seeded_model(member_config(base, 0)))
-    rows = []
+    rows, cells = [], []
     for name, batch in itertools.product(args.norms or swept.get("norm") or [base.norm.name],
                                          args.batch_sizes or [int(b) for b in swept.get("data.batch_size", [])]):
         cfg = compose([common[0], f"norm={name}", f"data.batch_size={batch}", *common[1:]])
@@ -83,17 +146,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append({"norm": norm_tag(cfg.norm), "images/device": batch, "devices": cfg.data.devices,
                      "images/step (all seeds)": images, "eager ms/step": eager, "device ms/step": captured,
                      "speed-up": eager / captured, "TFLOP/s": flops * images / (min(eager, captured) / 1000) / 1e12})
+        cells.append(cfg)
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
+    side = ""
+    if args.side_by_side:
+        table[SIDE] = side_by_side_ms(cells, data, args.steps, device, args.side_by_side)
+        shared = (flops * table["images/step (all seeds)"] / (table[SIDE] / 1000)).sum() / 1e12
+        side = (f"Side by side: all {len(cells)} cells' device steps at once, each in a thread on its own "
+                f"{'CUDA stream' if device.type == 'cuda' else 'CPU thread'}, over {args.side_by_side:g} s; "
+                f"together {shared:.3g} TFLOP/s.\n\n")
     minutes = projected_minutes(table, [compose([common[0], *job, *common[1:]]) for job in grid(params, [])], data)
     step_kind = "a CUDA graph replayed" if device.type == "cuda" else "the captured step's ops run eagerly"
     text = (f"Machine: {runtime.environment(device)['device']}, {torch.get_num_threads()} torch thread(s), torch "
             f"{torch.__version__}\n\nCommand: `{shlex.join(['python', 'scripts/step_bench.py', *(argv or sys.argv[1:])])}`\n\n"
             f"`experiment={args.project}`, {len(seeds(base))} seed(s) packed, {args.steps} timed steps after one "
             f"untimed epoch; device step: {step_kind}; {flops / 1e6:.0f} MFLOP per image forward+backward.\n\n"
-            + table.to_markdown(index=False, floatfmt=".3g") + "\n\n"
-            + (f"Projected `{args.project}` training, one job at a time at the faster step: {minutes:.1f} min "
-               f"(evaluation and compilation not included).\n" if minutes is not None else
+            + table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + side
+            + ("".join(f"Projected `{args.project}` training, {how}: {value:.1f} min (evaluation and compilation "
+                       f"not included).\n" for how, value in minutes.items()) if minutes else
                f"No `{args.project}` projection: the table lacks some of its cells.\n"))
     print(text)
     if args.out:

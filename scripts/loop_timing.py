@@ -1,0 +1,90 @@
+"""normexp's training loop timed: `normexp_loop` builds a preset config's seeds packed as one model
+with its step (normexp.train.step) and returns a function that trains one epoch and gives its
+images/s; `normexp_rate` takes the second of two epochs. Shared by the benches beside this file
+(bench.py, step_bench.py, compile_probe.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from normexp.config import step_batch
+from normexp.data import CifarArrays, TrainBatches
+from normexp.nn.devices import split_batch_statistics
+from normexp.nn.packing import Pack
+from normexp.train import runtime
+from normexp.train.conductor import member_config, seeded_model
+from normexp.train.engine import train_epoch
+from normexp.train.optim import build_optimizer, build_scheduler
+from normexp.train.step import build_step, captures
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds `fn` takes, its device work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def flops_per_image(model: nn.Module, batch: int = 16) -> float:
+    """FLOPs of one training image through `model`, forward and backward (torch's FLOP counter)."""
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int, device: torch.device,
+                 compile_mode: str | None = "config", capture: bool | None = None,
+                 epochs: int = 2) -> Callable[[int], float]:
+    """normexp's loop (`engine.train_epoch`) on `pack_size` seeds packed as one model, built on the
+    current CUDA stream: a function that trains epoch e (1, 2, ... up to `epochs`, the schedule's
+    length) and returns its training images/s, all seeds together. `compile_mode`: "config"
+    (runtime.compile decides), None (eager), or a torch.compile mode ("default", "reduce-overhead");
+    `capture`: the step (normexp.train.step; None: as `runtime.capture` decides)."""
+    pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
+    split_batch_statistics(pack.model, cfg.data.devices)
+    fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
+    pack.model.to(device, memory_format=fmt)
+    train = TrainBatches(data.train_images[index].to(device), data.train_labels[index].to(device), step_batch(cfg),
+                         data.mean, data.std, seeds=range(pack_size), padding=cfg.data.crop_padding,
+                         flip=cfg.data.flip, memory_format=fmt)
+    optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
+    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, epochs)
+    capture = capture if capture is not None else cfg.runtime.capture
+    if compile_mode == "config":
+        forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, captures(capture, device))
+    else:
+        forward = pack.model if compile_mode is None else torch.compile(
+            pack.model, mode=None if compile_mode == "default" else compile_mode)
+    step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name, cfg.trainer.precision)
+    return lambda epoch: pack_size * train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every,
+                                                 epochs).records[0]["images_per_s"]
+
+
+def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
+                 device: torch.device, compile_mode: str | None = "config", capture: bool | None = None) -> float:
+    """Training images/s of `normexp_loop`'s second epoch (the first warms up, compiles and
+    captures; its seconds go to `normexp_rate.first_seconds`)."""
+    start = time.perf_counter()
+    loop = normexp_loop(cfg, data, index, pack_size, device, compile_mode, capture)
+    loop(1)
+    normexp_rate.first_seconds = time.perf_counter() - start
+    rate = loop(2)
+    torch._dynamo.reset()  # a next cell's model must not count against this one's compile cache
+    return rate
