@@ -20,7 +20,7 @@ from normexp.nn.devices import split_batch_statistics
 from normexp.nn.packing import Pack
 from normexp.train import runtime
 from normexp.train.conductor import member_config, seeded_model
-from normexp.train.engine import train_epoch
+from normexp.train.engine import EpochResult, train_epoch
 from normexp.train.optim import build_optimizer, build_scheduler
 from normexp.train.step import build_step, captures
 
@@ -51,10 +51,10 @@ def flops_per_image(model: nn.Module, batch: int = 16) -> float:
 
 def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int, device: torch.device,
                  compile_mode: str | None = "config", capture: bool | None = None,
-                 epochs: int = 2) -> Callable[[int], float]:
+                 epochs: int = 2) -> Callable[[int], EpochResult]:
     """normexp's loop (`engine.train_epoch`) on `pack_size` seeds packed as one model, built on the
     current CUDA stream: a function that trains epoch e (1, 2, ... up to `epochs`, the schedule's
-    length) and returns its training images/s, all seeds together. `compile_mode`: "config"
+    length) and returns its result. `compile_mode`: "config"
     (runtime.compile decides), None (eager), or a torch.compile mode ("default", "reduce-overhead");
     `capture`: the step (normexp.train.step; None: as `runtime.capture` decides)."""
     pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
@@ -73,18 +73,17 @@ def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
         forward = pack.model if compile_mode is None else torch.compile(
             pack.model, mode=None if compile_mode == "default" else compile_mode)
     step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name, cfg.trainer.precision)
-    return lambda epoch: pack_size * train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every,
-                                                 epochs).records[0]["images_per_s"]
+    return lambda epoch: train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, epochs)
 
 
 def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
                  device: torch.device, compile_mode: str | None = "config", capture: bool | None = None) -> float:
     """Training images/s of `normexp_loop`'s second epoch (the first warms up, compiles and
     captures; its seconds go to `normexp_rate.first_seconds`)."""
-    start = time.perf_counter()
     loop = normexp_loop(cfg, data, index, pack_size, device, compile_mode, capture)
+    start = time.perf_counter()
     loop(1)
     normexp_rate.first_seconds = time.perf_counter() - start
-    rate = loop(2)
+    rate = pack_size * loop(2).records[0]["images_per_s"]
     torch._dynamo.reset()  # a next cell's model must not count against this one's compile cache
     return rate

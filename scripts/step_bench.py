@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import shlex
 import sys
 import threading
@@ -58,10 +59,11 @@ def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.de
 def side_by_side_ms(cells: list[DictConfig], data: CifarArrays, steps: int, device: torch.device,
                     seconds: float) -> list[float]:
     """Milliseconds per step of each cell's device step (its seeds packed) while all cells train at
-    once, each in a thread on its own CUDA stream: after each one's untimed epoch (built, warmed up
-    and captured one after another), the epochs of `steps` steps each finishes within a common
-    window of `seconds`; every thread trains on past the window, so all run throughout it. NaN
-    where a cell finished no epoch inside the window."""
+    once, each in a thread on its own CUDA stream. The cells are built, warmed up and captured one
+    after another (an untimed epoch each); then every thread counts the epochs of `steps` steps it
+    finishes within a common window of `seconds`, and trains on past the window, so that all of
+    them run throughout it. NaN where a cell finished no epoch inside the window; an error in any
+    thread stops them all and is raised here."""
     cuda = device.type == "cuda"
     streams = [torch.cuda.Stream(device) if cuda else None for _ in cells]
     loops = []
@@ -74,35 +76,44 @@ def side_by_side_ms(cells: list[DictConfig], data: CifarArrays, steps: int, devi
         torch.cuda.synchronize(device)
     start: list[float] = []
     barrier = threading.Barrier(len(cells), action=lambda: start.append(time.perf_counter()))
-    paces: list[float] = [float("nan")] * len(cells)
+    paces, errors = [float("nan")] * len(cells), []
 
     def train(i: int) -> None:
-        with torch.cuda.stream(streams[i]) if cuda else nullcontext():
-            barrier.wait()
-            epoch, done = 2, 0
-            while True:
-                loops[i](epoch)  # ends by reading its totals: this stream has finished the epoch
-                now = time.perf_counter() - start[0]
-                if now > seconds:
-                    return
-                done += steps
-                paces[i] = 1000 * now / done
-                epoch += 1
+        try:
+            with torch.cuda.stream(streams[i]) if cuda else nullcontext():
+                barrier.wait()
+                epoch, done = 2, 0
+                while time.perf_counter() - start[0] <= seconds:
+                    # an epoch ends by reading its totals: this stream has finished it
+                    if all(loops[i](epoch).diverged):
+                        raise RuntimeError(f"{norm_tag(cells[i].norm)} at {cells[i].data.batch_size} images/device "
+                                           "diverged while timed")
+                    now = time.perf_counter() - start[0]
+                    if now <= seconds:
+                        done += steps
+                        paces[i] = 1000 * now / done
+                    epoch += 1
+        except BaseException as error:  # noqa: B036 (handed to the main thread, which raises it)
+            errors.append(error)
+            barrier.abort()
 
-    threads = [threading.Thread(target=train, args=(i,)) for i in range(len(cells))]
+    threads = [threading.Thread(target=train, args=(i,), name=f"cell-{i}") for i in range(len(cells))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if errors:
+        raise (real or errors)[0]
     return paces
 
 
 def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarArrays) -> dict[str, float]:
     """The sweep's training minutes: "one at a time" (the sum of each job's steps at its faster step)
     and, where the table has the side-by-side column, "side by side" (the longest of its jobs' steps
-    at their shared pace, an upper bound: a job speeds up as others finish). Empty if a job's cell is
-    not in the table."""
-    alone, shared = 0.0, 0.0
+    at their shared pace, an upper bound: a job speeds up as others finish; left out if a cell has no
+    pace). Empty if a job's cell is not in the table."""
+    alone, shared = 0.0, []
     for cfg in jobs:
         row = table[(table["norm"] == norm_tag(cfg.norm)) & (table["images/device"] == cfg.data.batch_size)]
         if row.empty:
@@ -111,9 +122,10 @@ def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarAr
                  // step_batch(cfg)) * cfg.trainer.epochs
         alone += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000
         if SIDE in table:
-            shared = max(shared, steps * row.iloc[0][SIDE] / 1000)
+            shared.append(steps * row.iloc[0][SIDE] / 1000)
     return {"one job at a time, at the faster step": alone / 60,
-            **({f"all {len(jobs)} jobs side by side, device step": shared / 60} if SIDE in table else {})}
+            **({f"all {len(jobs)} jobs side by side, device step": max(shared) / 60}
+               if shared and all(map(math.isfinite, shared)) else {})}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -152,16 +164,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     side = ""
     if args.side_by_side:
         table[SIDE] = side_by_side_ms(cells, data, args.steps, device, args.side_by_side)
-        shared = (flops * table["images/step (all seeds)"] / (table[SIDE] / 1000)).sum() / 1e12
+        timed = table[SIDE].notna()
+        shared = (flops * table["images/step (all seeds)"][timed] / (table[SIDE][timed] / 1000)).sum() / 1e12
         side = (f"Side by side: all {len(cells)} cells' device steps at once, each in a thread on its own "
                 f"{'CUDA stream' if device.type == 'cuda' else 'CPU thread'}, over {args.side_by_side:g} s; "
-                f"together {shared:.3g} TFLOP/s.\n\n")
+                f"together {shared:.3g} TFLOP/s"
+                + (f" ({(~timed).sum()} cell(s) finished no epoch inside the window and are not counted: "
+                   f"widen --side-by-side)" if (~timed).any() else "") + ".\n\n")
     minutes = projected_minutes(table, [compose([common[0], *job, *common[1:]]) for job in grid(params, [])], data)
     step_kind = "a CUDA graph replayed" if device.type == "cuda" else "the captured step's ops run eagerly"
     text = (f"Machine: {runtime.environment(device)['device']}, {torch.get_num_threads()} torch thread(s), torch "
             f"{torch.__version__}\n\nCommand: `{shlex.join(['python', 'scripts/step_bench.py', *(argv or sys.argv[1:])])}`\n\n"
             f"`experiment={args.project}`, {len(seeds(base))} seed(s) packed, {args.steps} timed steps after one "
-            f"untimed epoch; device step: {step_kind}; {flops / 1e6:.0f} MFLOP per image forward+backward.\n\n"
+            f"untimed epoch; device step: {step_kind}; eager step: `runtime.compile={base.runtime.compile}` (null: "
+            f"compiled with torch's CUDA graphs on a GPU, runtime.py); {flops / 1e6:.0f} MFLOP per image "
+            f"forward+backward.\n\n"
             + table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + side
             + ("".join(f"Projected `{args.project}` training, {how}: {value:.1f} min (evaluation and compilation "
                        f"not included).\n" for how, value in minutes.items()) if minutes else

@@ -1,6 +1,8 @@
 """scripts/bench.py: it times a preset's configs through the composer and projects its sweep."""
 
+import math
 import runpy
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +32,7 @@ def test_the_step_bench_times_eager_device_and_side_by_side_steps(image_folder, 
     main = runpy.run_path(str(BENCH.with_name("step_bench.py")))["main"]
     out = tmp_path / "steps.md"
     assert main(["--project", "smoke", "--norms", "bn", "--batch-sizes", "2", "4", "--steps", "2", "--side-by-side",
-                 "0.5", "--out", str(out), f"paths.cifar10_folder={image_folder}", f"paths.cache_dir={tmp_path}",
+                 "2", "--out", str(out), f"paths.cifar10_folder={image_folder}", f"paths.cache_dir={tmp_path}",
                  "runtime.threads=1"]) == 0
     text = out.read_text()
     assert "| bn " in text and "eager ms/step" in text and "device ms/step" in text
@@ -53,3 +55,39 @@ def test_the_step_bench_projects_one_at_a_time_and_side_by_side():
     assert minutes["one job at a time, at the faster step"] == pytest.approx((125 * 5 + 3 * 40) / 1000 / 60)
     assert minutes["all 2 jobs side by side, device step"] == pytest.approx(max(125 * 20, 3 * 80) / 1000 / 60)
     assert bench["projected_minutes"](table[table["images/device"] == 2], jobs, data) == {}
+    table.loc[1, bench["SIDE"]] = float("nan")  # a cell that finished no epoch inside the window
+    assert list(bench["projected_minutes"](table, jobs, data)) == ["one job at a time, at the faster step"]
+
+
+def _side_by_side_with(bench: dict, epoch_of_cell) -> list[float]:
+    """`side_by_side_ms` on two smoke cells whose loops are `epoch_of_cell(i)` (no training)."""
+    fn = bench["side_by_side_ms"]
+    cells = [compose(["experiment=smoke", "norm=bn", f"data.batch_size={b}"]) for b in (2, 64)]
+    loops = iter(range(len(cells)))
+    fn.__globals__["normexp_loop"] = lambda *args, **kwargs: epoch_of_cell(next(loops))
+    return fn(cells, SimpleNamespace(train_labels=torch.arange(1000) % 10), 2, torch.device("cpu"), 0.3)
+
+
+def test_side_by_side_counts_the_epochs_inside_the_window_and_raises_a_cells_error():
+    bench = runpy.run_path(str(BENCH.with_name("step_bench.py")))
+
+    def paced(seconds: float):
+        def epoch(e: int) -> SimpleNamespace:
+            if e > 1:
+                time.sleep(seconds)
+            return SimpleNamespace(diverged=[None])
+        return epoch
+
+    fast, slow = _side_by_side_with(bench, lambda i: paced([0.01, 0.5][i]))
+    assert 5 <= fast < 25  # ms per step: 2 steps per epoch of at least 10 ms
+    assert math.isnan(slow)  # its first timed epoch ended after the 0.3 s window
+
+    def failing(i: int):
+        def epoch(e: int) -> SimpleNamespace:
+            if e > 1 and i == 1:
+                raise ValueError("out of memory")
+            return paced(0.01)(e)
+        return epoch
+
+    with pytest.raises(ValueError, match="out of memory"):
+        _side_by_side_with(bench, failing)
