@@ -42,6 +42,7 @@ def test_one_process_sweep_records_what_the_basic_launcher_records(image_folder,
         other_job = [d.name for d in _runs(tmp_path / "gpu") if ("x2_" in d.name) != ("x2_" in directory.name)]
         log = (directory / record.LOG).read_text()
         assert not any(name in log for name in other_job)  # each run's log: its own job's lines only
+        assert any(directory.name in line and "epoch 3/3" in line for line in out.splitlines())  # the console names it
 
 
 @pytest.mark.slow

@@ -5,9 +5,9 @@ jobs one after another, as Hydra's basic launcher does.
 
 Hydra's per-job state (HydraConfig) is process-wide, so a job holds `GATE` while Hydra sets it up
 and tears it down, and lets go of it while it trains (`hydra_released`, around `train_run` in the
-app). Hydra's logging is process-wide too: with several jobs at once it stays the sweep's (the
-console), no per-job Hydra log is written, and each run's `train.log` holds its own lines and its
-job thread's (record.run_logger). Each run keeps its folder, lock, checkpoint and record as under
+app). Hydra's logging is process-wide too: with several jobs at once the console takes Hydra's job
+logging without its per-job file (each line names its logger, so a run's lines name the run), and
+each run's `train.log` holds its own lines and its job thread's (record.run_logger). Each run keeps its folder, lock, checkpoint and record as under
 any launcher; a failing job does not stop the others (the app notes it for the sweep's report);
 Ctrl-C or a kill ends every job, each losing at most the epoch it had in flight. Every job holds
 its data and epoch buffer on the GPU: about 2 GB per packed seed of CIFAR-10, so `n_jobs` bounds
@@ -27,7 +27,7 @@ from typing import Iterator, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("normexp")
 
@@ -57,6 +57,19 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _console_logging(config: DictConfig) -> DictConfig:
+    """Hydra's job logging (hydra.job_logging) without its file handlers, which name one job's folder:
+    the console of a sweep whose jobs run at once."""
+    job = OmegaConf.to_container(config.hydra.job_logging, resolve=False)
+    assert isinstance(job, dict)
+    files = {name for name, handler in job.get("handlers", {}).items() if "filename" in handler}
+    job["handlers"] = {name: handler for name, handler in job.get("handlers", {}).items() if name not in files}
+    for logger in [job.get("root", {}), *job.get("loggers", {}).values()]:
+        if "handlers" in logger:
+            logger["handlers"] = [name for name in logger["handlers"] if name not in files]
+    return OmegaConf.create(job)
+
+
 def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_overrides: Sequence[Sequence[str]],
            initial_job_idx: int, n_jobs: Optional[int]) -> list[JobReturn]:
     """Run the sweep's jobs in this process, `n_jobs` at a time (null: all on a GPU, 1 on CPU)."""
@@ -74,6 +87,8 @@ def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_ov
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
         configs.append(sweep_config)
+    if workers > 1:
+        configure_log(_console_logging(config), config.hydra.verbose)
 
     def one(sweep_config: DictConfig) -> JobReturn:
         with GATE, ExitStack() as stack:
