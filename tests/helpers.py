@@ -48,6 +48,17 @@ def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None
         yield
 
 
+def packed_input(images: list[torch.Tensor]) -> torch.Tensor:
+    """Members' image batches (B, C, H, W) as the packed input (B, K*C, H, W) (packing.member_views)."""
+    from normexp.nn import packing
+
+    n, c, h, w = images[0].shape
+    x, y = torch.empty(n, len(images) * c, h, w), torch.empty(n, len(images))
+    for (member, _), member_images in zip(packing.member_views(x, y, len(images)), images):
+        member.copy_(member_images)
+    return x
+
+
 def assert_packed_equals_members(models: list, mode: str) -> None:
     """Three models packed as one compute each member exactly as it computes alone, and the packed
     state splits back into each member's own state (norm statistics included)."""
@@ -57,7 +68,7 @@ def assert_packed_equals_members(models: list, mode: str) -> None:
     inputs = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
     for model in (*models, packed):
         model.train(mode == "train")
-    out = packed(packing.join_inputs(inputs)).view(4, 3, 10)
+    out = packed(packed_input(inputs)).view(4, 3, 10)
     for k, (model, x) in enumerate(zip(models, inputs)):
         torch.testing.assert_close(out[:, k], model(x), rtol=1e-4, atol=1e-5)
     state = packed.state_dict()

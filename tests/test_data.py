@@ -123,6 +123,21 @@ def test_packed_batches_hold_each_seed_exactly_as_it_would_be_alone():
             assert torch.equal(x[:, 3 * k : 3 * k + 3], xk) and torch.equal(y[:, k : k + 1], yk)
 
 
+def test_an_epoch_is_filled_into_the_same_buffers_in_place():
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 10
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    packed = TrainBatches(images, labels, 6, mean, std, seeds=[3, 7], memory_format=torch.channels_last)
+    x, y = packed.buffers()
+    addresses = (x.data_ptr(), y.data_ptr())
+    assert x.shape == (36, 6, 32, 32) and y.shape == (36, 2)  # 6 steps of 6: the last 4 images dropped
+    for epoch in (1, 2):
+        packed.fill(epoch, x, y)
+        assert (x.data_ptr(), y.data_ptr()) == addresses and x.is_contiguous(memory_format=torch.channels_last)
+        batches = list(packed.epoch(epoch))
+        assert torch.equal(x, torch.cat([xb for xb, _ in batches])) and torch.equal(y, torch.cat([yb for _, yb in batches]))
+
+
 def test_normalize_uses_mean_and_std_on_a_unit_scale():
     images = torch.full((1, 3, 2, 2), 153, dtype=torch.uint8)  # 0.6
     out = normalize(images, torch.tensor([0.5, 0.6, 0.7]), torch.tensor([0.1, 0.2, 0.5]))

@@ -10,7 +10,7 @@ from normexp.nn.devices import PerDeviceBatchNorm2d, split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.packing import pack
 from normexp.train.conductor import train_run
-from tests.helpers import interrupted_at, norm_spec, record_numbers, run_dir
+from tests.helpers import interrupted_at, norm_spec, packed_input, record_numbers, run_dir
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": False}
 
@@ -76,9 +76,7 @@ def test_a_packed_model_on_devices_computes_each_member_as_alone_on_devices():
     for member in members:
         split_batch_statistics(member, 4)
     xs = [torch.randn(8, 3, 32, 32) for _ in members]
-    from normexp.nn.packing import join_inputs
-
-    out = packed(join_inputs(xs)).view(8, 2, -1)
+    out = packed(packed_input(xs)).view(8, 2, -1)
     for i, (member, x) in enumerate(zip(members, xs)):
         torch.testing.assert_close(out[:, i], member(x), rtol=1e-4, atol=1e-4)
 

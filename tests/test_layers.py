@@ -10,7 +10,7 @@ from normexp.nn import packing
 from normexp.nn.devices import split_batch_statistics
 from normexp.nn.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d, WeightStandardization, renorm_limits
 from normexp.nn.models import build_model
-from tests.helpers import assert_packed_equals_members, norm_spec
+from tests.helpers import assert_packed_equals_members, norm_spec, packed_input
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": True}
 NEW_NORMS = [norm_spec("brn"), norm_spec("bn_ws"), norm_spec("gn_ws", groups=4), norm_spec("frn"),
@@ -209,7 +209,7 @@ def test_packed_batch_renorm_on_devices_computes_each_member_as_alone_on_devices
     for member in members:
         split_batch_statistics(member, 2)
     xs = [torch.randn(4, 3, 32, 32) for _ in members]
-    out = packed(packing.join_inputs(xs)).view(4, 2, -1)
+    out = packed(packed_input(xs)).view(4, 2, -1)
     for i, (member, x) in enumerate(zip(members, xs)):
         torch.testing.assert_close(out[:, i], member(x), rtol=1e-4, atol=1e-4)
 

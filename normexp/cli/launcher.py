@@ -7,11 +7,14 @@ Hydra's per-job state (HydraConfig) is process-wide, so a job holds `GATE` while
 and tears it down, and lets go of it while it trains (`hydra_released`, around `train_run` in the
 app). Hydra's logging is process-wide too: with several jobs at once the console takes Hydra's job
 logging without its per-job file (each line names its logger, so a run's lines name the run), and
-each run's `train.log` holds its own lines and its job thread's (record.run_logger). Each run keeps its folder, lock, checkpoint and record as under
-any launcher; a failing job does not stop the others (the app notes it for the sweep's report);
-Ctrl-C or a kill ends every job, each losing at most the epoch it had in flight. Every job holds
-its data and epoch buffer on the GPU: about 2 GB per packed seed of CIFAR-10, so `n_jobs` bounds
-the memory too.
+each run's `train.log` holds its own lines and its job thread's (record.run_logger).
+
+Each run keeps its folder, lock, checkpoint and record as under any launcher; a failing job does
+not stop the others (the app notes it for the sweep's report); Ctrl-C or a kill ends every job,
+each losing at most the epoch it had in flight. Every job holds its data and epoch buffer on the
+GPU: the buffer is 0.6 GB per packed seed of CIFAR-10 (50,000 fp32 images), filled one seed at a
+time (TrainBatches.fill: about 1 GB of one seed's temporaries), so `claim_gpu`'s 12 jobs of 5 seeds
+need about 50 GB before activations; `n_jobs` bounds it.
 """
 
 from __future__ import annotations

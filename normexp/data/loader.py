@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normexp.nn.packing import join_inputs, join_labels
+from normexp.nn.packing import member_views
 
 
 def stratified_subset(labels: Tensor, size: int, num_classes: int, seed: int = 0) -> Tensor:
@@ -92,12 +92,9 @@ class TrainBatches:
         images = random_crop_flip(self.images[order], self.padding, self.flip, generator)
         return normalize(images, self.mean, self.std), self.labels[order]
 
-    def _whole(self, epoch: int) -> tuple[Tensor, Tensor]:
-        xs, ys = zip(*(self._one_seed(seed, epoch) for seed in self.seeds))
-        return join_inputs(xs).contiguous(memory_format=self.memory_format), join_labels(ys)
-
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        x, y = self._whole(epoch)
+        x, y = self.buffers()
+        self.fill(epoch, x, y)
         b = self.batch_size
         for i in range(self.steps):
             yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
@@ -105,15 +102,17 @@ class TrainBatches:
     def buffers(self) -> tuple[Tensor, Tensor]:
         """Empty tensors that hold one epoch's trained images and labels (for `fill`)."""
         n, (_, c, h, w) = self.steps * self.batch_size, self.images.shape
-        x = torch.empty(n, c * len(self.seeds), h, w, device=self.images.device).contiguous(memory_format=self.memory_format)
+        x = torch.empty(n, c * len(self.seeds), h, w, device=self.images.device, memory_format=self.memory_format)
         return x, torch.empty(n, len(self.seeds), dtype=self.labels.dtype, device=self.images.device)
 
     def fill(self, epoch: int, x: Tensor, y: Tensor) -> None:
-        """Write the epoch's batches, in order, into `buffers()` in place (their addresses stay:
-        what a captured step reads)."""
-        images, labels = self._whole(epoch)
-        x.copy_(images[: x.shape[0]])
-        y.copy_(labels[: y.shape[0]])
+        """Write the epoch's batches, in order, into `buffers()` in place, one seed at a time (so one
+        seed's temporaries are alive at once; the addresses stay: what a captured step reads)."""
+        for (member_x, member_y), seed in zip(member_views(x, y, len(self.seeds)), self.seeds):
+            images, labels = self._one_seed(seed, epoch)
+            member_x.copy_(images[: x.shape[0]])
+            member_y.copy_(labels[: y.shape[0]])
+            del images, labels  # before the next seed's
 
 
 class EvalBatches:

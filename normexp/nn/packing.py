@@ -10,8 +10,8 @@ in one call per layer instead of K, which is what makes small batches fast. Ever
 the members' tensors concatenated along dimension 0, so packed state converts to and from ordinary
 single-run state dicts (checkpoints keep the single-run format).
 
-This module owns the members' layout everywhere: inputs side by side in the channel dimension
-(`join_inputs`), logits member-major in the feature dimension (`Pack.losses`), state and optimizer
+This module owns the members' layout everywhere: inputs side by side in the channel dimension and
+labels in columns (`member_views`), logits member-major in the feature dimension (`Pack.losses`), state and optimizer
 state concatenated along dimension 0 (`Pack.member_states`, `Pack.load_optimizer`).
 """
 
@@ -175,15 +175,10 @@ def member_optimizer_state(packed: dict[str, Any], members: int, index: int) -> 
     }
 
 
-def join_inputs(images: Sequence[Tensor]) -> Tensor:
-    """Members' image batches (B, C, H, W) -> the packed input (B, K*C, H, W)."""
-    n, c, h, w = images[0].shape
-    return torch.stack(list(images), dim=1).view(n, len(images) * c, h, w)
-
-
-def join_labels(labels: Sequence[Tensor]) -> Tensor:
-    """Members' label batches (B,) -> (B, K)."""
-    return torch.stack(list(labels), dim=1)
+def member_views(x: Tensor, y: Tensor, members: int) -> list[tuple[Tensor, Tensor]]:
+    """Each member's images (B, C, H, W) and labels (B,) as views of the packed input x (B, K*C, H, W)
+    (members side by side in the channel dimension) and labels y (B, K): writing them fills x and y."""
+    return list(zip(x.chunk(members, dim=1), y.unbind(1)))
 
 
 class Pack:
