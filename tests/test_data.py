@@ -134,8 +134,9 @@ def test_an_epoch_is_filled_into_the_same_buffers_in_place():
     for epoch in (1, 2):
         packed.fill(epoch, x, y)
         assert (x.data_ptr(), y.data_ptr()) == addresses and x.is_contiguous(memory_format=torch.channels_last)
-        batches = list(packed.epoch(epoch))
-        assert torch.equal(x, torch.cat([xb for xb, _ in batches])) and torch.equal(y, torch.cat([yb for _, yb in batches]))
+        for k, seed in enumerate((3, 7)):  # each seed's epoch in its own channels, its first 36 images
+            images_k, labels_k = packed._one_seed(seed, epoch)
+            assert torch.equal(x[:, 3 * k : 3 * k + 3], images_k[:36]) and torch.equal(y[:, k], labels_k[:36])
 
 
 def test_normalize_uses_mean_and_std_on_a_unit_scale():

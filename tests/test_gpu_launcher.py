@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from normexp import record
+from normexp.cli.launcher import _console_logging
+from normexp.compose import compose
 from tests.helpers import record_numbers, tiny_run, train_with_fault
 
 # Two jobs (1 and 2 virtual devices), each training seeds 0 and 1 packed as one model.
@@ -25,6 +29,16 @@ def _sweep(image_folder: Path, tmp_path: Path, root: Path, *launcher: str) -> su
 
 def _runs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if not d.name.startswith("."))
+
+
+def test_the_console_of_jobs_at_once_is_the_job_logging_without_its_files():
+    config = compose(["hydra.job_logging.formatters.simple.format='[${hydra.job.name}] %(name)s %(message)s'"],
+                     hydra=True)
+    console = OmegaConf.to_container(_console_logging(config), resolve=True)
+    assert list(console["handlers"]) == ["console"] and console["root"]["handlers"] == ["console"]
+    assert console["formatters"]["simple"]["format"].endswith("] %(name)s %(message)s")  # its references resolve
+    assert "file" in config.hydra.job_logging.handlers  # the sweep's own config is untouched
+    assert OmegaConf.to_container(_console_logging(compose(["hydra/job_logging=none"], hydra=True)))["root"] is None
 
 
 @pytest.mark.slow
@@ -42,7 +56,7 @@ def test_one_process_sweep_records_what_the_basic_launcher_records(image_folder,
         other_job = [d.name for d in _runs(tmp_path / "gpu") if ("x2_" in d.name) != ("x2_" in directory.name)]
         log = (directory / record.LOG).read_text()
         assert not any(name in log for name in other_job)  # each run's log: its own job's lines only
-        assert any(directory.name in line and "epoch 3/3" in line for line in out.splitlines())  # the console names it
+        assert f"[normexp.run.{directory.name}][INFO] - epoch 3/3" in out  # the console names the run
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ need about 50 GB before activations; `n_jobs` bounds it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from typing import Iterator, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger("normexp")
 
@@ -62,15 +63,17 @@ def _cuda() -> bool:
 
 def _console_logging(config: DictConfig) -> DictConfig:
     """Hydra's job logging (hydra.job_logging) without its file handlers, which name one job's folder:
-    the console of a sweep whose jobs run at once."""
-    job = OmegaConf.to_container(config.hydra.job_logging, resolve=False)
-    assert isinstance(job, dict)
-    files = {name for name, handler in job.get("handlers", {}).items() if "filename" in handler}
-    job["handlers"] = {name: handler for name, handler in job.get("handlers", {}).items() if name not in files}
-    for logger in [job.get("root", {}), *job.get("loggers", {}).values()]:
-        if "handlers" in logger:
-            logger["handlers"] = [name for name in logger["handlers"] if name not in files]
-    return OmegaConf.create(job)
+    the console of a sweep whose jobs run at once (a copy, inside the config, so its references resolve)."""
+    job = copy.deepcopy(config).hydra.job_logging
+    with open_dict(job):
+        handlers = job.get("handlers") or {}
+        files = [name for name, handler in handlers.items() if handler is not None and "filename" in handler]
+        for name in files:
+            del handlers[name]
+        for logger in [job.get("root"), *(job.get("loggers") or {}).values()]:
+            if logger is not None and logger.get("handlers"):
+                logger.handlers = [name for name in logger.handlers if name not in files]
+    return job
 
 
 def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_overrides: Sequence[Sequence[str]],

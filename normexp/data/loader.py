@@ -102,7 +102,8 @@ class TrainBatches:
     def buffers(self) -> tuple[Tensor, Tensor]:
         """Empty tensors that hold one epoch's trained images and labels (for `fill`)."""
         n, (_, c, h, w) = self.steps * self.batch_size, self.images.shape
-        x = torch.empty(n, c * len(self.seeds), h, w, device=self.images.device, memory_format=self.memory_format)
+        x = torch.empty(n, c * len(self.seeds), h, w, dtype=torch.float32, device=self.images.device,
+                        memory_format=self.memory_format)
         return x, torch.empty(n, len(self.seeds), dtype=self.labels.dtype, device=self.images.device)
 
     def fill(self, epoch: int, x: Tensor, y: Tensor) -> None:

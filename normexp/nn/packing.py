@@ -11,8 +11,8 @@ the members' tensors concatenated along dimension 0, so packed state converts to
 single-run state dicts (checkpoints keep the single-run format).
 
 This module owns the members' layout everywhere: inputs side by side in the channel dimension and
-labels in columns (`member_views`), logits member-major in the feature dimension (`Pack.losses`), state and optimizer
-state concatenated along dimension 0 (`Pack.member_states`, `Pack.load_optimizer`).
+labels in columns (`member_views`), logits member-major in the feature dimension (`Pack.losses`),
+state and optimizer state concatenated along dimension 0 (`Pack.member_states`, `Pack.load_optimizer`).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def member_optimizer_state(packed: dict[str, Any], members: int, index: int) -> 
 def member_views(x: Tensor, y: Tensor, members: int) -> list[tuple[Tensor, Tensor]]:
     """Each member's images (B, C, H, W) and labels (B,) as views of the packed input x (B, K*C, H, W)
     (members side by side in the channel dimension) and labels y (B, K): writing them fills x and y."""
-    return list(zip(x.chunk(members, dim=1), y.unbind(1)))
+    return list(zip(x.unflatten(1, (members, -1)).unbind(1), y.unbind(1), strict=True))
 
 
 class Pack:
