@@ -137,6 +137,8 @@ def test_an_epoch_is_filled_into_the_same_buffers_in_place():
         for k, seed in enumerate((3, 7)):  # each seed's epoch in its own channels, its first 36 images
             images_k, labels_k = packed._one_seed(seed, epoch)
             assert torch.equal(x[:, 3 * k : 3 * k + 3], images_k[:36]) and torch.equal(y[:, k], labels_k[:36])
+        first = list(packed.epoch(epoch, steps=2))  # an epoch's first batches alone: the same batches
+        assert len(first) == 2 and all(torch.equal(xb, x[6 * i : 6 * i + 6]) for i, (xb, _) in enumerate(first))
 
 
 def test_normalize_uses_mean_and_std_on_a_unit_scale():

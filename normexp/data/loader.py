@@ -92,22 +92,24 @@ class TrainBatches:
         images = random_crop_flip(self.images[order], self.padding, self.flip, generator)
         return normalize(images, self.mean, self.std), self.labels[order]
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        x, y = self.buffers()
+    def epoch(self, epoch: int, steps: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches in order; only its first `steps` (null: all) are made."""
+        x, y = self.buffers(steps)
         self.fill(epoch, x, y)
         b = self.batch_size
-        for i in range(self.steps):
+        for i in range(x.shape[0] // b):
             yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
 
-    def buffers(self) -> tuple[Tensor, Tensor]:
-        """Empty tensors that hold one epoch's trained images and labels (for `fill`)."""
-        n, (_, c, h, w) = self.steps * self.batch_size, self.images.shape
+    def buffers(self, steps: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """Empty tensors that hold an epoch's first `steps` batches (null: all), for `fill`."""
+        n = (self.steps if steps is None else min(steps, self.steps)) * self.batch_size
+        _, c, h, w = self.images.shape
         x = torch.empty(n, c * len(self.seeds), h, w, dtype=torch.float32, device=self.images.device,
                         memory_format=self.memory_format)
         return x, torch.empty(n, len(self.seeds), dtype=self.labels.dtype, device=self.images.device)
 
     def fill(self, epoch: int, x: Tensor, y: Tensor) -> None:
-        """Write the epoch's batches, in order, into `buffers()` in place, one seed at a time (so one
+        """Write the epoch's first batches, in order, into `buffers()` in place, one seed at a time (so one
         seed's temporaries are alive at once; the addresses stay: what a captured step reads)."""
         for (member_x, member_y), seed in zip(member_views(x, y, len(self.seeds)), self.seeds):
             images, labels = self._one_seed(seed, epoch)

@@ -43,7 +43,7 @@ class StatisticsDraw:
 
     def apply(self, model: nn.Module, epoch: int) -> None:
         """Set `model`'s BN statistics (in place) to the population statistics of this draw."""
-        population_statistics(model, (x for x, _ in self.train.epoch(epoch)), self.steps)
+        population_statistics(model, (x for x, _ in self.train.epoch(epoch, self.steps)), self.steps)
 
 
 def precise_copy(model: nn.Module, draw: StatisticsDraw, epoch: int) -> nn.Module:

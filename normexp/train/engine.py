@@ -149,7 +149,7 @@ def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches,
     if precise_bn is not None:
         train, count = precise_bn
         model = split_batch_statistics(copy.deepcopy(pack.model), 1)
-        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch)), min(count, train.steps))
+        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch, count)), min(count, train.steps))
     rows = [dict(zip(("test_loss", "test_acc"), evaluate(member, batches)))
             for member in _each_member(pack, model, members)]
     if extra is None or not batch_norm_layers(pack.model):
