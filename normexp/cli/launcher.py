@@ -13,7 +13,7 @@ Each run keeps its folder, lock, checkpoint and record as under any launcher; a 
 not stop the others (the app notes it for the sweep's report); Ctrl-C or a kill ends every job,
 each losing at most the epoch it had in flight. Every job holds its data and epoch buffer on the
 GPU: the buffer is 0.6 GB per packed seed of CIFAR-10 (50,000 fp32 images), filled one seed at a
-time (TrainBatches.fill: about 1 GB of one seed's temporaries), so `claim_gpu`'s 12 jobs of 5 seeds
+time (about 0.9 GB of temporaries: scripts/fill_memory.py), so `claim_gpu`'s 12 jobs of 5 seeds
 need about 50 GB before activations; `n_jobs` bounds it.
 """
 
