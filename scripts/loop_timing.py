@@ -16,9 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from normexp.config import step_batch
 from normexp.data import CifarArrays, TrainBatches
-from normexp.nn.devices import split_batch_statistics
 from normexp.nn.packing import Pack
-from normexp.train import runtime
+from normexp.train import harness, runtime
 from normexp.train.conductor import member_config, seeded_model
 from normexp.train.engine import EpochResult, train_epoch
 from normexp.train.optim import build_optimizer, build_scheduler
@@ -58,9 +57,7 @@ def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
     (runtime.compile decides), None (eager), or a torch.compile mode ("default", "reduce-overhead");
     `capture`: the step (normexp.train.step; None: as `runtime.capture` decides)."""
     pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
-    split_batch_statistics(pack.model, cfg.data.devices)
-    fmt = runtime.memory_format(cfg.runtime.channels_last, pack.model, device)
-    pack.model.to(device, memory_format=fmt)
+    fmt = harness.prepare_model(pack.model, cfg, device)
     train = TrainBatches(data.train_images[index].to(device), data.train_labels[index].to(device), step_batch(cfg),
                          data.mean, data.std, seeds=range(pack_size), padding=cfg.data.crop_padding,
                          flip=cfg.data.flip, memory_format=fmt)

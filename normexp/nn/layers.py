@@ -75,6 +75,8 @@ class BatchRenorm2d(nn.BatchNorm2d):
     statistics (the per-device protocol, normexp.nn.devices); the running update is their average.
     """
 
+    native_bf16 = False  # its statistics are tensor ops in the input's dtype (normexp.nn.precision)
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rmax: float = 3.0,
                  dmax: float = 5.0, warmup_images: int = 6250, devices: int = 1) -> None:
         super().__init__(num_features, eps, momentum)
@@ -144,6 +146,8 @@ class FilterResponseNorm2d(nn.Module):
     what the model puts there with norm.skip_tlu_before_addition (timm's apply_act=False).
     """
 
+    native_bf16 = False  # its statistics are tensor ops in the input's dtype (normexp.nn.precision)
+
     includes_activation = True
 
     def __init__(self, num_features: int, eps: float = 1e-6, tlu: bool = True) -> None:
@@ -173,6 +177,8 @@ class EvoNormS02d(nn.Module):
     FilterResponseNorm2d, the model applies no ReLU right after it, and the gate applies at every
     norm, also before the residual addition.
     """
+
+    native_bf16 = False  # its statistics are tensor ops in the input's dtype (normexp.nn.precision)
 
     includes_activation = True
 

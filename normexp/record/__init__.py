@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import RECORDED_AS_STARTED
 from normexp.record import atomic, locks
-from normexp.record.identity import columns, identity, norm_tag, run_dir, run_name  # noqa: F401 (record's API)
+from normexp.record.identity import NUMERICS, columns, identity, norm_tag, numerics_version, run_dir, run_name  # noqa: F401 (record's API)
 
 IDENTITY = "identity.json"
 CONFIG = "config.yaml"
@@ -42,7 +42,7 @@ STARTS = "starts.jsonl"
 SHARED = "shared_runs.txt"
 # What changes a run's numbers besides its identity (float rounding that grows into seed-level noise):
 # a run resumes only where its last start ran, unless runtime.allow_env_change says otherwise.
-ENVIRONMENT = ("device", "threads", "torch_version", "step")
+ENVIRONMENT = ("device", "cpu_capability", "threads", "torch_version", "step")
 # what a start recorded before a field of ENVIRONMENT was recorded held (all steps were eager then)
 ENVIRONMENT_BEFORE = {"step": "eager"}
 
@@ -77,8 +77,8 @@ def environment_change(previous: Optional[Mapping[str, Any]], environment: Mappi
     if previous is None:
         return []
     before = {**ENVIRONMENT_BEFORE, **previous}
-    return [f"{key} {before[key]} -> {environment[key]}" for key in ENVIRONMENT
-            if key in before and before[key] != environment[key]]
+    return [f"{key} {before[key]} -> {environment.get(key)}" for key in ENVIRONMENT
+            if key in before and before[key] != environment.get(key)]
 
 
 def setting_changes(directory: Path, cfg: DictConfig) -> list[str]:

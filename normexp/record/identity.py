@@ -14,6 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import NOT_IDENTITY
 
+# The version of the training numerics: bump it with any change to the code that moves a run's losses
+# (tests/test_golden.py pins the first steps' losses and fails on such a change). It is in every
+# run's identity from version 2 on, so a new version gives new names; the runs of version 1
+# (identities without `numerics`) keep theirs. Changes per version: README.md, "Numerics versions".
+NUMERICS = 2
+
 
 def norm_tag(spec: Mapping[str, Any]) -> str:
     """A short readable label for a norm config, e.g. `bn`, `gn8`, `gn-cpg16`, `gn8-ws`, `evonorm8`
@@ -40,16 +46,24 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def identity(cfg: DictConfig, data_digest: str) -> dict[str, Any]:
+def identity(cfg: DictConfig, data_digest: str, numerics: int = NUMERICS) -> dict[str, Any]:
     """Everything that determines a run's numbers: the resolved config without the groups that
-    never change them (config.NOT_IDENTITY) and without null settings, and the content digest of
-    the data it trains on. Null settings are left out so that a setting added later, null (off) by
-    default, leaves the names of existing runs unchanged."""
+    never change them (config.NOT_IDENTITY) and without null settings, the content digest of the
+    data it trains on, and the version of the code's numerics (`numerics`, left out for version 1).
+    Null settings are left out so that a setting added later, null (off) by default, leaves the
+    names of existing runs unchanged."""
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     ident = {key: _without_nulls(value) for key, value in container.items() if key not in NOT_IDENTITY}
     ident["data_digest"] = data_digest
+    if numerics > 1:
+        ident["numerics"] = numerics
     return ident
+
+
+def numerics_version(ident: Mapping[str, Any]) -> int:
+    """The numerics version a recorded identity was trained under (1 where it names none)."""
+    return int(ident.get("numerics", 1))
 
 
 def run_name(ident: Mapping[str, Any]) -> str:

@@ -24,13 +24,12 @@ from normexp import record
 from normexp.config import ConfigError, first_frozen_epoch, seeds, step_batch, unwritable, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
-from normexp.nn.devices import check_splittable, split_batch_statistics
+from normexp.nn.devices import check_splittable
 from normexp.nn.models import build_model
 from normexp.nn.norms import canonical_spec
 from normexp.nn.packing import Pack, check_packable
-from normexp.nn.precision import keep_norms_fp32
 from normexp.record import atomic
-from normexp.train import runtime, trackers
+from normexp.train import harness, runtime, trackers
 from normexp.train.bn_evaluation import StatisticsDraw, legacy_precise_batches
 from normexp.train.engine import ExtraEvaluations, evaluate_members, train_epoch
 from normexp.train.optim import build_optimizer, build_scheduler, scaled_lr
@@ -100,6 +99,7 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     runs = [member_config(cfg, seed) for seed in seeds(cfg)]
     models = [seeded_model(run) for run in runs]
     device = runtime.pick_device(cfg.runtime.device)
+    runtime.warn_slow_precision(cfg.trainer.precision, device)
     if len(models) > 1 and step_batch(cfg) <= pack_limit(cfg, device):
         with GLOBAL_RNG:
             check_packable(models[0])
@@ -203,10 +203,7 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
     for group in groups:
         with GLOBAL_RNG:
             pack = Pack([m.model for m in group])
-        split_batch_statistics(pack.model, cfg.data.devices)
-        if cfg.trainer.precision is not None:
-            keep_norms_fp32(pack.model)
-        pack.model.to(device, memory_format=fmt)
+        harness.prepare_model(pack.model, cfg, device)
         for member in group:
             member.model.to(device, memory_format=fmt)
         train = TrainBatches(train_x, train_y, step_batch(cfg), data.mean, data.std, seeds=[m.cfg.seed for m in group],

@@ -110,17 +110,26 @@ def code_version() -> dict[str, Any]:
 
 
 def environment(device: torch.device, captured: bool = False) -> dict[str, Any]:
-    """Where a run computes: device, torch threads, the step (`eager` or `captured`,
-    normexp.train.step), versions, host (record.ENVIRONMENT are the fields among these that change
-    its numbers)."""
+    """Where a run computes: device (on CPU also the instruction set torch's kernels use, e.g. AVX2
+    or AVX512), torch threads, the step (`eager` or `captured`, normexp.train.step), versions, host
+    (record.ENVIRONMENT are the fields among these that change its numbers)."""
     return {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        **({"cpu_capability": torch.backends.cpu.get_cpu_capability()} if device.type == "cpu" else {}),
         "threads": torch.get_num_threads(),
         "step": "captured" if captured else "eager",
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
     }
+
+
+def warn_slow_precision(precision: Optional[str], device: torch.device) -> None:
+    """Say so when bf16 runs on a CPU without native bf16 kernels (AVX512-BF16 or AMX): there it is
+    emulated, several times slower than fp32 (results/bench/cpu.md)."""
+    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("trainer.precision=bf16 on a CPU without native bf16 (%s): it runs several times slower "
+                    "than fp32 here (results/bench/cpu.md)", torch.backends.cpu.get_cpu_capability())
 
 
 def keep_recorded_threads(resumed: list[Path]) -> None:
