@@ -77,6 +77,19 @@ def test_parity_gpu_is_claim_gpu_at_the_reference_batch_judged_on_parity_alone()
     assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity, cfg.verdict.max_parity_gap) == (False, True, 1.0)
 
 
+def test_converged_completes_claim_at_100_epochs_with_parity_required_within_one_point():
+    grid = _grid("converged")
+    assert sorted(grid) == sorted([f"norm={n}", f"data.batch_size={b}"] for n in ("bn", "gn") for b in (2, 32))
+    cfg = _compose("experiment=converged", "norm=gn", "data.batch_size=32")
+    claim = _compose("experiment=claim", "norm=gn", "data.batch_size=32")
+    assert (cfg.trainer.epochs, seeds(cfg), cfg.trainer.precision) == (100, [0, 1, 2], None)
+    assert {k: v for k, v in cfg.model.items()} == {k: v for k, v in claim.model.items()}
+    assert (cfg.optim, cfg.data) == (claim.optim, claim.data)
+    assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity, cfg.verdict.max_parity_gap) == (True, True, 1.0)
+    assert cfg.verdict.gn_margin == claim.verdict.gn_margin and cfg.verdict.metric == "final"
+    assert cfg.evaluation.precise_images is None and cfg.evaluation.batch_statistics is False
+
+
 def test_groups_ablation_covers_ln_to_in_and_channels_per_group():
     tags = {record.norm_tag(_compose("experiment=groups", p[0]).norm) for p in _grid("groups")}
     assert tags == {"ln", "gn2", "gn4", "gn8", "gn16", "in", "gn-cpg16"}
