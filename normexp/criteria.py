@@ -27,7 +27,7 @@ class Criteria:
     gn: str
     reference_batch: int
     min_bn_drop: float
-    gn_margin: float
+    gn_loss_margin: float
     alpha: float
     require_small_batch: bool
     require_parity: bool
@@ -36,13 +36,15 @@ class Criteria:
 
 
 LIMITS = {"reference_batch": (lambda v: v >= 1, ">= 1"), "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
-          "min_bn_drop": (lambda v: v >= 0, ">= 0"), "gn_margin": (lambda v: v > 0, "> 0"),
+          "min_bn_drop": (lambda v: v >= 0, ">= 0"), "gn_loss_margin": (lambda v: v > 0, "> 0"),
           "max_parity_gap": (lambda v: v > 0, "> 0"),
           "metric": (lambda v: v in METRICS, f"one of: {', '.join(METRICS)}")}
 # Criteria of rules that were replaced: a run that recorded one is judged by today's rule, and the
 # analysis says which recorded value it set aside (verdict.json's criteria_source).
 RETIRED = {"max_gn_loss": "GN's trend from the largest to the smallest batch, replaced by gn_margin against the "
-                          "reference batch (the largest batch is the most step-starved, so the trend could not fail)"}
+                          "reference batch (the largest batch is the most step-starved, so the trend could not fail)",
+           "gn_margin": "GN's change from the reference to the smallest batch only, replaced on 2026-12-02 by "
+                        "gn_loss_margin at every batch size below the reference (a loss between the ends went unseen)"}
 
 
 def _checked(name: str, value: Any) -> Any:

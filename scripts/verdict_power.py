@@ -1,12 +1,12 @@
 """How often the claim verdict's checks come out as they should, on simulated sweeps at a given noise.
 
 Each simulated sweep draws every (norm, batch) cell's seeds from a normal distribution around a
-true mean shape (BN: 70, 8 points lower at the smallest batch; GN: flat, or 3 points below its
-reference at the smallest batch) and is judged by normexp.analysis.verdict with today's criteria
+true mean shape (BN: 70, 8 points lower at the smallest batch; GN: flat, 3 points below its
+reference at the smallest batch, or 4 below it at the second-smallest batch only) and is judged by normexp.analysis.verdict with today's criteria
 (conf/verdict/default.yaml, plus --set overrides). The rates size the criteria's comments.
 
 Usage: python scripts/verdict_power.py [--sd 1.0] [--seeds 3] [--batches 2,4,8,16,32,64]
-                                       [--sweeps 2000] [--set gn_margin=2.95 ...]
+                                       [--sweeps 2000] [--set gn_loss_margin=3.5 ...]
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     small, ref = min(batches), criteria.reference_batch
     bn = {b: 70.0 - 8.0 * (b == small) for b in batches}
+    below = [b for b in batches if b < ref]
+    dip = below[1] if len(below) > 1 else small  # the second-smallest batch: a loss the two ends do not see
     shapes = {"GN flat: passes": ({b: 69.5 for b in batches}, True),
-              f"GN 3 below its reference at {small}: fails": ({b: 69.5 - 3.0 * (b == small) for b in batches}, False)}
+              f"GN 3 below its reference at {small}: fails": ({b: 69.5 - 3.0 * (b == small) for b in batches}, False),
+              f"GN 4 below its reference at {dip} only: fails": ({b: 69.5 - 4.0 * (b == dip) for b in batches}, False)}
     rng = np.random.default_rng(0)
     print(f"per-seed SD {args.sd}, {args.seeds} seeds, batches {batches} (reference {ref}), {args.sweeps} sweeps, "
-          f"gn_margin {criteria.gn_margin}, max_parity_gap {criteria.max_parity_gap}")
+          f"gn_loss_margin {criteria.gn_loss_margin}, max_parity_gap {criteria.max_parity_gap}")
     judged = {"gn_holds": shapes, "parity": {"true parity: passes": ({b: 70.0 for b in batches}, True),
                                              "a 2-point gap: fails": ({b: 68.0 for b in batches}, False)}}
     for check, cases in judged.items():

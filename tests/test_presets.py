@@ -86,7 +86,7 @@ def test_converged_completes_claim_at_100_epochs_with_parity_required_within_one
     assert {k: v for k, v in cfg.model.items()} == {k: v for k, v in claim.model.items()}
     assert (cfg.optim, cfg.data) == (claim.optim, claim.data)
     assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity, cfg.verdict.max_parity_gap) == (True, True, 1.0)
-    assert cfg.verdict.gn_margin == claim.verdict.gn_margin and cfg.verdict.metric == "final"
+    assert cfg.verdict.gn_loss_margin == claim.verdict.gn_loss_margin and cfg.verdict.metric == "final"
     assert cfg.evaluation.precise_images is None and cfg.evaluation.batch_statistics is False
 
 

@@ -42,6 +42,7 @@ SCENARIOS = {
     "claim true": (bn_drops, lambda b: 69.5),  # BN loses 8 at batch 2 and 2 at 4; GN flat, so ahead at 2
     "gn rises": (bn_drops, RISING.get),  # the committed 5-epoch shape: GN gains as the batch shrinks
     "gn loses 3 at 2": (bn_drops, lambda b: 69.5 - 3.0 * (b == 2)),  # flat, then a local loss at 2 only
+    "gn dips 4 at 4": (bn_drops, lambda b: 69.5 - 4.0 * (b == 4)),  # a loss between the ends only
     "gn rises, loses 3 at 2": (bn_drops, lambda b: RISING[32] - 3.0 if b == 2 else RISING[b]),  # 3 below its reference
     "bn flat": (lambda b: 70.0, lambda b: 69.5),
     "parity gap": (bn_drops, lambda b: 66.5),  # GN 3 points below BN at the reference
@@ -64,8 +65,11 @@ def outcomes(scenario: str) -> pd.DataFrame:
 @pytest.mark.parametrize("scenario, check, expected, min_rate", [
     ("claim true", "gn_holds", True, 0.95),
     ("gn rises", "gn_holds", True, 0.95),
-    ("gn loses 3 at 2", "gn_holds", False, 0.95),
-    ("gn rises, loses 3 at 2", "gn_holds", False, 0.95),
+    ("gn dips 4 at 4", "gn_holds", False, 0.95),
+    # what 3 seeds cannot promise: a 3-point loss at one batch size is caught in about 86-88% of
+    # sweeps once every batch size below the reference must hold (conf/verdict/default.yaml)
+    ("gn loses 3 at 2", "gn_holds", False, 0.80),
+    ("gn rises, loses 3 at 2", "gn_holds", False, 0.80),
     ("bn flat", "bn_degrades", False, 0.95),
     ("claim true", "small_batch part", True, 0.90),
     ("parity gap", "parity", False, 0.95),
@@ -91,9 +95,13 @@ def test_statistics_match_scipy():
     within = sum(((g - g.mean()) ** 2).sum() for g in groups) / (len(gn) - len(groups))  # ANOVA's within MS
     se = np.sqrt(within * (1 / 3 + 1 / 3))
     trend = result["checks"]["gn_holds"]
-    assert trend["change"] == pytest.approx(acc["gn8", 2].mean() - acc["gn8", 32].mean())
+    bounds = {b: acc["gn8", b].mean() - acc["gn8", 32].mean() - stats.t.ppf(0.95, len(gn) - len(groups)) * se
+              for b in (2, 4, 8, 16)}  # every batch size below the reference; the worst decides
+    worst = min(bounds, key=bounds.get)
+    assert trend["batch_size"] == worst and trend["lower_bound_by_batch"] == pytest.approx(bounds)
+    assert trend["change"] == pytest.approx(acc["gn8", worst].mean() - acc["gn8", 32].mean())
     assert (trend["se"], trend["df"]) == pytest.approx((se, len(gn) - len(groups)))
-    assert trend["lower_bound"] == pytest.approx(trend["change"] - stats.t.ppf(0.95, len(gn) - len(groups)) * se)
+    assert trend["lower_bound"] == pytest.approx(bounds[worst])
     parity = stats.ttest_ind(acc["bn", 32], acc["gn8", 32], equal_var=False).confidence_interval(0.95)
     assert (result["checks"]["parity"]["ci_low"], result["checks"]["parity"]["ci_high"]) == pytest.approx(tuple(parity))
 
@@ -173,19 +181,20 @@ def test_criteria_defaults_come_from_the_yaml_only():
 
 
 def test_criteria_layers_record_their_source():
-    criteria, source = load_criteria(overrides={"alpha": 0.01}, recorded={"alpha": 0.1, "gn_margin": 2})
-    assert (criteria.alpha, criteria.gn_margin) == (0.01, 2.0)
-    assert (source["alpha"], source["gn_margin"], source["bn"]) == ("override", "recorded", "default")
+    criteria, source = load_criteria(overrides={"alpha": 0.01}, recorded={"alpha": 0.1, "gn_loss_margin": 2})
+    assert (criteria.alpha, criteria.gn_loss_margin) == (0.01, 2.0)
+    assert (source["alpha"], source["gn_loss_margin"], source["bn"]) == ("override", "recorded", "default")
 
 
-def test_a_retired_recorded_criterion_is_set_aside_and_said():
-    """Runs launched before the anchored rule recorded max_gn_loss: today's rule judges them, and
-    the provenance says which recorded value it did not use."""
-    criteria, source = load_criteria(recorded={"max_gn_loss": 2.7, "alpha": 0.05})
-    assert criteria.gn_margin == yaml.safe_load(DEFAULTS.read_text())["gn_margin"]
-    assert source["max_gn_loss"].startswith("retired: recorded 2.7, set aside")
-    with pytest.raises(ValueError, match="unknown verdict criterion 'max_gn_loss'"):
-        load_criteria(overrides={"max_gn_loss": 2.7})
+@pytest.mark.parametrize("retired", ["max_gn_loss", "gn_margin"])
+def test_a_retired_recorded_criterion_is_set_aside_and_said(retired):
+    """Runs launched before the anchored rule recorded max_gn_loss, and before the every-batch rule
+    gn_margin: today's rule judges them, and the provenance says which recorded value it did not use."""
+    criteria, source = load_criteria(recorded={retired: 2.7, "alpha": 0.05})
+    assert criteria.gn_loss_margin == yaml.safe_load(DEFAULTS.read_text())["gn_loss_margin"]
+    assert source[retired].startswith("retired: recorded 2.7, set aside")
+    with pytest.raises(ValueError, match=f"unknown verdict criterion '{retired}'"):
+        load_criteria(overrides={retired: 2.7})
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -255,3 +264,18 @@ def test_the_papers_median_of_the_last_5_epochs_is_a_verdict_option():
     assert "median of the last 5 epochs' accuracy" in describe_verdict(result)
     with pytest.raises(ValueError, match="metric='best' must be one of: final, median5"):
         load_criteria({"metric": "best"})
+
+
+def test_a_gn_loss_between_the_ends_fails_on_the_committed_claim():
+    """The committed claim's runs, with GN at 4 per device set 4 points below GN at the reference
+    (each seed's reference accuracy minus 4) and every other cell as committed: the ends alone (2
+    against 32) still hold, the every-batch rule fails at 4."""
+    runs = pd.read_csv(DEFAULTS.parents[2] / "results" / "claim" / "tables" / "runs.csv")
+    runs = runs[runs["status"] == "finished"].copy()
+    gn = runs["norm"] == "gn8"
+    reference = runs[gn & (runs["batch_size"] == 32)].set_index("seed")["final_test_acc"]
+    at_4 = gn & (runs["batch_size"] == 4)
+    runs.loc[at_4, "final_test_acc"] = runs.loc[at_4, "seed"].map(reference - 4.0).to_numpy()
+    check = verdict(runs, CRITERIA)["checks"]["gn_holds"]
+    assert check["lower_bound_by_batch"][2] > -CRITERIA.gn_loss_margin  # what the old rule looked at
+    assert not check["holds"] and check["batch_size"] == 4 and check["change"] == pytest.approx(-4.0)

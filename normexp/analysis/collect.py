@@ -94,5 +94,6 @@ def load_runs(root: Path, *more: Path) -> RunTables:
         tag = {"run": directory.name, **{k: columns[k] for k in KEY_COLUMNS}, "status": status}
         epoch_rows += [{**tag, **m} for m in metrics]
         loss_rows += [{**tag, **m} for m in record.read_jsonl(directory / record.TRAIN_LOSS)]
+    rows.sort(key=lambda row: row["run"])  # by name, not by where a folder lies: the same order on any clone
     runs = pd.DataFrame(rows, columns=None if rows else ["run", "path", *KEY_COLUMNS, "status", "reason"])
     return RunTables(runs=runs, epochs=pd.DataFrame(epoch_rows), train_loss=pd.DataFrame(loss_rows))

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:  # a shared-runs list naming a run that is not there
         print(f"normexp-analyze: {error}", file=sys.stderr)
         return 2
-    _write_table(tables.runs.drop(columns=["path", "identity", "criteria"], errors="ignore"), table_dir, "runs")
+    internal = ["path", "identity", "criteria"] + (["evaluation"] if tables.runs.get("evaluation") is not None
+                                                   and tables.runs["evaluation"].isna().all() else [])
+    _write_table(tables.runs.drop(columns=internal, errors="ignore"), table_dir, "runs")
     for _, run in tables.excluded.iterrows():
         print(f"excluded {run['run']}: {run['status']} - {run['reason']}")
     finished = tables.finished
