@@ -316,3 +316,24 @@ def test_a_further_baseline_gets_its_own_versus_table_and_an_unknown_one_is_name
     assert table["ci_low"][0] > 0
     assert analyze([str(tmp_path), "--versus", "frnx"]) == 2
     assert "--versus frnx: no finished runs of that norm here; allowed: frn, frn-noaddtlu" in capsys.readouterr().err
+
+
+def test_the_fit_table_splits_test_accuracy_into_fitting_and_generalization():
+    from normexp.analysis.tables import fit_table
+
+    runs = pd.DataFrame({"norm": ["bn", "bn", "gn8"], "batch_size": [32, 32, 32],
+                         "final_train_acc": [80.0, 82.0, 79.0], "final_test_acc": [78.0, 79.0, 74.0]})
+    table = fit_table(runs).set_index("norm")
+    assert table.loc["bn", ["train_acc", "test_acc", "test_minus_train", "n"]].tolist() == [81.0, 78.5, -2.5, 2]
+    assert table.loc["gn8", "test_minus_train"] == -5.0
+
+
+def test_precise_minus_population_by_epoch_is_paired_by_run():
+    from normexp.analysis.bn_decomposition import precise_by_epoch
+
+    epochs = pd.DataFrame({"norm": ["bn"] * 4 + ["gn8"], "batch_size": [2] * 5, "epoch": [1, 1, 2, 2, 1],
+                           "test_acc": [40.0, 50.0, 60.0, 61.0, 45.0],
+                           "test_acc_precise": [43.0, 53.0, 60.0, 61.0, None]})
+    table = precise_by_epoch(epochs, "bn", 0.05).set_index("batch")
+    assert table.loc[2, "epoch 1"].startswith("+3.00")
+    assert table.loc[2, "epoch 2"].startswith("+0.00") and list(table.columns) == ["epoch 1", "epoch 2"]

@@ -64,3 +64,15 @@ def test_holm_adjustment_matches_its_definition():
     p = pd.Series([0.01, 0.04, 0.03, 0.5], index=list("abcd"))
     assert holm(p).round(6).to_dict() == {"a": 0.04, "b": 0.09, "c": 0.09, "d": 0.5}
     assert holm(pd.Series([0.6, 0.5])).tolist() == [1.0, 1.0]
+
+
+def test_a_comparison_names_where_each_side_trained():
+    from normexp.analysis.landscape import versus
+
+    rows = [("bn", 2, s, 50.0 + s, "cpu", "2.14.1+cu130") for s in range(3)]
+    rows += [("ln", 2, s, 48.0 + s, "NVIDIA H200" if s else "cpu", "2.11.0+cu130" if s else "2.14.1+cu130")
+             for s in range(3)]
+    runs = pd.DataFrame(rows, columns=["norm", "batch_size", "seed", "final_test_acc", "device", "torch_version"])
+    [row] = versus(runs, "bn", 0.05).to_dict("records")
+    assert row["trained_on"] == "NVIDIA H200, torch 2.11.0; cpu, torch 2.14.1"
+    assert row["baseline_trained_on"] == "cpu, torch 2.14.1"

@@ -3,6 +3,8 @@ FrozenBN, against the statistics batch (normexp.train.bn_evaluation; Wu & Johnso
 
 `statistics_table`: per norm x batch size, the final test accuracy with the running averages
 (population), precise population statistics and batch statistics, mean, std and n.
+`precise_by_epoch`: per batch size and epoch, precise minus population statistics on the same
+weights (paired by run), which tells stale running averages apart from the end of the schedule.
 `decomposition`: at each batch size below the reference, BN's loss against the reference batch
 (population statistics at both) and how much of it each remedy recovers, with (1 - alpha) CIs:
 the two evaluations paired by run (the same weights), FrozenBN paired by seed (it trains as BN
@@ -50,6 +52,20 @@ def statistics_table(runs: pd.DataFrame) -> pd.DataFrame:
                 f"{values.iloc[0]:.2f}" if len(values) else "")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def precise_by_epoch(epochs: pd.DataFrame, bn: str, alpha: float) -> pd.DataFrame:
+    """Precise minus population test accuracy of `bn` at each batch size (rows) and evaluated epoch
+    (columns), mean over seeds with its (1 - alpha) CI, paired by run."""
+    rows = epochs[(epochs["norm"] == bn) & epochs["test_acc"].notna()]
+    if "test_acc_precise" not in rows:
+        return pd.DataFrame()
+    rows = rows[rows["test_acc_precise"].notna()].assign(gain=lambda r: r["test_acc_precise"] - r["test_acc"])
+    table = {(batch, epoch): _interval(_ci(cell["gain"], alpha))
+             for (batch, epoch), cell in rows.groupby(["batch_size", "epoch"])}
+    frame = pd.Series(table).unstack()
+    frame.index.name, frame.columns = "batch", [f"epoch {e}" for e in frame.columns]
+    return frame.reset_index()
 
 
 def _interval(value: object) -> str:

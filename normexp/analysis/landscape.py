@@ -15,7 +15,7 @@ from normexp.analysis.verdict import welch_contrast
 
 EXTREMES = ("ln", "in")  # G = 1 and G = C, the ends of the group axis; the `gn` settings are the middle
 VERSUS_COLUMNS = ["norm", "batch_size", "acc_mean", "n", "baseline_mean", "n_baseline", "difference",
-                  "ci_low", "ci_high", "p_two_sided", "p_holm"]
+                  "ci_low", "ci_high", "p_two_sided", "p_holm", "trained_on", "baseline_trained_on"]
 CHANGE_COLUMNS = ["norm", "change", "acc_largest", "n_largest", "acc_smallest", "n_smallest", "difference",
                   "ci_low", "ci_high", "p_two_sided"]
 SHAPE_COLUMNS = ["batch_size", "check", "test", "estimate", "low", "high", "holds"]
@@ -26,6 +26,15 @@ def _final_acc(runs: pd.DataFrame, **where: object) -> np.ndarray:
     for column, value in where.items():
         mask &= (runs[column] == value).to_numpy()
     return runs.loc[mask, "final_test_acc"].to_numpy(dtype=float)
+
+
+def trained_on(cell: pd.DataFrame) -> str:
+    """Where a cell's runs trained: each device and torch version among them (`cpu, torch 2.14.1`),
+    so a comparison across machines shows as such."""
+    if not {"device", "torch_version"} <= set(cell):
+        return ""
+    pairs = {f"{d}, torch {str(v).split('+')[0]}" for d, v in zip(cell["device"], cell["torch_version"])}
+    return "; ".join(sorted(pairs))
 
 
 def _two_sided(estimate: dict[str, float]) -> dict[str, float]:
@@ -48,8 +57,9 @@ def holm(p: pd.Series) -> pd.Series:
 
 def versus(runs: pd.DataFrame, baseline: str, alpha: float) -> pd.DataFrame:
     """Each other norm's mean accuracy minus `baseline`'s at the same batch size, with its
-    two-sided (1 - alpha) Welch CI, p uncorrected, and p Holm-adjusted over the comparisons at
-    that batch size."""
+    two-sided (1 - alpha) Welch CI, p uncorrected, p Holm-adjusted over the comparisons at
+    that batch size, and where each side trained (device and torch: a difference across machines
+    holds float rounding that grows into seed-level noise)."""
     rows = []
     for (norm, batch), cell in runs.groupby(["norm", "batch_size"]):
         base = _final_acc(runs, norm=baseline, batch_size=batch)
@@ -57,7 +67,10 @@ def versus(runs: pd.DataFrame, baseline: str, alpha: float) -> pd.DataFrame:
         if norm != baseline and len(base) >= 2 and len(acc) >= 2:
             rows.append({"norm": norm, "batch_size": batch, "acc_mean": acc.mean(), "n": len(acc),
                          "baseline_mean": base.mean(), "n_baseline": len(base),
-                         **_two_sided(welch_contrast([(1, acc), (-1, base)], alpha))})
+                         **_two_sided(welch_contrast([(1, acc), (-1, base)], alpha)),
+                         "trained_on": trained_on(cell),
+                         "baseline_trained_on": trained_on(runs[(runs["norm"] == baseline)
+                                                                & (runs["batch_size"] == batch)])})
     table = pd.DataFrame(rows, columns=VERSUS_COLUMNS)
     table["p_holm"] = table.groupby("batch_size")["p_two_sided"].transform(holm) if rows else []
     return table

@@ -22,6 +22,16 @@ def accuracy_table(runs: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame
     return table
 
 
+def fit_table(runs: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
+    """Fitting against generalization per norm x batch size (x each further swept setting in
+    `axes`): the mean final train accuracy (on the augmented training images of the last epoch),
+    the mean final test accuracy, and test minus train, a norm's generalization gap; n runs."""
+    table = runs.assign(test_minus_train=runs["final_test_acc"] - runs["final_train_acc"])
+    return (table.groupby(["norm", "batch_size", *axes])
+            .agg(train_acc=("final_train_acc", "mean"), test_acc=("final_test_acc", "mean"),
+                 test_minus_train=("test_minus_train", "mean"), n=("final_test_acc", "count")).reset_index())
+
+
 def compare_sweeps(before: pd.DataFrame, after: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Two sweeps of the same runs (e.g. a rerun with other code, or on another device), paired by run
     name, which is the run's identity (a code change that alters a default renames runs: they are

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from normexp.analysis import landscape, plots
     from normexp.analysis.bn_decomposition import carries_extra_evaluations
     from normexp.analysis.collect import load_runs
-    from normexp.analysis.tables import accuracy_table, convergence_table, error_table, thresholds_from
+    from normexp.analysis.tables import accuracy_table, convergence_table, error_table, fit_table, thresholds_from
     from normexp.analysis.verdict import PoolingError, check_poolable, tag_norm_settings, with_axes
     from normexp.analysis.verdict_text import describe_verdict
     from normexp.criteria import load_criteria
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     accuracy, error = accuracy_table(finished, axes), error_table(finished, criteria, axes)
     _write_table(accuracy, table_dir, "accuracy")
+    _write_table(fit_table(finished, axes), table_dir, "fit")
     _write_table(error.reset_index() if axes else error, table_dir, "error_by_batch", index=not axes)
     finished_runs = set(finished["run"])
     epochs = tables.epochs[tables.epochs["run"].isin(finished_runs) & (tables.epochs["status"] == record.FINISHED)]
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                                            landscape.caption(landscape.group_shape))
     if not axes and carries_extra_evaluations(finished):
         try:  # BN's three evaluations and FrozenBN (normexp.analysis.bn_decomposition)
-            landscape_tables.update(_statistics_tables(finished, criteria))
+            landscape_tables.update(_statistics_tables(finished, epochs_shown, criteria))
         except ValueError as error:
             print(f"normexp-analyze: {error}", file=sys.stderr)
             return 2
@@ -200,13 +201,17 @@ def _slices(result: dict) -> list[tuple[str, dict]]:
     return [(", ".join(f"{k}={v}" for k, v in s["at"].items()), s) for s in result["slices"]]
 
 
-def _statistics_tables(finished, criteria) -> dict:
-    """The tables of BN's evaluations of the same weights and, where BN has the reference batch and
-    smaller ones, the decomposition of its small-batch loss (name -> (table, what it holds))."""
+def _statistics_tables(finished, epochs, criteria) -> dict:
+    """The tables of BN's evaluations of the same weights (at the end and, precise against
+    population, by epoch) and, where BN has the reference batch and smaller ones, the decomposition
+    of its small-batch loss (name -> (table, what it holds))."""
     from normexp.analysis import bn_decomposition as bd
 
     bd.evaluated_alike(finished)
     tables = {"bn_statistics": (bd.statistics_table(finished), bd.statistics_table.__doc__.split("\n\n")[0])}
+    by_epoch = bd.precise_by_epoch(epochs, criteria.bn, criteria.alpha)
+    if not by_epoch.empty:
+        tables["precise_by_epoch"] = (by_epoch, bd.precise_by_epoch.__doc__.split("\n\n")[0])
     bn_batches = set(finished.loc[finished["norm"] == criteria.bn, "batch_size"])
     if criteria.reference_batch in bn_batches and min(bn_batches) < criteria.reference_batch:
         frozen = sorted(n for n in finished["norm"].unique() if n.startswith(f"{criteria.bn}-frozen"))
