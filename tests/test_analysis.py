@@ -283,6 +283,17 @@ def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):
     slices = json.loads((tmp_path / "verdict.json").read_text())["slices"]
     assert [s["at"] for s in slices] == [{"trainer.epochs": 2}, {"trainer.epochs": 4}]
     assert (tmp_path / "figures" / "accuracy_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "report.html").read_text()
+    assert "At trainer.epochs=2" in report and "At trainer.epochs=4" in report and "NO STATISTICS" not in report
+
+
+def test_a_misspelt_vary_field_is_named_with_the_nearest_and_nothing_is_written(tmp_path, capsys):
+    for seed in range(2):
+        write_run(tmp_path, BN, 2, seed, [50.0, 51.0])
+    assert analyze([str(tmp_path), "--vary", "optim.lrr"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--vary optim.lrr is not a setting of these runs "
+                                                    "(nearest: optim.lr); nothing written")
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "report.html").exists()
 
 
 def test_a_folder_reads_the_runs_its_shared_list_names(tmp_path, capsys):

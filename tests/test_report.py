@@ -28,11 +28,12 @@ def test_report_holds_the_verdict_every_figure_and_the_excluded_runs(tmp_path):
     assert all(source in page for source in REFERENCES) and "34.70" in page
 
 
-def test_report_without_finished_runs_lists_the_runs(tmp_path):
-    failed = write_run(tmp_path / "runs", BN, 2, 0, [40.0, 50.0], status="failed")
+def test_a_folder_without_finished_runs_says_so_and_writes_nothing(tmp_path, capsys):
+    write_run(tmp_path / "runs", BN, 2, 0, [40.0, 50.0], status="failed")
     assert analyze([str(tmp_path)]) == 1
-    page = (tmp_path / "report.html").read_text()
-    assert "NO STATISTICS" in page and failed.name in page and "<img" not in page
+    err = capsys.readouterr().err
+    assert "no finished runs" in err and "1 failed" in err and "nothing written" in err
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "tables").exists()
 
 
 def test_a_sweep_of_many_norms_reports_its_comparison_tables_with_readable_p_values(tmp_path):

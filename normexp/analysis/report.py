@@ -75,9 +75,14 @@ def _value(value: Any) -> str:
 
 
 def _verdict(result: Mapping[str, Any] | None) -> str:
-    """Overall outcome, the verdict's text, one table of statistics per check, and the criteria."""
+    """Overall outcome, the verdict's text, one table of statistics per check, and the criteria;
+    for a run set analysed along further settings (--vary), one such verdict per value."""
     if result is None:
         return "<p><span class='verdict undecided'>NO STATISTICS</span></p><p>No finished runs.</p>"
+    if "slices" in result:
+        return "\n".join(f"<h3>At {html.escape(', '.join(f'{k}={v}' for k, v in piece['at'].items()))}</h3>"
+                         + _verdict({**piece, "criteria_source": result.get("criteria_source", {})})
+                         for piece in result["slices"])
     c = result["criteria"]
     badges = [_badge(f"{overall(result)} ({budget_text(result)})", result["undecided"], result["holds"])]
     badges += [_badge(part_text(result, part), state["undecided"], state["holds"], state["required"])
@@ -163,7 +168,7 @@ def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | N
     (sweeps of many norms: name -> (table, what it holds)) adds a section with those tables."""
     sections = [
         ("verdict", "Verdict", _verdict(result)),
-        ("headline", "Test error by batch size", _headline(error, result and result["criteria"])),
+        ("headline", "Test error by batch size", _headline(error, result.get("criteria") if result else None)),
         *([("landscape", "Every norm", _landscape(landscape))] if landscape else []),
         ("figures", "Figures", _figures(figures)),
         ("convergence", "Convergence",

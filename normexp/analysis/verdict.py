@@ -120,13 +120,15 @@ def check_poolable(runs: pd.DataFrame, varying: Sequence[str], cell: Sequence[st
     flat = [{k: v for k, v in flat_settings(identity).items() if not swept(k)} for identity in runs["identity"]]
     for row, digest in zip(flat, runs["data_digest"]):
         row["data_digest"] = digest
-    problems = []
+    problems, differing = [], []
     for key in sorted(set().union(*flat)):
         counts = pd.Series([str(row.get(key, "<missing>")) for row in flat]).value_counts()
         if len(counts) > 1:
+            differing.append(key)
             problems.append(f"runs differ in {key}: " + ", ".join(f"{v} ({n} runs)" for v, n in counts.items()))
     if problems:
-        problems[-1] += "; analyze them separately"
+        problems[-1] += ("; analyze them separately, or along it: "
+                         + " ".join(f"--vary {key}" for key in differing if key != "data_digest"))
     problems += _mixed_cells(runs, list(cell))
     repeats = runs[runs.duplicated([*cell, "seed"], keep=False)]
     for key, group in repeats.groupby([*cell, "seed"]):

@@ -51,6 +51,22 @@ def _overrides(pairs: list[str]) -> dict:
     return parsed
 
 
+def _unknown_fields(fields: list[str], runs) -> str | None:
+    """A line naming a --vary field that no run's identity has, with the nearest one that does."""
+    import difflib
+
+    from normexp.analysis.verdict import flat_settings
+
+    known = set(SWEPT).union(*(flat_settings(identity) for identity in runs.get("identity", [])))
+    groups = {key.rsplit(".", 1)[0] for key in known if "." in key}
+    for field in fields:
+        if field not in known and field not in groups:
+            near = difflib.get_close_matches(field, sorted(known), n=1)
+            return (f"--vary {field} is not a setting of these runs"
+                    f"{f' (nearest: {near[0]})' if near else ''}; nothing written")
+    return None
+
+
 def _recorded_criteria(runs) -> dict | None:
     """The verdict criteria the runs' configs recorded; they must agree. Runs recorded before a
     criterion existed or after one was retired (criteria.RETIRED) agree when the rest does: each set
@@ -97,18 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:  # a shared-runs list naming a run that is not there
         print(f"normexp-analyze: {error}", file=sys.stderr)
         return 2
-    internal = ["path", "identity", "criteria"] + (["evaluation"] if tables.runs.get("evaluation") is not None
-                                                   and tables.runs["evaluation"].isna().all() else [])
-    _write_table(tables.runs.drop(columns=internal, errors="ignore"), table_dir, "runs")
+    if problem := _unknown_fields(args.vary, tables.runs):
+        print(f"normexp-analyze: {problem}", file=sys.stderr)
+        return 2
     for _, run in tables.excluded.iterrows():
         print(f"excluded {run['run']}: {run['status']} - {run['reason']}")
     finished = tables.finished
     if finished.empty:
-        print(f"normexp-analyze: no finished runs under {source} ({len(tables.runs)} run folder(s), "
-              f"listed in {table_dir / 'runs.md'}); no statistics", file=sys.stderr)
-        from normexp.analysis.report import write_report
-        write_report(out / "report.html", source, tables.runs)
+        statuses = tables.runs["status"].value_counts().to_dict() if len(tables.runs) else {}
+        print(f"normexp-analyze: no finished runs under {source} ({len(tables.runs)} run folder(s)"
+              f"{': ' + ', '.join(f'{n} {s}' for s, n in statuses.items()) if statuses else ''}); nothing written",
+              file=sys.stderr)
         return 1
+    internal = ["path", "identity", "criteria"] + (["evaluation"] if tables.runs.get("evaluation") is not None
+                                                   and tables.runs["evaluation"].isna().all() else [])
+    _write_table(tables.runs.drop(columns=internal, errors="ignore"), table_dir, "runs")
     axes = [field for field in args.vary if field not in SWEPT]  # further swept settings: table columns
     try:
         finished = tag_norm_settings(with_axes(finished, axes))
@@ -176,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from normexp.analysis.report import write_report
     if axes:  # one verdict per value of the further axes: the report shows the tables, each verdict in verdict.json
         landscape_tables["error_by_batch"] = (error.reset_index(), "test error (%) by batch size at each setting")
-    report = write_report(out / "report.html", source, tables.runs, result=None if axes else result,
+    report = write_report(out / "report.html", source, tables.runs, result=result,
                           error=None if axes else error, figures=figures, convergence=convergence,
                           landscape=landscape_tables)
     print(f"report: {report}")
