@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from normexp.train.optim import lr_factor
@@ -30,3 +31,13 @@ def test_warmup_rises_linearly_then_the_schedule_starts():
     assert [lr_factor(cfg, s, 4, 3) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lr_factor(cfg, 8, 4, 3) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_factor(optim(schedule="constant"), 1000, 10, 5) == 1.0
+
+
+def test_the_scheduler_reads_a_plain_copy_of_the_schedule_with_the_same_factors():
+    from normexp.compose import compose
+    from normexp.train.optim import build_scheduler
+
+    cfg = compose(["experiment=claim_gpu"]).optim  # step decay at 30, 60, 90
+    schedule = build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), cfg, 10, 100)
+    assert [schedule.lr_lambdas[0](s) for s in range(0, 1001, 7)] == [lr_factor(cfg, s, 10, 100)
+                                                                      for s in range(0, 1001, 7)]

@@ -157,3 +157,13 @@ def test_on_cuda_the_captured_graph_trains_as_the_eager_loop_does(norm):
 
     for a, b in zip(train(False), train(True)):
         torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+
+
+def test_a_cumulative_bn_average_is_refused_in_a_cuda_graph_with_one_line():
+    from normexp.config import ConfigError
+    from normexp.train.step import check_capturable
+
+    with pytest.raises(ConfigError, match=r"^norm.momentum=null .* runtime.capture=false$"):
+        check_capturable({"name": "bn", "momentum": None}, graph=True)
+    check_capturable({"name": "bn", "momentum": None}, graph=False)  # eager: the host may read it
+    check_capturable({"name": "bn", "momentum": 0.1}, graph=True)

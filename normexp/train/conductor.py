@@ -34,7 +34,7 @@ from normexp.train.bn_evaluation import StatisticsDraw, legacy_precise_batches
 from normexp.train.engine import ExtraEvaluations, evaluate_members, train_epoch
 from normexp.train.optim import build_optimizer, build_scheduler, scaled_lr
 from normexp.train.progress import StepProgress
-from normexp.train.step import build_step, captures
+from normexp.train.step import build_step, captures, check_capturable
 
 log = logging.getLogger("normexp")
 
@@ -100,6 +100,7 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     models = [seeded_model(run) for run in runs]
     device = runtime.pick_device(cfg.runtime.device)
     runtime.warn_slow_precision(cfg.trainer.precision, device)
+    check_capturable(cfg.norm, captures(cfg.runtime.capture, device) and device.type == "cuda")
     if len(models) > 1 and step_batch(cfg) <= pack_limit(cfg, device):
         with GLOBAL_RNG:
             check_packable(models[0])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -211,6 +211,15 @@ def build_step(pack: Pack, forward: nn.Module, optimizer: torch.optim.Optimizer,
     assert isinstance(optimizer, torch.optim.SGD)
     return DeviceStep(pack, forward, optimizer, train, device, graph=device.type == "cuda", norm=norm,
                       precision=precision)
+
+
+def check_capturable(norm: Mapping[str, Any], graph: bool) -> None:
+    """Raise ConfigError for a norm setting a CUDA graph cannot hold: BN's cumulative running
+    average (norm.momentum=null) divides by the step count read on the host at every step."""
+    if graph and "momentum" in norm and norm["momentum"] is None:
+        raise ConfigError("norm.momentum=null (a cumulative running average) reads the step count on the host "
+                          "inside the step, which a CUDA graph cannot hold; set a momentum (e.g. 0.1) or "
+                          "runtime.capture=false")
 
 
 def captures(capture: Optional[bool], device: torch.device) -> bool:
