@@ -6,7 +6,8 @@
    done: its 2 epochs, less its compilation (epoch 1 minus epoch 2), are 2 epochs of the whole
    sweep's work, scaled to the full training set. Start-up (processes, data) is the probe's wall
    time before that job's first epoch; compilation is added once more for the sweep. A probe whose
-   jobs fail with compilation is rerun eager (runtime.compile=false).
+   jobs fail is rerun with the step uncaptured (runtime.capture=false), then fully eager as well
+   (runtime.compile=false): FALLBACKS.
 2. epochs = floor((allowance left - start-up - compilation) / (margin x the sweep's epoch)), at most
    the preset's (100, composed with the overrides like every number here). The step schedule's
    milestones (30/60/90 of 100 epochs) are scaled to that many epochs (`scaled_milestones`), and
@@ -102,10 +103,15 @@ def probe_epochs(root: Path) -> list[dict]:
     return found
 
 
+# what a failing probe is retried with, in order: the default (a captured step on CUDA), the step
+# uncaptured (compiled as runtime.compile's default then decides), eager without compilation
+FALLBACKS = ([], ["runtime.capture=false"], ["runtime.capture=false", "runtime.compile=false"])
+
+
 def probe(overrides: list[str], probe_images: int, train_images: int, expected_runs: int) -> dict:
     """Time the sweep's work on `probe_images` training images and scale it to `train_images`;
-    reruns eager if a job fails."""
-    for compile_overrides in ([], ["runtime.compile=false"]):
+    retried with each of FALLBACKS while a job fails."""
+    for compile_overrides in FALLBACKS:
         root = Path(tempfile.mkdtemp(prefix="claim_gpu_probe_"))
         start = time.monotonic()
         train([*overrides, *compile_overrides, f"data.train_subset={probe_images}", "trainer.epochs=2",
@@ -121,7 +127,7 @@ def probe(overrides: list[str], probe_images: int, train_images: int, expected_r
                     "startup_s": max(wall - longest["epoch1_s"] - longest["epoch2_s"], 0.0), "compile_s": compile_s,
                     "sweep_epoch_s": two_epochs / 2 * train_images / probe_images, "probe_runs": runs}
         print(f"probe: {len(runs)} of {expected_runs} runs finished 2 epochs", flush=True)
-    raise SystemExit("the probe failed with and without compilation; see the logs above")
+    raise SystemExit("the probe failed captured, uncaptured and eager; see the logs above")
 
 
 def scaled_milestones(full: dict, epochs: int) -> list[int]:

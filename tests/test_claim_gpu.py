@@ -46,3 +46,13 @@ def test_the_budget_scales_the_milestones_and_requires_parity_only_at_the_full_b
 def test_the_committed_5_epoch_sweep_used_the_milestones_the_script_chooses_now():
     recorded = json.loads((SCRIPT.parents[1] / "results" / "claim_gpu_5ep" / "budget.json").read_text())
     assert claim_gpu.scaled_milestones(claim_gpu.preset([]), recorded["epochs"]) == recorded["milestones"]
+
+
+def test_a_failing_probe_falls_back_to_an_uncaptured_step_then_to_eager(monkeypatch):
+    tried = []
+    monkeypatch.setattr(claim_gpu, "train", lambda overrides: tried.append(
+        [o for o in overrides if o.startswith(("runtime.capture", "runtime.compile"))]))
+    monkeypatch.setattr(claim_gpu, "probe_epochs", lambda root: [])  # every try fails
+    with pytest.raises(SystemExit, match="captured, uncaptured and eager"):
+        claim_gpu.probe([], 64, 640, expected_runs=1)
+    assert tried == [[], ["runtime.capture=false"], ["runtime.capture=false", "runtime.compile=false"]]
