@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from omegaconf import OmegaConf
 
@@ -75,3 +76,21 @@ def test_one_process_sweep_killed_mid_training_resumes_to_the_same_records(image
     assert reference.returncode == 0
     for directory in _runs(root):
         assert record_numbers(directory) == record_numbers(tmp_path / "reference" / directory.name), directory.name
+
+
+def test_at_most_16_jobs_share_a_gpu_so_no_two_share_a_pooled_stream():
+    from normexp.cli.launcher import MAX_CUDA_JOBS, concurrent_jobs
+
+    assert 2 * MAX_CUDA_JOBS == 32  # torch's pool per device and priority; each job takes two streams
+    assert concurrent_jobs(None, 21, cuda=True) == 16 and concurrent_jobs(40, 63, cuda=True) == 16
+    assert concurrent_jobs(None, 12, cuda=True) == 12 and concurrent_jobs(3, 12, cuda=True) == 3
+    assert concurrent_jobs(None, 21, cuda=False) == 1 and concurrent_jobs(2, 21, cuda=False) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_16_jobs_of_two_streams_each_get_32_distinct_streams():
+    from normexp.cli.launcher import MAX_CUDA_JOBS
+
+    streams = [torch.cuda.Stream() for _ in range(2 * MAX_CUDA_JOBS)]  # as MAX_CUDA_JOBS jobs take them
+    assert len({s.cuda_stream for s in streams}) == 2 * MAX_CUDA_JOBS

@@ -76,14 +76,30 @@ def _console_logging(config: DictConfig) -> DictConfig:
     return job
 
 
+# torch.cuda.Stream() hands out a device's 32 pooled streams in rotation and a job takes two (its own
+# and its step's side stream): above 16 jobs at once one job's capture stream would be another's
+# replay stream
+MAX_CUDA_JOBS = 16
+
+
+def concurrent_jobs(n_jobs: Optional[int], jobs: int, cuda: bool) -> int:
+    """Jobs at a time: `n_jobs` (null: every job on a GPU, 1 on CPU), at most MAX_CUDA_JOBS on a GPU."""
+    if not cuda:
+        return n_jobs or 1
+    if n_jobs and n_jobs > MAX_CUDA_JOBS:
+        log.warning("hydra.launcher.n_jobs=%d: at most %d jobs run at once on a GPU (CUDA's stream pool)",
+                    n_jobs, MAX_CUDA_JOBS)
+    return min(n_jobs or jobs, MAX_CUDA_JOBS)
+
+
 def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_overrides: Sequence[Sequence[str]],
            initial_job_idx: int, n_jobs: Optional[int]) -> list[JobReturn]:
-    """Run the sweep's jobs in this process, `n_jobs` at a time (null: all on a GPU, 1 on CPU)."""
+    """Run the sweep's jobs in this process, `n_jobs` at a time (concurrent_jobs)."""
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     cuda = _cuda()
-    workers = n_jobs or (len(job_overrides) if cuda else 1)
+    workers = concurrent_jobs(n_jobs, len(job_overrides), cuda)
     log.info("Launching %d jobs in this process, %d at a time%s", len(job_overrides), workers,
              ", each on its own CUDA stream" if cuda else "")
     configs = []
