@@ -90,7 +90,7 @@ class RuntimeConfig:
     device: str = MISSING
     threads: Optional[int] = MISSING
     progress: bool = MISSING
-    channels_last: bool = MISSING
+    channels_last: Optional[bool] = MISSING
     compile: Optional[bool] = MISSING
     capture: Optional[bool] = MISSING
     pack_max_batch: Optional[int] = MISSING

@@ -261,6 +261,23 @@ def test_channels_last_only_where_onednn_gets_it_right(make_cfg):
     assert memory_format(False, wide, cpu) == torch.contiguous_format
 
 
+def test_the_default_layout_follows_the_norm_on_cpu_and_is_held_on_resume(make_cfg, monkeypatch):
+    """null: channels_last for BN, NCHW for the GroupNorm family on CPU (faster there), channels_last
+    on a GPU; a resume under another layout is refused (it changes the numbers)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    bn, gn = (build_model({**MODEL, "base_width": 16}, norm_spec(name)) for name in ("bn", "gn"))
+    assert memory_format(None, bn, cpu) == torch.channels_last
+    assert memory_format(None, gn, cpu) == torch.contiguous_format
+    assert memory_format(None, gn, cuda) == torch.channels_last
+    cfg = make_cfg("model.base_width=16", "trainer.epochs=2")
+    with interrupted_at(monkeypatch, 2):
+        with pytest.raises(KeyboardInterrupt):
+            train_run(cfg)
+    assert record.last_start(run_dir(cfg))["layout"] == "channels_last"
+    with pytest.raises(ConfigError, match="layout channels_last -> contiguous"):
+        train_run(make_cfg("model.base_width=16", "trainer.epochs=2", "runtime.channels_last=false"))
+
+
 def test_channels_last_trains_to_the_same_numbers(make_cfg, tmp_path):
     runs = [make_cfg("model.base_width=16", "trainer.epochs=1", f"runtime.channels_last={flag}",
                      f"paths.results_root={tmp_path / str(flag)}") for flag in ("true", "false")]

@@ -42,7 +42,7 @@ STARTS = "starts.jsonl"
 SHARED = "shared_runs.txt"
 # What changes a run's numbers besides its identity (float rounding that grows into seed-level noise):
 # a run resumes only where its last start ran, unless runtime.allow_env_change says otherwise.
-ENVIRONMENT = ("device", "cpu_capability", "threads", "torch_version", "step")
+ENVIRONMENT = ("device", "cpu_capability", "threads", "torch_version", "step", "layout")
 # what a start recorded before a field of ENVIRONMENT was recorded held (all steps were eager then)
 ENVIRONMENT_BEFORE = {"step": "eager"}
 

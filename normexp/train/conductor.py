@@ -132,14 +132,15 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
             resumed = [m.directory for m in members if (m.directory / record.CHECKPOINT).is_file()]
             if cfg.runtime.threads is None:
                 runtime.keep_recorded_threads(resumed)
+            fmt = runtime.memory_format(cfg.runtime.channels_last, models[0], device)
             runtime.refuse_environment_change(resumed, device, captures(cfg.runtime.capture, device),
-                                              cfg.runtime.allow_env_change)
+                                              cfg.runtime.allow_env_change, fmt)
             for directory in resumed:
                 if changes := record.setting_changes(directory, cfg):
                     raise ConfigError(f"{directory.name} started with other settings ({', '.join(changes)}): "
                                       f"resuming would mix two kinds of records under one name; resume it as it started")
             try:
-                _train(cfg, members, data, device, on_epoch or (lambda *_: None), bar_position)
+                _train(cfg, members, data, device, on_epoch or (lambda *_: None), bar_position, fmt)
             except Exception as error:
                 for member in members:
                     if member.summary is None:
@@ -149,12 +150,12 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     return summaries
 
 
-def _start(member: Member, digest: str, device: torch.device) -> None:
+def _start(member: Member, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
     """Write the run's identity, config and this start (with any environment change), and load
     its checkpoint if it has one."""
     path = member.directory / record.CHECKPOINT
     state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
-    environment = runtime.environment(device, captures(member.cfg.runtime.capture, device))
+    environment = runtime.environment(device, captures(member.cfg.runtime.capture, device), fmt)
     changed = record.environment_change(record.last_start(member.directory), environment) if state else []
     start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(state["metrics"]) if state else 0,
              **environment, **runtime.code_version(), **({"environment_change": changed} if changed else {})}
@@ -190,14 +191,13 @@ def _packs(cfg: DictConfig, members: list[Member], device: torch.device) -> list
 
 
 def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: torch.device, on_epoch: EpochHook,
-           bar_position: int) -> None:
+           bar_position: int, fmt: torch.memory_format) -> None:
     for member in members:
-        _start(member, data.digest, device)
+        _start(member, data.digest, device, fmt)
         on_epoch(member.directory.name, len(member.metrics), False)
     groups = _packs(cfg, members, device)
     train_x, train_y = maybe_subset(data.train_images, data.train_labels, cfg.data.train_subset, cfg.model.num_classes)
     test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
-    fmt = runtime.memory_format(cfg.runtime.channels_last, members[0].model, device)
     train_x, train_y = train_x.to(device), train_y.to(device)
     test = EvalBatches(test_x.to(device), test_y.to(device), cfg.runtime.eval_batch_size, data.mean, data.std,
                        memory_format=fmt)

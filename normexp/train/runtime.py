@@ -64,13 +64,16 @@ def default_threads(parallel_jobs: Optional[int], running_jobs: int) -> int:
     return max(1, cores // max(jobs, running_jobs))
 
 
-def memory_format(channels_last: bool, model: nn.Module, device: torch.device) -> torch.memory_format:
-    """channels_last if asked for and safe here, else the default layout.
+def memory_format(channels_last: Optional[bool], model: nn.Module, device: torch.device) -> torch.memory_format:
+    """channels_last if asked for (null: on a GPU, and on CPU unless the model has GroupNorm layers,
+    which run faster in NCHW there: results/bench/cpu_step.md) and safe here, else the default layout.
 
     On CPU, oneDNN's strided 1x1 convolution computes wrong weight gradients, or corrupts memory,
     in NHWC when it has fewer input channels per group than its block of 8 (AVX2) or 16 (AVX-512)
     (uxlfoundation/oneDNN#6035), so narrow models keep NCHW there.
     """
+    if channels_last is None:
+        channels_last = device.type != "cpu" or not any(isinstance(m, nn.GroupNorm) for m in model.modules())
     if not channels_last:
         return torch.contiguous_format
     if device.type == "cpu" and any(
@@ -109,15 +112,22 @@ def code_version() -> dict[str, Any]:
     return {"git_commit": commit.strip() if commit else None, "git_dirty": None if status is None else bool(status.strip())}
 
 
-def environment(device: torch.device, captured: bool = False) -> dict[str, Any]:
+def layout(fmt: torch.memory_format) -> str:
+    """A memory layout's name in a run's start record: `channels_last` or `contiguous` (NCHW)."""
+    return "channels_last" if fmt == torch.channels_last else "contiguous"
+
+
+def environment(device: torch.device, captured: bool = False, fmt: Optional[torch.memory_format] = None) -> dict[str, Any]:
     """Where a run computes: device (on CPU also the instruction set torch's kernels use, e.g. AVX2
-    or AVX512), torch threads, the step (`eager` or `captured`, normexp.train.step), versions, host
-    (record.ENVIRONMENT are the fields among these that change its numbers)."""
+    or AVX512), torch threads, the step (`eager` or `captured`, normexp.train.step), the activations'
+    memory layout (`fmt`, where given), versions, host (record.ENVIRONMENT are the fields among these
+    that change its numbers)."""
     return {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         **({"cpu_capability": torch.backends.cpu.get_cpu_capability()} if device.type == "cpu" else {}),
         "threads": torch.get_num_threads(),
         "step": "captured" if captured else "eager",
+        **({"layout": layout(fmt)} if fmt is not None else {}),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
@@ -146,16 +156,18 @@ def keep_recorded_threads(resumed: list[Path]) -> None:
         torch.set_num_threads(threads)
 
 
-def refuse_environment_change(resumed: list[Path], device: torch.device, captured: bool, allowed: bool) -> None:
+def refuse_environment_change(resumed: list[Path], device: torch.device, captured: bool, allowed: bool,
+                              fmt: Optional[torch.memory_format] = None) -> None:
     """A run resumes only in the environment of its last start (record.ENVIRONMENT) unless
     `allowed` (runtime.allow_env_change): else one name would hold a mix of two sets of numbers."""
-    here = environment(device, captured)
+    here = environment(device, captured, fmt)
     for directory in resumed:
         changed = record.environment_change(record.last_start(directory), here)
         if changed and not allowed:
             raise ConfigError(
                 f"{directory.name} trained in another environment ({', '.join(changed)}): resuming here would "
-                f"mix two sets of numbers under one name; resume it where it ran (runtime.threads, runtime.capture, torch, device) or "
+                f"mix two sets of numbers under one name; resume it where it ran (runtime.threads, runtime.capture, "
+                f"runtime.channels_last, torch, device) or "
                 f"pass runtime.allow_env_change=true to continue and record the change")
 
 
