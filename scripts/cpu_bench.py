@@ -7,8 +7,9 @@ autocast, cross-entropy on fp32 logits, backward, torch's SGD. "normexp" is `eng
 with the step training uses (per-device BN on the preset's virtual devices, each norm in its
 kernel's precision: normexp.train.harness), one seed, epochs of real augmented CIFAR-10. Each is
 timed over a whole epoch after an untimed one, one torch thread. "% of conv rate" is the model's
-FLOPs (forward + backward) x images/s over the measured rate of a 16-channel 3x3 convolution in
-that precision and layout: how close the step comes to its arithmetic.
+FLOPs (forward + backward) x images/s over the measured forward rate of one 16-channel 3x3
+convolution in that precision and layout: a rough guide (the wider layers run faster than that
+convolution, so it can pass 100 %, and the one-convolution timing is noisy).
 
 Run:  python scripts/cpu_bench.py --out results/bench/cpu_step.md
 """

@@ -348,3 +348,4 @@ def test_precise_minus_population_by_epoch_is_paired_by_run():
     table = precise_by_epoch(epochs, "bn", 0.05).set_index("batch")
     assert table.loc[2, "epoch 1"].startswith("+3.00")
     assert table.loc[2, "epoch 2"].startswith("+0.00") and list(table.columns) == ["epoch 1", "epoch 2"]
+    assert precise_by_epoch(epochs.assign(test_acc_precise=None), "bn", 0.05).empty  # none carries it: no table

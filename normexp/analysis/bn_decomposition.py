@@ -61,6 +61,8 @@ def precise_by_epoch(epochs: pd.DataFrame, bn: str, alpha: float) -> pd.DataFram
     if "test_acc_precise" not in rows:
         return pd.DataFrame()
     rows = rows[rows["test_acc_precise"].notna()].assign(gain=lambda r: r["test_acc_precise"] - r["test_acc"])
+    if rows.empty:
+        return pd.DataFrame()
     table = {(batch, epoch): _interval(_ci(cell["gain"], alpha))
              for (batch, epoch), cell in rows.groupby(["batch_size", "epoch"])}
     frame = pd.Series(table).unstack()

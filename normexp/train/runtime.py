@@ -157,7 +157,7 @@ def keep_recorded_threads(resumed: list[Path]) -> None:
 
 
 def refuse_environment_change(resumed: list[Path], device: torch.device, captured: bool, allowed: bool,
-                              fmt: Optional[torch.memory_format] = None) -> None:
+                              fmt: torch.memory_format) -> None:
     """A run resumes only in the environment of its last start (record.ENVIRONMENT) unless
     `allowed` (runtime.allow_env_change): else one name would hold a mix of two sets of numbers."""
     here = environment(device, captured, fmt)
