@@ -83,12 +83,12 @@ def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):
     assert len(list((tmp_path / ".hydra").glob("multirun_*"))) == 2
 
 
-def test_analyze_on_only_excluded_runs_still_writes_the_runs_table(tmp_path):
+def test_analyze_on_only_excluded_runs_names_their_states_and_writes_nothing(tmp_path):
     directory = tmp_path / "bn_b2_s0_x"
     ident = {"data": {"batch_size": 2, "devices": 1}, "model": {"depth": 8, "base_width": 4},
              "norm": {"name": "bn"}, "trainer": {"epochs": 2}, "seed": 0, "data_digest": "d"}
     record.write_start(directory, ident, "seed: 0\n")
     (directory / record.LOG).write_text("")
     done = _run("normexp.cli.analyze", str(tmp_path), cwd=tmp_path)
-    assert done.returncode == 1 and "no finished runs" in done.stderr
-    assert "unfinished" in (tmp_path / "tables" / "runs.md").read_text()
+    assert done.returncode == 1 and "no finished runs" in done.stderr and "1 unfinished" in done.stderr
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "report.html").exists()
