@@ -33,11 +33,14 @@ class Criteria:
     require_parity: bool
     max_parity_gap: float
     metric: str
+    min_seeds: int
+    min_reference_accuracy: float
 
 
 LIMITS = {"reference_batch": (lambda v: v >= 1, ">= 1"), "alpha": (lambda v: 0 < v < 1, "in (0, 1)"),
           "min_bn_drop": (lambda v: v >= 0, ">= 0"), "gn_loss_margin": (lambda v: v > 0, "> 0"),
-          "max_parity_gap": (lambda v: v > 0, "> 0"),
+          "max_parity_gap": (lambda v: v > 0, "> 0"), "min_seeds": (lambda v: v >= 2, ">= 2"),
+          "min_reference_accuracy": (lambda v: 0 <= v < 100, "in [0, 100)"),
           "metric": (lambda v: v in METRICS, f"one of: {', '.join(METRICS)}")}
 # Criteria of rules that were replaced: a run that recorded one is judged by today's rule, and the
 # analysis says which recorded value it set aside (verdict.json's criteria_source).

@@ -137,7 +137,8 @@ def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tm
                            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",
                            "runtime.threads=1", "runtime.progress=false", "runtime.device=cpu",
                            "optim.schedule=cosine"))
-    assert analyze([str(tmp_path / "runs"), "--set", "reference_batch=4"]) == 0
+    tiny = ["--set", "reference_batch=4", "--set", "min_seeds=2", "--set", "min_reference_accuracy=0"]  # 2 seeds, 1 epoch
+    assert analyze([str(tmp_path / "runs"), *tiny]) == 0
     result = json.loads((tmp_path / "runs" / "verdict.json").read_text())
     assert result["parts"]["small_batch"]["undecided"] and not result["parts"]["small_batch"]["required"]
     parity = result["parts"]["parity"]  # decided, or undecided when the tiny runs tie (no spread)

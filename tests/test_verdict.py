@@ -115,11 +115,13 @@ def test_result_is_plain_json():
 def test_parity_is_reported_and_only_required_when_asked():
     runs = sweep(lambda b: 50.0 if b == 2 else 70.0, lambda b: 60.0)  # GN 10 below BN at 32, 10 above at 2
     result = verdict(runs, CRITERIA)
-    assert result["holds"] and not result["checks"]["parity"]["holds"] and not result["parts"]["parity"]["required"]
+    parity = result["parts"]["parity"]
+    assert result["holds"] and result["checks"]["parity"]["holds"] is None
+    assert not parity["required"] and not parity["assessed"] and parity["holds"] is None
     text = describe_verdict(result)
     assert text.splitlines()[0] == ("claim verdict: HOLDS (5-epoch budget) - small-batch half: HOLDS (required); "
-                                    "parity at 32: NO (not required)")
-    assert "[NO] parity at batch 32: bn - gn8 +9.20 points" in text
+                                    "parity at 32: not assessed (not required at this budget)")
+    assert "[--] parity at batch 32: bn - gn8 +9.20 points" in text and "HOLDS" not in text.split("parity")[-1]
     strict, _ = load_criteria({"require_parity": True})
     result = verdict(runs, strict)
     assert not result["holds"] and result["parts"]["small_batch"]["holds"] and result["parts"]["parity"]["required"]
@@ -134,7 +136,7 @@ def test_a_parity_only_preset_is_judged_on_parity_alone():
         runs = sweep(lambda b: 90.0, lambda b: 90.0 - gap, batches=(32,), seeds=5, sd=0.3)
         result = verdict(runs, only_parity)
         assert result["parts"]["small_batch"]["undecided"] and not result["undecided"] and result["holds"] is holds
-        assert "small-batch half: UNDECIDED (not required" in describe_verdict(result)
+        assert "small-batch half: not assessed (not required at this budget)" in describe_verdict(result)
     with pytest.raises(ValueError, match="must require at least one part"):
         load_criteria({"require_small_batch": False})
 
@@ -143,7 +145,9 @@ def test_a_parity_only_preset_is_judged_on_parity_alone():
     (sweep(bn_drops, lambda b: 70.0, batches=(2, 4)), "no finished bn runs at reference batch 32; have batches [2, 4]"),
     (sweep(bn_drops, lambda b: 70.0).query("norm == 'bn'"), "no finished gn8 runs"),
     (sweep(bn_drops, lambda b: 70.0, batches=(32, 64)), "no batch size below reference batch 32"),
-    (sweep(bn_drops, lambda b: 70.0, seeds=1), "only 1 finished bn run at batch 32; need 2 or more seeds"),
+    (sweep(bn_drops, lambda b: 70.0, seeds=1), "only 1 finished bn run(s) at batch 32; the criteria need 3 or more"),
+    (sweep(bn_drops, lambda b: 70.0, seeds=2), "only 2 finished bn run(s) at batch 32; the criteria need 3 or more"),
+    (sweep(lambda b: 12.0, lambda b: 11.0), "runs too short to judge: at reference batch 32 bn reaches "),
 ])
 def test_undecided_names_what_is_missing(runs, reason):
     result = verdict(runs, CRITERIA)

@@ -103,9 +103,10 @@ def _verdict(result: Mapping[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
-def _badge(text: str, undecided: bool, holds: bool, required: bool = True) -> str:
-    """An outcome badge: green holds, red fails, grey undecided; a part that is not required is outlined."""
-    kind = "undecided" if undecided else ("holds" if holds else "fails")
+def _badge(text: str, undecided: bool, holds: bool | None, required: bool = True) -> str:
+    """An outcome badge: green holds, red fails, grey undecided or not assessed (a part that is not
+    required, which is also drawn smaller)."""
+    kind = "undecided" if undecided or holds is None else ("holds" if holds else "fails")
     return f"<span class='verdict {kind}{'' if required else ' optional'}'>{html.escape(text)}</span>"
 
 

@@ -69,8 +69,7 @@ def _missing_small_batch(groups: Mapping[tuple[str, int], np.ndarray], c: Criter
         problems.append(f"no batch size below reference batch {c.reference_batch} run with both {c.bn} and {c.gn}; "
                         f"have {c.bn} {have[c.bn]}, {c.gn} {have[c.gn]}")
     if not problems:
-        problems += [f"only 1 finished {tag} run at batch {shared[0]}; need 2 or more seeds"
-                     for tag in (c.bn, c.gn) if len(groups[tag, shared[0]]) < 2]
+        problems += _too_few_seeds(groups, c, shared[0])
     return problems
 
 
@@ -81,9 +80,26 @@ def _missing_parity(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -
     problems += [f"no finished {tag} runs at reference batch {c.reference_batch}; have batches {have[tag]}"
                  for tag in (c.bn, c.gn) if have[tag] and c.reference_batch not in have[tag]]
     if not problems:
-        problems += [f"only 1 finished {tag} run at batch {c.reference_batch}; need 2 or more seeds"
-                     for tag in (c.bn, c.gn) if len(groups[tag, c.reference_batch]) < 2]
+        problems += _too_few_seeds(groups, c, c.reference_batch) + _too_short(groups, c)
     return problems
+
+
+def _too_few_seeds(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria, batch: int) -> list[str]:
+    """Sentences for the verdict's norms with fewer than `c.min_seeds` finished runs at `batch`."""
+    return [f"only {len(groups[tag, batch])} finished {tag} run(s) at batch {batch}; the criteria need "
+            f"{c.min_seeds} or more seeds (min_seeds)" for tag in (c.bn, c.gn) if len(groups[tag, batch]) < c.min_seeds]
+
+
+def _too_short(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -> list[str]:
+    """A sentence when a norm's mean accuracy at the reference batch is below `c.min_reference_accuracy`:
+    runs that barely left chance (10 % on CIFAR-10) are too short for any part to be judged."""
+    means = {tag: float(groups[tag, c.reference_batch].mean()) for tag in (c.bn, c.gn)}
+    low = {tag: mean for tag, mean in means.items() if not mean >= c.min_reference_accuracy}
+    if not low:
+        return []
+    return [f"runs too short to judge: at reference batch {c.reference_batch} "
+            + ", ".join(f"{tag} reaches {mean:.1f}%" for tag, mean in low.items())
+            + f", below the {c.min_reference_accuracy:g}% the criteria need (min_reference_accuracy)"]
 
 
 def flat_settings(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -167,8 +183,10 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     `epochs` names the budget) over the batch sizes both norms ran; JSON-ready (NaN -> None).
 
     The small-batch half: BN degrades, GN holds, the interaction, GN beats BN at the smallest batch.
-    Parity: BN - GN at the reference batch. Each part holds, fails or is undecided; the overall
-    verdict holds when every part the criteria require holds, and is undecided while one is."""
+    Parity: BN - GN at the reference batch. A required part holds, fails or is undecided (too few
+    seeds, runs too short, batch sizes missing); a part the criteria do not require is not assessed
+    (its `holds` is None; its checks' statistics are still reported). The overall verdict holds when
+    every required part holds, and is undecided while one is."""
     c = criteria
     by_group = runs.groupby(["norm", "batch_size"])[METRICS[c.metric]]
     groups = {(str(n), int(b)): g.to_numpy(float) for (n, b), g in by_group}
@@ -195,9 +213,12 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
         if undefined:  # e.g. seeds that all scored the same: no spread, no bound
             missing[part].append(f"no spread between seeds, so no bound for {', '.join(undefined)}")
         undecided = bool(missing[part])
-        result["parts"][part] = {"required": required, "undecided": undecided,
-                                 "holds": not undecided and all(result["checks"][n]["holds"] for n in names),
-                                 "reason": "; ".join(missing[part]) or None}
+        holds = not undecided and all(result["checks"][n]["holds"] for n in names)
+        result["parts"][part] = {"required": required, "assessed": required and not undecided, "undecided": undecided,
+                                 "holds": holds if required else None, "reason": "; ".join(missing[part]) or None}
+        if not required:  # reported, not assessed: no check of this part holds or fails
+            for name in set(names) & set(result["checks"]):
+                result["checks"][name]["holds"] = None
     required = [p for p in result["parts"].values() if p["required"]]
     result["undecided"] = any(p["undecided"] for p in required)
     result["holds"] = not result["undecided"] and all(p["holds"] for p in required)

@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 
 SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")  # the first part
-CHECKS = (*SMALL_BATCH_CHECKS, "parity")
 PARTS = ("small_batch", "parity")  # in the order the text names them
 
 
@@ -47,11 +46,13 @@ def budget_text(result: Mapping[str, Any]) -> str:
 
 
 def part_text(result: Mapping[str, Any], part: str) -> str:
-    """One part's outcome and whether it was required, e.g. "parity at 32: NO (not required)"."""
+    """One part's outcome, e.g. "small-batch half: HOLDS (required)"; a part the criteria do not
+    require has none: "parity at 32: not assessed (not required at this budget)"."""
     state = result["parts"][part]
     label = "small-batch half" if part == "small_batch" else f"parity at {result['reference_batch']}"
-    word = "UNDECIDED" if state["undecided"] else ("HOLDS" if state["holds"] else "NO")
-    return f"{label}: {word} ({'required' if state['required'] else 'not required'})"
+    if not state["required"]:
+        return f"{label}: not assessed (not required at this budget)"
+    return f"{label}: {'UNDECIDED' if state['undecided'] else ('HOLDS' if state['holds'] else 'NO')} (required)"
 
 
 def headline(result: Mapping[str, Any]) -> str:
@@ -77,18 +78,20 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
         shown = num(value, spec)
         if value is not None and float(shown) == float(limit):
             shown = format(value, spec[:-2] + "6f")
-        return f"{label}{shown}{'' if check['holds'] else ', needed'} {relation} {limit}"
+        word = {True: "", False: ", needed", None: ", criterion"}[check["holds"]]
+        return f"{label}{shown}{word} {relation} {limit}"
 
     small, ref, bn, gn = result["smallest_batch"], result["reference_batch"], c["bn"], c["gn"]
-    mark = {True: "[yes]", False: "[NO]"}
+    mark = {True: "[yes]", False: "[NO]", None: "[--]"}
+    parts = result["parts"]
     lines = [headline(result)]
-    if result["parts"]["small_batch"]["undecided"]:
-        lines.append(f"  small-batch half undecided: {result['parts']['small_batch']['reason']}")
+    if parts["small_batch"]["undecided"]:
+        lines.append(f"  small-batch half {_unjudged(parts['small_batch'])}: {parts['small_batch']['reason']}")
     else:
         d, g, i, b = (k[name] for name in SMALL_BATCH_CHECKS)
         lines += [
             f"  small-batch half ({gn} vs {bn}, batch sizes {', '.join(map(str, result['batch_sizes']))}; "
-            f"reference {ref}):",
+            f"reference {ref}){'' if parts['small_batch']['required'] else ', not assessed'}:",
             f"  {mark[d['holds']]} {bn} degrades: drop {num(d['drop'])} points ({bn} {num(d['bn_ref_mean'])}% at {ref}"
             f" -> {num(d['bn_small_mean'])}% at {small}; n={d['n_ref']}/{d['n_small']}), "
             + compare(d, f"{level} lower bound ", d["lower_bound"], ">", f"{d['threshold']:.2f}"),
@@ -104,22 +107,26 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
             f"n={b['n_gn']}/{b['n_bn']}), "
             + compare(b, "one-sided p=", b["p_value_one_sided"], "<", f"{b['alpha']:g}",
                       p_spec(b["p_value_one_sided"]))]
-    if result["parts"]["parity"]["undecided"]:
-        lines.append(f"  parity undecided: {result['parts']['parity']['reason']}")
+    if parts["parity"]["undecided"]:
+        lines.append(f"  parity {_unjudged(parts['parity'])}: {parts['parity']['reason']}")
     else:
         p = k["parity"]
         ci = f"[{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}]"
+        word = {True: " within", False: ", needed within", None: "; not assessed, criterion within"}[p["holds"]]
         lines.append(
             f"  {mark[p['holds']]} parity at batch {ref}: {bn} - {gn} {num(p['gap'], '+.2f')} points ({bn} "
-            f"{num(p['bn_mean'])}%, {gn} {num(p['gn_mean'])}%), "
-            + (f"{level} CI {ci} within ±{p['max_gap']:.2f}" if p["holds"]
-               else f"{level} CI {ci}, needed within ±{p['max_gap']:.2f}"))
+            f"{num(p['bn_mean'])}%, {gn} {num(p['gn_mean'])}%), {level} CI {ci}{word} ±{p['max_gap']:.2f}")
     return "\n".join(lines)
 
 
+def _unjudged(state: Mapping[str, Any]) -> str:
+    """How a part without an outcome is named: undecided when required, not assessed otherwise."""
+    return "undecided" if state["required"] else "not assessed"
+
+
 def outcome(check: Mapping[str, Any]) -> str:
-    """A check's outcome in a table cell."""
-    return "yes" if check["holds"] else "NO"
+    """A check's outcome in a table cell; "not assessed" for a check of a part that is not required."""
+    return {True: "yes", False: "NO", None: "not assessed"}[check["holds"]]
 
 
 def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -139,7 +146,7 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             "batch sizes (reference)": f"{', '.join(map(str, result['batch_sizes']))} ({result['reference_batch']})",
             "finished runs": str(result["runs"]["finished"]),
             "criteria": (f"{bn} drop > {c['min_bn_drop']:g}, {gn} change at every batch > -{c['gn_loss_margin']:g}, "
-                         f"alpha {c['alpha']:g}, parity ±{c['max_parity_gap']:g}"),
+                         f"alpha {c['alpha']:g}, parity ±{c['max_parity_gap']:g}, {c['min_seeds']}+ seeds"),
         }
         if "bn_degrades" in k:
             d, g, i, b = (k[name] for name in SMALL_BATCH_CHECKS)
@@ -153,7 +160,6 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         if "parity" in k:
             p = k["parity"]
             column["parity at reference: BN - GN [CI]"] = (
-                f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}] {outcome(p)}"
-                f"{'' if p['required'] else ' (not required)'}")
+                f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}] {outcome(p)}")
         columns[label] = column
     return pd.DataFrame(columns).fillna("").rename_axis("check")
