@@ -150,3 +150,24 @@ def check(points: Sequence[Sequence[str]]) -> tuple[list[DictConfig], Optional[s
             return configs, str(error)
         configs.append(cfg)
     return configs, None
+
+
+def model_problem(configs: Sequence[DictConfig]) -> Optional[str]:
+    """The first norm setting that does not fit its job's model (e.g. a group count that does not
+    divide a layer's width), found by building each distinct model once on the CPU, or None. Imports
+    torch: the training CLI calls it after every cheaper check has passed."""
+    from normexp.config import ConfigError
+    from normexp.nn.models import build_model
+
+    built = set()
+    for cfg in configs:
+        model, norm = (OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "norm"))
+        key = repr((model, norm))
+        if key in built:
+            continue
+        built.add(key)
+        try:
+            build_model(model, norm)
+        except ConfigError as error:
+            return str(error)
+    return None

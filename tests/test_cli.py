@@ -37,13 +37,13 @@ def test_an_unwritable_results_root_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_path, image_folder):
-    done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={image_folder}",
-                f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",
-                "norm=gn", "norm.groups=3,5", cwd=tmp_path)  # caught as each job builds its model
+    done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={tmp_path / 'nowhere'}",
+                f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}", "seed=0,1",
+                cwd=tmp_path)  # caught as each job loads its data
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
-    for value in ("3", "5"):
-        assert f"norm.groups={value}): norm.groups={value} does not fit" in out, out
+    for value in ("0", "1"):
+        assert f"seed={value}): CIFAR-10 image folder not found" in out, out
     assert "no job of this sweep trained" in out
     assert "job 1 of 2 started" in out and "2 of 2 ended" in out and "ETA" in out  # sweep-level progress
 
@@ -73,10 +73,20 @@ def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_any_job_starts(tmp_pa
     assert not (tmp_path / ".hydra").exists()
 
 
+def test_a_group_count_that_fits_no_width_stops_the_sweep_before_any_job(tmp_path):
+    """norm.groups=7 of a sweep's second job is refused before the first job trains: one line, exit 2."""
+    done = _run("normexp.cli.train", "-m", "norm=gn", "norm.groups=4,7", f"paths.results_root={tmp_path / 'runs'}",
+                cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == ("normexp-train: norm.groups=7 does not fit a layer with 16 channels: the group count "
+                                   "must divide 16; valid group counts for this width: 1, 2, 4, 8, 16")
+    assert not (tmp_path / ".hydra").exists() and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):
-    args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}", "norm=gn",
-            "norm.groups=3", f"paths.cache_dir={tmp_path / 'cache'}", "paths.cifar10_folder=/nowhere"]
+    args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}",
+            f"paths.cache_dir={tmp_path / 'cache'}", "paths.cifar10_folder=/nowhere"]
     jobs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     for job in jobs:
         job.wait(timeout=120)

@@ -1,6 +1,7 @@
 """`normexp-train`: the Hydra app that trains one configuration (or a sweep with -m).
 
-Torch is imported only when a job trains, so --help, --cfg and bad input answer quickly.
+Torch is imported only once every other setting of every job has passed (to build each job's model
+and check the norm settings it alone can judge), so --help, --cfg and most bad input answer quickly.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from normexp.compose import check, one_line, sweep_grid
+    from normexp.compose import check, model_problem, one_line, sweep_grid
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
@@ -100,6 +101,8 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
     except Exception as error:  # a malformed override: the parser's message, on one line
         return " ".join(str(error).split())
     configs, problem = check(points)
+    if problem is None and not args.cfg:  # settings that only the model can judge, for every job before any starts
+        problem = model_problem(configs)
     if problem is None and args.multirun and not args.cfg:
         from normexp.cli.plan import PLANNED, describe, run_epochs, sweep_plan
 
