@@ -93,7 +93,7 @@ def test_the_freeze_starts_at_the_first_epoch_boundary_at_or_past_its_fraction()
 
 
 def test_bn_runs_record_three_evaluations_and_gn_runs_one(make_cfg):
-    settings = ("data.devices=2", "data.batch_size=4", "evaluation.precise_images=64")
+    settings = ("data.devices=2", "data.batch_size=4", "evaluation.precise_images=64", "evaluation.batch_statistics=true")
     bn, gn = make_cfg("norm=bn", *settings), make_cfg("norm=gn", "norm.groups=2", *settings)
     (bn_summary,), (gn_summary,) = train_run(bn), train_run(gn)
     rows = record.read_jsonl(run_dir(bn) / record.METRICS)
@@ -106,9 +106,8 @@ def test_bn_runs_record_three_evaluations_and_gn_runs_one(make_cfg):
 
 
 def test_the_evaluations_leave_training_and_the_run_name_alone(make_cfg, tmp_path):
-    on = make_cfg("data.devices=2", "data.batch_size=4")
-    off = make_cfg("data.devices=2", "data.batch_size=4", "evaluation.precise_images=null",
-                   "evaluation.batch_statistics=false", f"paths.results_root={tmp_path / 'off'}")
+    on = make_cfg("data.devices=2", "data.batch_size=4", "evaluation.precise_images=4096", "evaluation.batch_statistics=true")
+    off = make_cfg("data.devices=2", "data.batch_size=4", f"paths.results_root={tmp_path / 'off'}")  # the default: off
     train_run(on), train_run(off)
     assert run_dir(on).name == run_dir(off).name
     extra = {"test_loss_precise", "test_acc_precise", "test_loss_batch", "test_acc_batch"}
@@ -119,7 +118,7 @@ def test_the_evaluations_leave_training_and_the_run_name_alone(make_cfg, tmp_pat
 def test_a_run_resumes_only_with_the_evaluations_it_started_with(make_cfg, monkeypatch):
     from tests.helpers import interrupted_at
 
-    cfg = make_cfg("trainer.epochs=2")
+    cfg = make_cfg("trainer.epochs=2", "evaluation.precise_images=4096")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train_run(cfg)
     with pytest.raises(ConfigError, match=r"evaluation.precise_images 4096 -> 64"):
@@ -130,7 +129,7 @@ def test_a_run_resumes_only_with_the_evaluations_it_started_with(make_cfg, monke
 def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactly(make_cfg, monkeypatch, tmp_path):
     from tests.helpers import interrupted_at
 
-    settings = ("data.devices=2", "data.batch_size=4", "trainer.epochs=3")
+    settings = ("data.devices=2", "data.batch_size=4", "trainer.epochs=3", "evaluation.precise_images=4096")
     frozen = make_cfg("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=64", *settings)
     plain = make_cfg("norm=bn", *settings)
     train_run(frozen), train_run(plain)
@@ -182,7 +181,8 @@ def test_analysis_writes_the_statistics_tables_and_refuses_mixed_evaluations(mak
     from normexp.cli.analyze import main
 
     root = tmp_path / "runs"
-    common = ("trainer.epochs=2", "data.devices=2", "seed=[0,1]", "evaluation.precise_images=32")
+    common = ("trainer.epochs=2", "data.devices=2", "seed=[0,1]", "evaluation.precise_images=32",
+              "evaluation.batch_statistics=true")
     frozen = ("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=32")
     for overrides in (("norm=bn", "data.batch_size=2"), ("norm=bn", "data.batch_size=4"), (*frozen, "data.batch_size=2")):
         train_run(make_cfg(*overrides, *common))

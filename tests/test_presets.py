@@ -90,6 +90,13 @@ def test_converged_completes_claim_at_100_epochs_with_parity_required_within_one
     assert cfg.evaluation.precise_images is None and cfg.evaluation.batch_statistics is False
 
 
+@pytest.mark.parametrize("preset, on", [("claim", False), ("first_look", False), ("bn_stats", True),
+                                        ("bn_stats_frozen", True)])
+def test_bns_extra_evaluations_are_on_only_where_they_are_read(preset, on):
+    cfg = _compose(f"experiment={preset}", "data.batch_size=8")
+    assert (cfg.evaluation.precise_images, cfg.evaluation.batch_statistics) == ((4096, True) if on else (None, False))
+
+
 def test_groups_ablation_covers_ln_to_in_and_channels_per_group():
     tags = {record.norm_tag(_compose("experiment=groups", p[0]).norm) for p in _grid("groups")}
     assert tags == {"ln", "gn2", "gn4", "gn8", "gn16", "in", "gn-cpg16"}

@@ -247,7 +247,8 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
         result = train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, epochs,
                              progress, frozen)
         eval_start = time.perf_counter()
-        due = epoch % cfg.trainer.eval_every == 0 or epoch == epochs or any(result.diverged)
+        alive = [m.diverged is None and d is None for m, d in zip(group, result.diverged)]
+        due = (epoch % cfg.trainer.eval_every == 0 or epoch == epochs) and any(alive)  # never NaN weights alone
         untested = {"test_loss": None, "test_acc": None}
         tested = (evaluate_members(pack, [m.model for m in group], test, epochs + epoch,  # draws past training
                                    (legacy_precise, cfg.norm.precise_bn_batches) if legacy_precise else None, extra,
