@@ -306,6 +306,15 @@ def test_a_folder_reads_the_runs_its_shared_list_names(tmp_path, capsys):
     assert "lists run folders that do not exist" in capsys.readouterr().err
 
 
+def test_run_folders_behind_symbolic_links_are_read_and_a_link_loop_ends(tmp_path):
+    stored = write_run(tmp_path / "store", BN, 2, 0, [40.0, 50.0])
+    (tmp_path / "view" / "runs").mkdir(parents=True)
+    (tmp_path / "view" / "runs" / stored.name).symlink_to(stored, target_is_directory=True)
+    (tmp_path / "view" / "runs" / "loop").symlink_to(tmp_path / "view", target_is_directory=True)
+    runs = load_runs(tmp_path / "view").runs
+    assert list(runs["run"]) == [stored.name] and list(runs["norm"]) == ["bn"]
+
+
 def test_a_swept_norm_setting_the_tag_does_not_show_is_named_in_the_tables(tmp_path):
     for rmax in (2.0, 3.0):
         for seed in range(2):

@@ -103,3 +103,23 @@ def test_two_concurrent_sweeps_on_one_root_train_each_run_once(image_folder, tmp
         log = (directory / record.LOG).read_text()
         assert log.count("starting") == 1 and "resuming" not in log, directory.name
         assert record.read_json(directory / record.SUMMARY)["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_diverged_run_exits_1_and_a_sweep_reports_only_its_own_runs(image_folder, tmp_path):
+    """A diverged run is kept, and the command says so with exit 1 (single run and sweep alike); the
+    end-of-sweep report counts the runs of this sweep, apart from the earlier commands' runs."""
+    root = tmp_path / "runs"
+    earlier = subprocess.run([*TRAIN, *_args(image_folder, tmp_path, root, "trainer.epochs=1", "norm=ln")],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert earlier.returncode == 0, earlier.stderr
+    single = subprocess.run([*TRAIN, *_args(image_folder, tmp_path, root, "trainer.epochs=2", "norm=none",
+                                            "optim.lr=1e6")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 1 and "1 run(s) diverged" in single.stdout + single.stderr
+    sweep = subprocess.run([*TRAIN, *_args(image_folder, tmp_path, root, "-m", "trainer.epochs=2", "norm=none",
+                                           "optim.lr=1e6", "seed=1,2")], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    out = sweep.stdout + sweep.stderr
+    assert sweep.returncode == 1, out
+    assert "sweep ended; its 2 run(s): 2 diverged (2 other run(s) under" in out, out
+    assert "2 run(s) of this sweep diverged" in out

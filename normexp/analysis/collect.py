@@ -8,6 +8,7 @@ diverged, failed, running, unfinished. Only finished runs enter statistics.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,18 +51,32 @@ def _evaluation(directory: Path) -> str | None:
     return None if settings is None else ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
+def _walk(root: Path) -> list[Path]:
+    """`root` and every folder below it, following symbolic links (each real folder once, so a link
+    loop ends), skipping hidden folders."""
+    seen, found = set(), []
+    for folder, subfolders, _ in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found.append(Path(folder))
+    return found
+
+
 def _run_folders(roots: tuple[Path, ...]) -> list[Path]:
-    """Every folder holding identity.json below any of `roots`, skipping hidden folders, and those
-    that a root's shared-runs list names (record.SHARED), each once."""
+    """Every folder holding identity.json below any of `roots` (symbolic links followed), skipping
+    hidden folders, and those that a root's shared-runs list names (record.SHARED), each once."""
     folders = {}
     for root in map(Path, roots):
-        for identity_path in root.rglob(record.IDENTITY):
-            directory = identity_path.parent
-            if not any(part.startswith(".") for part in directory.relative_to(root).parts):
-                folders[directory.resolve()] = directory
-        for listing in root.rglob(record.SHARED):
-            for directory in record.shared_runs(listing.parent):
-                folders.setdefault(directory.resolve(), directory)
+        for folder in _walk(root):
+            if (folder / record.IDENTITY).is_file():
+                folders.setdefault(folder.resolve(), folder)
+            if (folder / record.SHARED).is_file():
+                for directory in record.shared_runs(folder):
+                    folders.setdefault(directory.resolve(), directory)
     return [folders[key] for key in sorted(folders)]
 
 

@@ -3,7 +3,8 @@
 At the start of a sweep the number of its jobs is written to its sweep folder; each job logs
 "job i of n" when it starts and, when it ends, how many have ended and an ETA. A job that was
 rejected (bad setting, missing data) or failed leaves a note in its sweep folder; the final report
-lists each with its message, and the sweep exits 1 when any job was.
+lists each with its message, counts this sweep's runs by status (apart from earlier commands' runs in
+the same results root), and the sweep exits 1 when any job was rejected or failed, or a run diverged.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ class SweepReport(Callback):
                  HydraConfig.get().job.num + 1, sweep["jobs"], ended, sweep["jobs"], elapsed / 60, eta / 60)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from normexp.analysis.collect import load_runs
         from normexp.record import read_json
 
         root = Path(config.paths.results_root).expanduser()
@@ -74,20 +74,40 @@ class SweepReport(Callback):
         problems = [read_json(path) for path in sorted(sweep_dir.glob(f"*/{JOB_PROBLEM}"))]
         for problem in filter(None, problems):
             log.error("%s job (%s): %s", problem["kind"], " ".join(problem["overrides"]), problem["message"])
-        tables = load_runs(root) if root.is_dir() else None
-        if tables is None or tables.runs.empty:
-            log.warning("sweep ended with no run records under %s", root)
-        else:
-            counts = tables.runs["status"].value_counts().to_dict()
-            log.info("sweep ended; runs under %s: %s", root, ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-            for _, run in tables.excluded.iterrows():
-                log.warning("%s %s: %s", run["status"], run["run"], run["reason"])
+        diverged = _report_runs(root, sweep_dir)
         if problems and len(problems) >= len(jobs):
             log.error("no job of this sweep trained: all %d were rejected or failed", len(problems))
             sys.exit(1)
         if problems:
             log.error("%d of %d jobs were rejected or failed (above); the others ran", len(problems), len(jobs))
+        if diverged:
+            log.error("%d run(s) of this sweep diverged (above): their records are kept and the analysis lists them",
+                      diverged)
+        if problems or diverged:
             sys.exit(1)
+
+
+def _report_runs(root: Path, sweep_dir: Path) -> int:
+    """Log this sweep's runs (those its jobs trained or found done: its progress folder) by status,
+    and how many other runs the results root holds; each one not finished with its reason. Returns
+    how many of this sweep's runs diverged."""
+    from normexp.analysis.collect import load_runs
+    from normexp.record import DIVERGED, FINISHED
+    from normexp.train.progress import PROGRESS
+
+    ours = {path.stem for path in (sweep_dir / PROGRESS).glob("*.json")}
+    tables = load_runs(root) if root.is_dir() else None
+    runs = tables.runs[tables.runs["run"].isin(ours)] if tables is not None and not tables.runs.empty else None
+    if runs is None or runs.empty:
+        log.warning("sweep ended with no run records of its own under %s", root)
+        return 0
+    counts = runs["status"].value_counts().to_dict()
+    others = len(tables.runs) - len(runs)
+    log.info("sweep ended; its %d run(s): %s%s", len(runs), ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+             f" ({others} other run(s) under {root} are from earlier commands)" if others else "")
+    for _, run in runs[runs["status"] != FINISHED].iterrows():
+        log.warning("%s %s: %s", run["status"], run["run"], run["reason"])
+    return int((runs["status"] == DIVERGED).sum())
 
 
 def _sweep(config: DictConfig) -> dict | None:

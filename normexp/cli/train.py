@@ -29,6 +29,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
     from normexp.data.sources import DataError
+    from normexp.record import DIVERGED
     from normexp.train.conductor import train_run  # torch: only when a job really runs
     from normexp.train.runtime import default_threads, registered_job
 
@@ -40,7 +41,7 @@ def app(cfg: DictConfig) -> None:
             threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), others)
             on_epoch, position = _sweep_progress() if multirun else None, _bar_position(multirun)
             with hydra_released():  # hydra/launcher=gpu: the sweep's other jobs in this process go on
-                train_run(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
+                summaries = train_run(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
     except (ConfigError, DataError) as error:
         log.error("%s", error)
         if not multirun:
@@ -54,6 +55,11 @@ def app(cfg: DictConfig) -> None:
             raise
         log.exception("this job failed; the sweep goes on with the next one")
         _note_job_problem("failed", f"{type(error).__name__}: {error}")
+    else:
+        diverged = [s for s in summaries if s["status"] == DIVERGED]
+        if diverged and not multirun:  # a sweep counts its diverged runs at its end (normexp.cli.sweep_report)
+            log.error("%d run(s) diverged (non-finite loss): kept in the record, listed by the analysis", len(diverged))
+            sys.exit(1)
 
 
 def _sweep_progress():
