@@ -6,11 +6,20 @@
 # EXPERIMENT=first_look runs the 15-minute first look instead (results in runs/first_look).
 # Data: ../shared/data/cifar10-jpeg by default; NORMEXP_CIFAR10_FOLDER points elsewhere, or set
 # NORMEXP_DATA_SOURCE=torchvision (official CIFAR-10; add runtime.download=true the first time).
+# A run that diverged or a job that failed makes the sweep exit 1: the analysis still runs (it lists
+# them), and this script exits with the sweep's status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -e .
+# install only when this checkout is not already the installed normexp (the first call)
+if ! python -c "import normexp, pathlib, sys; sys.exit(pathlib.Path(normexp.__file__).parent.parent.resolve() != pathlib.Path.cwd().resolve())" 2>/dev/null \
+    || ! command -v normexp-train >/dev/null; then
+  python -m pip install -q -e .
+fi
 experiment=${EXPERIMENT:-claim}
 out=${OUT:-runs/$experiment}
-normexp-train -m experiment="$experiment" hydra/launcher=joblib paths.results_root="$out/runs" "$@"
+status=0
+normexp-train -m experiment="$experiment" hydra/launcher=joblib paths.results_root="$out/runs" "$@" || status=$?
+[ "$status" -le 1 ] || exit "$status"  # bad input (2) or Ctrl-C (130): nothing to analyze yet
 normexp-analyze "$out"
 echo "table: $out/tables/error_by_batch.md  figure: $out/figures/error_vs_batch.png  report: $out/report.html"
+exit "$status"

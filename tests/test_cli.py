@@ -1,6 +1,7 @@
 """The console entry points as a user meets them: help, exit codes, one-line errors, sweep reports."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,24 @@ def test_analyze_on_only_excluded_runs_names_their_states_and_writes_nothing(tmp
     done = _run("normexp.cli.analyze", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 1 and "no finished runs" in done.stderr and "1 unfinished" in done.stderr
     assert not (tmp_path / "tables").exists() and not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="this machine has SLURM")
+def test_the_slurm_launcher_without_slurm_is_one_line_and_exit_2(tmp_path):
+    done = _run("normexp.cli.train", "-m", "hydra/launcher=slurm", f"paths.results_root={tmp_path / 'runs'}",
+                cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("normexp-train: hydra/launcher=slurm needs SLURM (sbatch, srun not found on PATH)")
+
+
+@pytest.mark.parametrize("versions, problem", [
+    ({"torch": "2.14.1+cpu", "torchvision": "0.29.1+cpu"}, None),
+    ({"torch": "2.13.0", "torchvision": "0.29.1"},
+     "torchvision 0.29.1 is not built for torch 2.13.0 (that is torchvision 0.28.*): "
+     "pip install 'torch==2.13.0' 'torchvision==0.28.*' from one index"),
+])
+def test_a_torchvision_built_for_another_torch_is_named_before_anything_runs(monkeypatch, versions, problem):
+    from normexp.cli import preflight
+
+    monkeypatch.setattr(preflight.metadata, "version", versions.__getitem__)
+    assert preflight.torchvision_problem() == problem

@@ -162,3 +162,20 @@ def test_normexp_plan_lists_a_presets_jobs_and_runs(capsys):
     assert "job 1: bn_b2x8_s0 bn_b2x8_s1 bn_b2x8_s2 x 1 epochs  (norm=bn data.batch_size=2)" in out
     assert plan(["experiment=first_look", "data.batch_size=0"]) == 2
     assert "data.batch_size=0 is invalid" in capsys.readouterr().err
+
+
+def test_the_plan_estimates_only_from_runs_on_the_kind_of_device_the_jobs_will_use(tmp_path, capsys):
+    """A GPU run's pace is not a CPU job's: the plan names the device its estimate comes from."""
+    from normexp.cli.plan import main as plan
+
+    cfg = _compose("experiment=debug", "runtime.device=cpu")
+    directory = tmp_path / "bn_b8_s0_x"
+    record.write_start(directory, record.identity(cfg, "digest"), "seed: 0\n")
+    summary = {"status": record.FINISHED, "epochs_done": 2, "compute_seconds": 60.0, "device": "NVIDIA H200"}
+    record.write_summary(directory, summary)
+    command = ["experiment=debug", f"paths.results_root={tmp_path}"]
+    assert plan([*command, "runtime.device=cpu"]) == 0
+    assert "no finished run of these setups on a cpu to estimate from" in capsys.readouterr().out
+    record.write_summary(directory, {**summary, "device": "cpu"})
+    assert plan([*command, "runtime.device=cpu"]) == 0
+    assert "expected about 1 min at the pace of finished runs of the same setups on cpu" in capsys.readouterr().out

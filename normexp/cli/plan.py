@@ -27,7 +27,7 @@ class Job:
     overrides: tuple[str, ...]
     labels: tuple[str, ...]  # each run's name without its hash, e.g. bn_b2x8_s0
     epochs: int
-    setup: tuple[Any, ...]  # what sets a run's pace: norm tag, batch, devices, depth, width, subset
+    setup: tuple[Any, ...]  # what sets a run's pace: norm tag, batch, devices, depth, width, subset, device kind
 
 
 def run_epochs(jobs: Sequence[Job]) -> int:
@@ -43,26 +43,47 @@ def job_of(overrides: Sequence[str], cfg: DictConfig) -> Job:
     devices = f"x{d.devices}" if d.devices != 1 else ""
     labels = tuple(f"{tag}_b{d.batch_size}{devices}_s{seed}" for seed in seeds(cfg))
     return Job(tuple(overrides), labels, cfg.trainer.epochs,
-               (tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset))
+               (tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset,
+                device_kind(cfg.runtime.device)))
 
 
-def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], float]:
+def device_kind(device: str) -> str:
+    """"gpu" or "cpu": where a job of `runtime.device` will train. For "auto", whether this machine
+    has an NVIDIA driver loaded (/proc/driver/nvidia), so the plan stays torch-free."""
+    if device == "auto":
+        return "gpu" if Path("/proc/driver/nvidia/gpus").is_dir() else "cpu"
+    return "gpu" if device == "cuda" else "cpu"
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Seconds per run-epoch of one setup's finished runs, and the devices they ran on."""
+
+    seconds: float
+    devices: frozenset[str]
+
+
+def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
     """Seconds per run-epoch of finished runs by setup (their compute share: a packed run's is
-    1/K of its job's wall time), averaged over the runs found below `roots`. Reads only each run's
-    identity and summary, so it takes a moment even over every committed run."""
+    1/K of its job's wall time), averaged over the runs found below `roots`, with their devices.
+    Reads only each run's identity and summary, so it takes a moment even over every committed run."""
     paces: dict[tuple[Any, ...], list[float]] = {}
+    devices: dict[tuple[Any, ...], set[str]] = {}
     for root in (r for r in roots if r.is_dir()):
         for path in root.rglob(record.SUMMARY):
             summary, ident = record.read_json(path), record.read_json(path.parent / record.IDENTITY)
             if not summary or not ident or summary.get("status") != record.FINISHED or not summary.get("epochs_done"):
                 continue
             c = record.columns(ident)
-            key = (c["norm"], c["batch_size"], c["devices"], c["depth"], c["base_width"], c["train_subset"])
+            device = str(summary.get("device", "cpu"))
+            key = (c["norm"], c["batch_size"], c["devices"], c["depth"], c["base_width"], c["train_subset"],
+                   "cpu" if device == "cpu" else "gpu")
             paces.setdefault(key, []).append(summary["compute_seconds"] / summary["epochs_done"])
-    return {key: sum(values) / len(values) for key, values in paces.items()}
+            devices.setdefault(key, set()).add(device)
+    return {key: Pace(sum(values) / len(values), frozenset(devices[key])) for key, values in paces.items()}
 
 
-def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], float]) -> str:
+def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], Pace]) -> str:
     """The plan in a few lines: jobs, runs, run-epochs and, where every job's setup has a recorded
     pace, the expected time with `parallel` jobs at once."""
     runs = sum(len(j.labels) for j in jobs)
@@ -72,15 +93,18 @@ def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], flo
               for i, j in enumerate(jobs, start=1)]
     known = [j for j in jobs if j.setup in pace]
     if known:
-        seconds = sum(pace[j.setup] * len(j.labels) * j.epochs for j in known)
+        seconds = sum(pace[j.setup].seconds * len(j.labels) * j.epochs for j in known)
         share = "" if len(known) == len(jobs) else f" for {len(known)} of {len(jobs)} jobs (the rest have no record)"
         wall = seconds / parallel
         when = f"{wall / 3600:.1f} h" if wall >= 7200 else f"{wall / 60:.0f} min"
+        on = ", ".join(sorted(set().union(*(pace[j.setup].devices for j in known))))
         lines.append(f"  expected about {when}{share} at the pace of finished runs of the "
-                     f"same setups (results root and results/; their machine's load, not a measurement here); "
-                     f"progress lines with an ETA follow every epoch")
+                     f"same setups on {on} (results root and results/; their machine and its load, not this "
+                     f"machine's pace); progress lines with an ETA follow every epoch")
     else:
-        lines.append("  no finished run of these setups to estimate from; progress lines with an ETA follow every epoch")
+        kind = jobs[0].setup[-1] if jobs else "cpu"
+        lines.append(f"  no finished run of these setups on a {kind} to estimate from; progress lines with an ETA "
+                     f"follow every epoch")
     return "\n".join(lines)
 
 

@@ -94,7 +94,8 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from normexp.compose import check, model_problem, one_line, sweep_grid
+    from normexp.cli.preflight import launcher_problem, torchvision_problem
+    from normexp.compose import check, compose, model_problem, one_line, sweep_grid
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
@@ -107,6 +108,9 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
     except Exception as error:  # a malformed override: the parser's message, on one line
         return " ".join(str(error).split())
     configs, problem = check(points)
+    if problem is None and not args.cfg:
+        problem = torchvision_problem() or (launcher_problem(compose(points[0], hydra=True).hydra)
+                                            if args.multirun else None)
     if problem is None and not args.cfg:  # settings that only the model can judge, for every job before any starts
         problem = model_problem(configs)
     if problem is None and args.multirun and not args.cfg:

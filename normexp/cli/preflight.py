@@ -1,0 +1,38 @@
+"""What a training command's machine must have, checked before Hydra starts, each problem as one
+line: torch and torchvision built for each other, and SLURM's commands for the SLURM launcher.
+Torch-free: package metadata and PATH only."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import metadata
+from typing import Optional
+
+from omegaconf import DictConfig
+
+TORCHVISION_MINOR_OFFSET = 15  # torchvision 0.(m + 15) is built for torch 2.m
+
+
+def torchvision_problem() -> Optional[str]:
+    """Why the installed torchvision does not fit the installed torch (`import torchvision` would fail
+    on its compiled operators), or None."""
+    try:
+        torch, vision = metadata.version("torch"), metadata.version("torchvision")
+    except metadata.PackageNotFoundError as missing:
+        return f"{missing.name} is not installed: pip install -e . (see README.md, Quick start)"
+    torch_minor, vision_minor = (int(v.split("+")[0].split(".")[1]) for v in (torch, vision))
+    if torch.startswith("2.") and vision.startswith("0.") and vision_minor != torch_minor + TORCHVISION_MINOR_OFFSET:
+        wanted = f"0.{torch_minor + TORCHVISION_MINOR_OFFSET}"
+        return (f"torchvision {vision} is not built for torch {torch} (that is torchvision {wanted}.*): "
+                f"pip install 'torch=={torch.split('+')[0]}' 'torchvision=={wanted}.*' from one index")
+    return None
+
+
+def launcher_problem(hydra: DictConfig) -> Optional[str]:
+    """Why the sweep's launcher cannot run on this machine (SLURM's without srun and sbatch), or None."""
+    if str(hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+        missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+        if missing:
+            return (f"hydra/launcher=slurm needs SLURM ({', '.join(missing)} not found on PATH): run it on a "
+                    f"SLURM login node, or use hydra/launcher=joblib (this machine's cores) or slurm_local")
+    return None
