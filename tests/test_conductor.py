@@ -241,6 +241,27 @@ def test_progress_inside_an_epoch_is_a_line_a_minute_without_a_terminal(caplog):
     assert re.search(r"bn_b2_s0_x epoch 1/5: step 50/100 \(50%\), \d+ img/s, epoch done in", caplog.text)
 
 
+def test_log_lines_go_above_the_progress_bars_in_a_terminal(monkeypatch):
+    import io
+    import logging
+
+    from normexp.train.progress import StepProgress
+
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True  # type: ignore[method-assign]
+    monkeypatch.setattr("sys.stderr", terminal)
+    console = logging.StreamHandler(terminal)
+    logging.root.addHandler(console)
+    try:
+        with StepProgress(label="bn_b2_s0_x", bar=True).logging_above_bars():
+            assert console not in logging.root.handlers  # tqdm's handler writes the lines above the bars
+        assert console in logging.root.handlers
+        with StepProgress(label="bn_b2_s0_x", bar=False).logging_above_bars():
+            assert console in logging.root.handlers
+    finally:
+        logging.root.removeHandler(console)
+
+
 def test_cli_bad_input_exits_2_with_a_one_line_reason(tmp_path):
     bad = _cli("data.batch_size=-4", cwd=tmp_path)
     assert bad.returncode == 2

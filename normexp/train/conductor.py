@@ -211,7 +211,8 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
                              padding=cfg.data.crop_padding, flip=cfg.data.flip, memory_format=fmt)
         progress = StepProgress(label=" ".join(m.directory.name for m in group), bar=cfg.runtime.progress,
                                 position=bar_position)
-        _train_pack(cfg, group, pack, train, test, device, data.source, on_epoch, progress)
+        with progress.logging_above_bars():
+            _train_pack(cfg, group, pack, train, test, device, data.source, on_epoch, progress)
 
 
 def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBatches, test: EvalBatches,

@@ -8,11 +8,13 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ContextManager, Optional
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from normexp.record import atomic
 
@@ -55,6 +57,11 @@ class StepProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def logging_above_bars(self) -> ContextManager[Any]:
+        """While bars are drawn, console log lines go through tqdm.write, above the bars instead of
+        through them; a no-op without bars."""
+        return logging_redirect_tqdm() if self.bar and sys.stderr.isatty() else nullcontext()
 
 
 PROGRESS = "progress"  # the sweep folder's subfolder: one file per run, epochs done and trained
