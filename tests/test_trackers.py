@@ -111,6 +111,53 @@ def test_mlflow_run_is_continued_after_an_interrupt_and_holds_the_record(make_cf
             assert [(step, value) for step, _, value in history] == series, key
 
 
+class FakeWandbRun:
+    """A W&B run as its service keeps it: a point at a step below the last one is dropped, one at the
+    last step is merged into it; the summary and the exit code."""
+
+    def __init__(self, runs: dict, **init) -> None:
+        self.init, self.history, self.summary, self.exit_codes, self.last = init, {}, {}, [], -1
+        previous = runs.get(init["id"])
+        if previous is not None and init["resume"] == "allow":  # resumed: the same history goes on
+            self.history, self.summary, self.last = previous.history, previous.summary, previous.last
+            self.exit_codes = previous.exit_codes
+        runs[init["id"]] = self
+
+    def log(self, values: dict, step: int) -> None:
+        if step < self.last:
+            return
+        self.last = step
+        for key, value in values.items():
+            self.history.setdefault(key, {})[step] = value
+
+    def finish(self, exit_code: int) -> None:
+        self.exit_codes.append(exit_code)
+
+
+def test_wandb_runs_mirror_the_record_and_a_resumed_run_continues_its_own(make_cfg, monkeypatch):
+    runs: dict[str, FakeWandbRun] = {}
+    fake = type(sys)("wandb")
+    fake.init = lambda **init: FakeWandbRun(runs, **init)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = make_cfg("logger=wandb", "logger.mode=offline", *PACKED)
+    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    assert sorted(runs) == [d.name for d in members(cfg)] and all(r.exit_codes == [1] for r in runs.values())
+    train_run(cfg)
+    for seed, directory in zip(cfg.seed, members(cfg)):
+        run = runs[directory.name]  # one W&B run per normexp run, its id the folder's name, continued
+        assert (run.init["name"], run.init["resume"], run.init["reinit"], run.init["mode"]) == (
+            directory.name, "allow", "create_new", "offline")
+        assert run.init["project"] == Path(cfg.paths.results_root).name
+        assert run.init["config"]["seed"] == seed and run.init["config"]["data.batch_size"] == 4
+        assert run.exit_codes == [1, 0] and run.summary["normexp.status"] == "finished"
+        want = expected(directory)
+        logged = {key: sorted(points.items()) for key, points in run.history.items()}
+        logged.update({key: [(max(s for s, _ in want["step_loss"]), value)] for key, value in run.summary.items()
+                       if key.startswith("summary/")})
+        assert logged == want
+
+
 def _fail_tensorboard_mid_run(monkeypatch) -> None:
     SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
     calls = itertools.count()
@@ -159,7 +206,7 @@ def test_a_failing_tracker_is_a_warning_and_the_run_is_recorded_as_without_it(ma
 
 
 @pytest.mark.parametrize("logger, modules", [("tensorboard", ("tensorboard", "torch.utils.tensorboard")),
-                                             ("mlflow", ("mlflow", "mlflow.tracking"))])
+                                             ("mlflow", ("mlflow", "mlflow.tracking")), ("wandb", ("wandb",))])
 def test_a_missing_extra_is_named_before_any_data_is_read(make_cfg, monkeypatch, logger, modules):
     for module in modules:
         monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
@@ -180,3 +227,19 @@ def test_the_cli_turns_a_missing_extra_into_one_line_and_exit_2(tmp_path, image_
     assert done.returncode == 2, out
     assert "pip install -e '.[mlflow]'" in out and "Traceback" not in out
     assert not (tmp_path / "runs").exists() or not any(p for p in (tmp_path / "runs").iterdir() if p.name[0] != ".")
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_each_run_locally_without_a_network(make_cfg, monkeypatch):
+    pytest.importorskip("wandb")
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # any attempt to reach a server would fail
+    cfg = make_cfg("logger=wandb", "logger.mode=offline", *PACKED)
+    summaries = train_run(cfg)
+    assert [s["status"] for s in summaries] == ["finished", "finished"]
+    for directory in members(cfg):
+        [offline] = (Path(cfg.paths.results_root) / ".wandb" / "wandb").glob(f"offline-run-*-{directory.name}")
+        assert (offline / f"run-{directory.name}.wandb").stat().st_size > 0
+        assert "failed" not in (directory / record.LOG).read_text()

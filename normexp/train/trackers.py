@@ -1,4 +1,4 @@
-"""Optional experiment trackers (`logger=tensorboard|mlflow`): a view of the run record, never its source.
+"""Optional experiment trackers (`logger=tensorboard|mlflow|wandb`): a view of the run record, never its source.
 
 Each run (each packed seed too) is one tracker run named like its folder: the flattened resolved
 config as hyperparameters, the per-epoch metrics (the keys of `metrics.jsonl`) and the logged
@@ -26,7 +26,7 @@ from normexp.config import ConfigError
 from normexp.record import locks
 
 Row = Mapping[str, Any]
-MODULES = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow.tracking"}  # what each logger imports
+MODULES = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow.tracking", "wandb": "wandb"}  # what each imports
 
 
 def require(cfg: DictConfig) -> None:
@@ -203,6 +203,43 @@ class MlflowTracker(Tracker):
             self.client.set_terminated(self.run_id, status)
 
 
+class WandbTracker(Tracker):
+    """One Weights & Biases run per normexp run, its id the run folder's name, so a resumed run
+    continues it; packed seeds are concurrent runs of one process. `logger.mode=offline` writes to
+    `logger.dir` only (upload later with `wandb sync`). W&B keeps no point at a step it has passed:
+    an epoch recorded but not yet checkpointed when its run was killed is not logged again on resume."""
+
+    def _start(self, resumed: bool) -> None:
+        import wandb
+
+        self.finished = False
+        settings, root = self.cfg.logger, Path(self.cfg.paths.results_root).expanduser()
+        folder = Path(settings.dir).expanduser() if settings.dir else root / ".wandb"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=settings.project or root.name, entity=settings.entity, id=self.name,
+                              name=self.name, resume="allow", dir=str(folder), mode=settings.mode,
+                              config=self.hyperparameters(), reinit="create_new")
+
+    def _log_epoch(self, values: dict[str, float], steps: list[tuple[int, float]]) -> None:
+        at_end = dict(values)
+        for step, loss in steps:
+            if step < self.step:
+                self.run.log({"step_loss": loss}, step=step)
+            elif step == self.step:
+                at_end["step_loss"] = loss
+        self.run.log(at_end, step=self.step)
+
+    def _finish(self, summary: Row) -> None:
+        self.run.summary.update({f"summary/{k}": v for k, v in numbers(summary).items()})
+        self.run.summary["normexp.status"] = summary["status"]
+        self.run.finish(exit_code=0)
+        self.finished = True
+
+    def _close(self, status: str) -> None:
+        if hasattr(self, "run") and not self.finished:
+            self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
 def _experiment_id(client: Any, name: str, store: Optional[Path]) -> str:
     """The experiment's id, created if new (under a file lock on a local store, where concurrent
     jobs could otherwise each create one of the same name)."""
@@ -211,7 +248,8 @@ def _experiment_id(client: Any, name: str, store: Optional[Path]) -> str:
         return found.experiment_id if found is not None else client.create_experiment(name)
 
 
-TRACKERS: dict[str, type[Tracker]] = {"none": Tracker, "tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
+TRACKERS: dict[str, type[Tracker]] = {"none": Tracker, "tensorboard": TensorBoardTracker, "mlflow": MlflowTracker,
+                                      "wandb": WandbTracker}
 
 
 @contextmanager
