@@ -253,6 +253,23 @@ def test_every_preset_norm_has_its_own_colour():
     assert colour("a-new-norm") not in COLOURS.values() and colour("a-new-norm") == colour("a-new-norm")
 
 
+def test_every_line_has_its_own_style_in_its_norms_colour_family_and_legends_sort_by_number():
+    import colorsys
+
+    import matplotlib.colors
+
+    from normexp.analysis.plots import colour, looks, natural
+
+    labels = [f"{norm} epochs={e}" for norm in ("bn", "gn8") for e in (1, 2, 5, 10, 20, 50)]
+    shown = looks(labels)
+    assert len({(v["color"], v["marker"]) for v in shown.values()}) == len(labels)  # no two lines alike
+    hue = lambda c: colorsys.rgb_to_hsv(*matplotlib.colors.to_rgb(c))[0]  # noqa: E731
+    for label, look in shown.items():  # BN's lines are shades of BN's colour, GN's of GN's
+        assert abs(hue(look["color"]) - hue(colour(label.split()[0]))) < 0.03, label
+    assert sorted(labels, key=natural)[:3] == ["bn epochs=1", "bn epochs=2", "bn epochs=5"]
+    assert looks(["bn", "gn8"]) == {"bn": {**looks(["bn"])["bn"]}, "gn8": looks(["gn8"])["gn8"]}  # one per norm: its own
+
+
 def test_runs_recorded_before_and_after_a_criterion_changed_are_analysed_together(tmp_path):
     """A sweep resumed under today's code holds runs that recorded the retired max_gn_loss and runs
     that recorded gn_loss_margin: with the rest equal they are one set of criteria."""

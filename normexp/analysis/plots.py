@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -24,6 +25,10 @@ COLOURS = {"bn": "#1f77b4", "gn8": "#ff7f0e", "ln": "#2ca02c", "in": "#d62728", 
 # style of its own, so it stays apart from its base norm in print and for colour-blind readers.
 STYLES = {"bn-pbn": "--", "gn8-ws": "--", "brn": "-.", "frn": ":", "evonorm8": "-."}
 MARKERS = "osD^vP*Xhp<>"
+# BN's three evaluations of the same weights (normexp.train.bn_evaluation), named as in README.md
+EVALUATION_LOOKS = (("test_acc", "running averages", {"color": "#1f77b4", "linestyle": "-"}),
+                    ("test_acc_precise", "precise population statistics", {"color": "#2ca02c", "linestyle": "--"}),
+                    ("test_acc_batch", "batch statistics", {"color": "#d62728", "linestyle": ":"}))
 
 
 def style(norm: str) -> dict[str, str]:
@@ -34,8 +39,47 @@ def style(norm: str) -> dict[str, str]:
 
 
 def _legend_outside(ax: plt.Axes) -> None:
-    """The legend beside the axes, never over the data."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
+    """The legend beside the axes, never over the data, its entries in natural order (2 before 10)."""
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: natural(labels[i]))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              borderaxespad=0.0, fontsize="small")
+
+
+def natural(label: str) -> list:
+    """A sort key that orders the numbers inside labels by value: "bn 2" before "bn 10"."""
+    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t) for t in re.split(r"(\d+(?:\.\d+)?)", label) if t]
+
+
+def looks(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A distinct style per label, each in its norm's colour family: labels that share a norm (the
+    first word, e.g. "bn epochs=10" and "bn epochs=20") get shades of that norm's colour from light
+    to dark in natural order and markers of their own; a norm alone keeps `style`."""
+    families: dict[str, list[str]] = {}
+    for label in sorted(set(labels), key=natural):
+        families.setdefault(label.split(" ")[0].rstrip(","), []).append(label)
+    out = {}
+    for norm, members in families.items():
+        if len(members) == 1:
+            out[members[0]] = style(norm)
+            continue
+        ramp = matplotlib.colors.LinearSegmentedColormap.from_list(norm, ["#ffffff", colour(norm), "#000000"])
+        for i, label in enumerate(members):
+            shade = 0.3 + 0.45 * i / (len(members) - 1)  # from a light tint to a dark shade of the norm's colour
+            out[label] = {"color": matplotlib.colors.to_hex(ramp(shade)), "linestyle": STYLES.get(norm, "-"),
+                          "marker": MARKERS[i % len(MARKERS)]}
+    return out
+
+
+def _axis_scale(ax: plt.Axes, values: Sequence[float], label: str) -> None:
+    """Ratio-like settings (positive numbers spanning a factor of 8 or more: learning rates, budgets,
+    batch sizes) on a log axis with their values as ticks; others linear."""
+    numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if len(numbers) > 1 and numbers[0] > 0 and numbers[-1] / numbers[0] >= 8:
+        ax.set_xscale("log")
+        ax.set_xticks(numbers, [f"{v:g}" for v in numbers])
+        ax.minorticks_off()
+    ax.set_xlabel(label + (" (log scale)" if ax.get_xscale() == "log" else ""))
 
 
 def colour(norm: str) -> str:
@@ -60,9 +104,10 @@ def error_vs_batch(runs: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Test error vs batch size (log2 axis), mean +- std over seeds: the GN paper's Figure 1."""
     table = accuracy_table(runs)
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    shown = looks(list(table["norm"]))
     for norm, rows in table.groupby("norm"):
         ax.errorbar(rows["batch_size"], 100 - rows["acc_mean"], yerr=rows["acc_std"], capsize=3,
-                    label=f"{norm} ({_seeds(rows['n'])} seeds)", **style(norm))
+                    label=f"{norm} ({_seeds(rows['n'])} seeds)", **shown[norm])
     ax.set_xscale("log", base=2)
     batches = sorted(table["batch_size"].unique())
     ax.set_xticks(batches, [str(b) for b in batches])
@@ -75,22 +120,28 @@ def error_vs_batch(runs: pd.DataFrame, path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Path, title: str) -> Path:
+def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Path, title: str,
+                    shown: dict[str, dict[str, Any]] | None = None) -> Path:
+    """One panel per batch size, a line (mean +- std over seeds) per label of `norm`, each label in
+    one style in every panel (`shown`, else `looks`) and named once in a legend beside the grid."""
     batches = sorted(epochs["batch_size"].unique())
+    shown = shown or looks(list(epochs["norm"]))
     cols = min(3, len(batches))
     rows = -(-len(batches) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
+    named: dict[str, Any] = {}
     for ax, batch in zip(axes.flat, batches):
         subset = epochs[epochs["batch_size"] == batch]
         for norm, norm_rows in subset.groupby("norm"):
             curve = norm_rows.groupby(x)[y].agg(["mean", "std"]).reset_index()
-            look = style(norm)
+            look = dict(shown[norm])
             look["marker"] = look["marker"] if len(curve) < 30 else None  # markers keep one-point curves visible
-            ax.plot(curve[x], curve["mean"], markersize=3, label=norm, **look)
+            named[norm] = ax.plot(curve[x], curve["mean"], markersize=4, label=norm, **look)[0]
             ax.fill_between(curve[x], curve["mean"] - curve["std"].fillna(0),
-                            curve["mean"] + curve["std"].fillna(0), alpha=0.2, color=colour(norm))
+                            curve["mean"] + curve["std"].fillna(0), alpha=0.15, color=look["color"])
         ax.set_title(f"batch {batch}")
         ax.set_xlabel(x.replace("_", " "))
+        ax.set_xlim(left=min(0.5, float(subset[x].min())), right=float(subset[x].max()) + 0.5)  # one epoch: a dot, not 0.96-1.04
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
@@ -98,7 +149,8 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
-    _legend_outside(axes[0, -1])
+    order = sorted(named, key=natural)
+    fig.legend([named[n] for n in order], order, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize="small")
     return _save(fig, path)
 
 
@@ -123,15 +175,16 @@ def group_ablation(runs: pd.DataFrame, path: Path) -> Path:
     batches = sorted(table["batch_size"].unique())
     fig, ax = plt.subplots(figsize=(1.1 * len(order) + 2, 4))
     width = 0.8 / len(batches)
+    greys = plt.get_cmap("Greys")  # shades of grey for batch sizes: blue and orange mean BN and GN elsewhere
     for i, batch in enumerate(batches):
         rows = table[table["batch_size"] == batch].set_index("norm").reindex(order)
         positions = [k + (i - (len(batches) - 1) / 2) * width for k in range(len(order))]
-        ax.bar(positions, rows["acc_mean"], width, yerr=rows["acc_std"], capsize=2, label=f"batch {batch}")
+        ax.bar(positions, rows["acc_mean"], width, yerr=rows["acc_std"], capsize=2, label=f"batch {batch}",
+               color=greys(0.25 + 0.4 * i / max(1, len(batches) - 1)), edgecolor="black", linewidth=0.5)
     ax.set_xticks(range(len(order)), order)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("GroupNorm group-count ablation")
-    low = table["acc_mean"].min() - 2 * table["acc_std"].max()
-    ax.set_ylim(bottom=max(0, low - 5))
+    ax.set_ylim(bottom=0)  # bars start at zero: a cut axis would exaggerate the gaps
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     return _save(fig, path)
@@ -142,12 +195,15 @@ def statistics_curves(epochs: pd.DataFrame, path: Path) -> Path:
     averages, precise population statistics and batch statistics of the same weights, one panel per
     batch size, mean +- std over seeds."""
     runs = epochs.loc[epochs["test_acc_batch"].notna(), "run"].unique()
-    carrying = epochs[epochs["run"].isin(runs)]
+    carrying, controls = epochs[epochs["run"].isin(runs)], epochs[~epochs["run"].isin(runs)]
     curves = pd.concat([carrying.assign(norm=carrying["norm"] + f" {label}", accuracy=carrying[column])
-                        for column, label in (("test_acc", "population"), ("test_acc_precise", "precise"),
-                                              ("test_acc_batch", "batch stats")) if column in carrying])
+                        for column, label, _ in EVALUATION_LOOKS if column in carrying]
+                       + [controls.assign(accuracy=controls["test_acc"])])  # e.g. GN, the control: one evaluation
+    shown = looks(list(controls["norm"]))
+    for marker, norm in zip(MARKERS, sorted(carrying["norm"].unique(), key=natural)):  # a marker per norm
+        shown.update({f"{norm} {label}": {**look, "marker": marker} for _, label, look in EVALUATION_LOOKS})
     return _per_batch_grid(curves.dropna(subset=["accuracy"]), "epoch", "accuracy", "test accuracy (%)", path,
-                           "The same weights evaluated with three kinds of BN statistics")
+                           "The same weights evaluated with three kinds of BN statistics", shown)
 
 
 def with_axis_labels(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
@@ -163,13 +219,12 @@ def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
     """Final test accuracy against a further swept setting (e.g. trainer.epochs), one line per norm
     and batch size, mean +- std over seeds."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    batches = sorted(runs["batch_size"].unique())
+    shown = looks([f"{norm}, {batch} per device" for norm, batch in zip(runs["norm"], runs["batch_size"])])
     for (norm, batch), rows in runs.groupby(["norm", "batch_size"]):
         curve = rows.groupby(axis)["final_test_acc"].agg(["mean", "std", "count"]).reset_index()
-        look = {**style(norm), "linestyle": "-" if batch == batches[-1] else "--"}
         ax.errorbar(curve[axis], curve["mean"], yerr=curve["std"].fillna(0), capsize=2, markersize=4,
-                    label=f"{norm}, {batch} per device ({_seeds(curve['count'])})", **look)
-    ax.set_xlabel(axis)
+                    label=f"{norm}, {batch} per device ({_seeds(curve['count'])})", **shown[f"{norm}, {batch} per device"])
+    _axis_scale(ax, list(runs[axis]), axis)
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"Accuracy by {axis}")
     ax.grid(alpha=0.3)
