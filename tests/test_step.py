@@ -167,3 +167,36 @@ def test_a_cumulative_bn_average_is_refused_in_a_cuda_graph_with_one_line():
         check_capturable({"name": "bn", "momentum": None}, graph=True)
     check_capturable({"name": "bn", "momentum": None}, graph=False)  # eager: the host may read it
     check_capturable({"name": "bn", "momentum": 0.1}, graph=True)
+
+
+def test_a_failed_capture_names_the_norm_and_stops_a_shared_process_on_a_torch_it_would_poison(monkeypatch, caplog):
+    """Alone, or on a torch that recovers (2.12+), a failed capture is the job's one-line error; with
+    other jobs capturing in the process on torch < 2.12 it ends the process with one line (exit 3)."""
+    from normexp.train import step
+
+    error = RuntimeError("operation not permitted when stream is capturing")
+    for shared, poisons in ((False, True), (True, False), (False, False)):
+        assert str(step.capture_failed("brn", error, shared, poisons)) == (
+            "capturing the training step of norm=brn as a CUDA graph failed (operation not permitted when stream "
+            "is capturing); train it with runtime.capture=false")
+
+    class Exited(Exception):
+        pass
+
+    def exit_(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(step.os, "_exit", exit_)
+    with caplog.at_level("ERROR", logger="normexp"), pytest.raises(Exited) as exited:
+        step.capture_failed("brn", error, shared=True, poisons=True)
+    assert exited.value.args == (3,)
+    assert "the sweep stops here: rerun it without norm=brn, and norm=brn with runtime.capture=false" in caplog.text
+
+
+def test_a_compiled_forward_is_recognised_for_the_warm_up_lock():
+    """A captured step whose forward is compiled holds the capture lock over its warm-up as well
+    (compilation syncs the device): the check that decides it."""
+    from normexp.train.step import _compiled
+
+    model = torch.nn.Linear(2, 2)
+    assert not _compiled(model) and _compiled(torch.compile(model))

@@ -129,6 +129,10 @@ def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_ov
     if workers == 1:
         results = [one(c) for c in configs]
     else:
+        if cuda:
+            from normexp.train.step import SHARED_PROCESS
+
+            SHARED_PROCESS.set()  # a failed capture then stops the sweep (normexp.train.step.capture_failed)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         try:
             results = list(pool.map(one, configs))

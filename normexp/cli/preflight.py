@@ -1,16 +1,23 @@
 """What a training command's machine must have, checked before Hydra starts, each problem as one
-line: torch and torchvision built for each other, and SLURM's commands for the SLURM launcher.
+line: torch and torchvision built for each other, SLURM's commands for the SLURM launcher, and
+(`python -m normexp.cli.preflight`, scripts/gpu_check.sh's first step) every package a run imports.
 Torch-free: package metadata and PATH only."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from importlib import metadata
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 TORCHVISION_MINOR_OFFSET = 15  # torchvision 0.(m + 15) is built for torch 2.m
+# what a training run, the GPU launcher and the analysis import (a module of each package)
+MODULES = ("torch", "torchvision", "hydra", "omegaconf", "antlr4", "hydra_plugins.hydra_joblib_launcher",
+           "pandas", "scipy", "matplotlib", "tqdm", "yaml", "tabulate", "PIL")
 
 
 def torchvision_problem() -> Optional[str]:
@@ -36,3 +43,26 @@ def launcher_problem(hydra: DictConfig) -> Optional[str]:
             return (f"hydra/launcher=slurm needs SLURM ({', '.join(missing)} not found on PATH): run it on a "
                     f"SLURM login node, or use hydra/launcher=joblib (this machine's cores) or slurm_local")
     return None
+
+
+def missing_modules() -> Optional[str]:
+    """The packages of MODULES this Python cannot import, as one line, or None."""
+    missing = [name for name in MODULES if _findable(name) is None]
+    if not missing:
+        return None
+    return (f"cannot import {', '.join(missing)}: pip install -e . here, or on a machine without internet carry "
+            f"the wheels of `bash scripts/gpu_pack.sh` (.travel/wheels) and install them")
+
+
+def _findable(name: str) -> Optional[object]:
+    try:
+        return importlib.util.find_spec(name)
+    except ModuleNotFoundError:  # its parent package is missing
+        return None
+
+
+if __name__ == "__main__":
+    problem = missing_modules() or torchvision_problem()
+    if problem:
+        print(f"preflight: {problem}", file=sys.stderr)
+        sys.exit(2)

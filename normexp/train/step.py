@@ -16,8 +16,11 @@ same ops run eagerly: that is the path the CPU tests compare with `EagerStep`.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
+from contextlib import nullcontext
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
@@ -28,10 +31,35 @@ from normexp.data import TrainBatches
 from normexp.nn.packing import Pack
 from normexp.nn.precision import autocast
 
+log = logging.getLogger("normexp")
+
 WARMUP = 3  # eager steps before a capture (cuDNN's algorithm choice, lazy state, the autograd streams)
 # one capture at a time in this process (hydra/launcher=gpu's jobs are threads): entering a capture
 # synchronizes the device and empties the allocator's cache, which another capture under way forbids
 _CAPTURING = threading.Lock()
+# set by hydra/launcher=gpu while several jobs share this process (normexp.cli.launcher)
+SHARED_PROCESS = threading.Event()
+# before torch 2.12 a failed capture keeps the allocator's pool (pytorch#180395): every later capture
+# in the process dies with an unrelated internal assert
+CAPTURE_FAILURE_POISONS = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 12)
+
+
+def capture_failed(norm: str, error: BaseException, shared: bool, poisons: bool) -> ConfigError:
+    """The error a failed capture of norm's step raises: a ConfigError that names the norm and
+    `runtime.capture=false` when this job is alone; with other jobs capturing in this process on a
+    torch whose failed capture breaks the next ones (`poisons`), it logs one line and ends the
+    process (exit 3), as the other jobs' next capture would fail without cause (their finished
+    epochs are kept and resume)."""
+    cause = " ".join(str(error).split())[:300]
+    if shared and poisons:
+        log.error("capturing the training step of norm=%s as a CUDA graph failed (%s); on torch %s that breaks "
+                  "every later capture in this process (pytorch#180395, fixed in 2.12), so the sweep stops here: "
+                  "rerun it without norm=%s, and norm=%s with runtime.capture=false", norm, cause,
+                  torch.__version__, norm, norm)
+        logging.shutdown()
+        os._exit(3)
+    return ConfigError(f"capturing the training step of norm={norm} as a CUDA graph failed ({cause}); "
+                       f"train it with runtime.capture=false")
 
 
 class Totals:
@@ -142,6 +170,9 @@ class DeviceStep:
         self.graph_frozen: Optional[bool] = None
         self.eager_left = WARMUP
         self.side = torch.cuda.Stream(device) if graph else None
+        # compilation and cuDNN's benchmark sync the whole device while they warm up, which would
+        # break another job's capture under way: then the warm-up holds the capture lock too
+        self.warmup_lock = _CAPTURING if graph and (_compiled(forward) or torch.backends.cudnn.benchmark) else nullcontext()
         self.capture_seconds = 0.0  # this epoch's warm-up and capture (compilation included), timed apart
         self.capture_steps = 0  # the steps they trained
 
@@ -183,7 +214,7 @@ class DeviceStep:
             self.capture_steps += 1
             assert self.side is not None
             self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
+            with self.warmup_lock, torch.cuda.stream(self.side):
                 self.optimizer.zero_grad(set_to_none=True)
                 self._ops()
             torch.cuda.current_stream().wait_stream(self.side)
@@ -194,11 +225,15 @@ class DeviceStep:
             with _CAPTURING, torch.cuda.graph(graph, stream=self.side, capture_error_mode="thread_local"):
                 self._ops()
         except RuntimeError as error:
-            raise ConfigError(f"capturing the training step of norm={self.norm} as a CUDA graph failed "
-                              f"({' '.join(str(error).split())[:300]}); train it with runtime.capture=false") from error
+            raise capture_failed(self.norm, error, SHARED_PROCESS.is_set(), CAPTURE_FAILURE_POISONS) from error
         self.graph = graph
         graph.replay()
         self.capture_steps += 1
+
+
+def _compiled(forward: nn.Module) -> bool:
+    """Whether `forward` is a torch.compile'd module (it compiles, and may autotune, on its first calls)."""
+    return isinstance(forward, torch._dynamo.eval_frame.OptimizedModule)
 
 
 def build_step(pack: Pack, forward: nn.Module, optimizer: torch.optim.Optimizer, train: TrainBatches,
