@@ -127,36 +127,107 @@ def test_a_start_recorded_before_the_step_was_recorded_reads_as_eager():
 
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("norm", ["bn", "gn", "brn", "frn"])
-def test_on_cuda_the_captured_graph_trains_as_the_eager_loop_does(norm):
-    """Two epochs of 6 steps: 3 warm-up steps, a capture, replays; packed, 2 devices, then a restart."""
-    def train(capture: bool) -> list[torch.Tensor]:
-        cfg = compose([f"norm={norm}", "trainer.epochs=2"])
-        spec = OmegaConf.to_container(cfg.norm, resolve=True)
-        models = []
-        for seed in range(2):
-            torch.manual_seed(seed)
-            models.append(build_model({**cfg.model, "base_width": 16}, spec))
-        pack = Pack(models)
-        split_batch_statistics(pack.model, 2)
-        device = torch.device("cuda")
-        pack.model.to(device)
-        images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
-        train = TrainBatches(images.to(device), labels.to(device), 8, torch.full((3,), 0.5), torch.full((3,), 0.25),
-                             range(2))
-        optimizer = build_optimizer(pack.model, cfg.optim, 8)
-        scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
-        step = (DeviceStep(pack, pack.model, optimizer, train, device, graph=True, norm=norm) if capture
-                else EagerStep(pack, pack.model, optimizer, device))
-        for epoch in (1, 2):
-            train_epoch(pack, step, scheduler, train, epoch, 2, 2)
-        return [t.cpu() for t in pack.model.state_dict().values()]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-    for a, b in zip(train(False), train(True)):
+
+def _cuda_training(norm: str, capture: bool, channels_last: bool = False, precision: str | None = None,
+                   frozen_from: int | None = None) -> list[torch.Tensor]:
+    """Two epochs of 6 steps on CUDA (3 warm-up steps, a capture, replays; then the next epoch's),
+    2 seeds packed on 2 devices, eager or captured; FrozenBN's switch at `frozen_from` records a new
+    graph. Deterministic kernels, so captured and eager differ by float rounding alone."""
+    cfg = compose([f"norm={norm}", "trainer.epochs=2"])
+    spec = OmegaConf.to_container(cfg.norm, resolve=True)
+    models = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        models.append(build_model({**cfg.model, "base_width": 16}, spec))
+    pack = Pack(models)
+    split_batch_statistics(pack.model, 2)
+    device, fmt = torch.device("cuda"), torch.channels_last if channels_last else torch.contiguous_format
+    pack.model.to(device, memory_format=fmt)
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
+    train = TrainBatches(images.to(device), labels.to(device), 8, torch.full((3,), 0.5), torch.full((3,), 0.25),
+                         range(2), memory_format=fmt)
+    optimizer = build_optimizer(pack.model, cfg.optim, 8)
+    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
+    step = (DeviceStep(pack, pack.model, optimizer, train, device, graph=True, norm=norm, precision=precision)
+            if capture else EagerStep(pack, pack.model, optimizer, device, precision))
+    for epoch in (1, 2):
+        train_epoch(pack, step, scheduler, train, epoch, 2, 2, frozen=frozen_from is not None and epoch >= frozen_from)
+    torch.cuda.synchronize()
+    return [t.cpu() for t in pack.model.state_dict().values()]
+
+
+@pytest.fixture
+def deterministic_cuda(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("norm", ["bn", "gn", "brn", "frn"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_on_cuda_the_captured_graph_trains_as_the_eager_loop_does(norm, channels_last, deterministic_cuda):
+    """In both layouts (channels_last is the GPU's default): captured = eager to float rounding."""
+    for a, b in zip(_cuda_training(norm, False, channels_last), _cuda_training(norm, True, channels_last)):
         torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_on_cuda_bf16_captured_trains_as_bf16_eager_does(norm, deterministic_cuda):
+    """bf16 autocast inside the graph: the same ops as eager bf16 (bf16's rounding: wider tolerance)."""
+    for a, b in zip(_cuda_training(norm, False, True, "bf16"), _cuda_training(norm, True, True, "bf16")):
+        torch.testing.assert_close(b.float(), a.float(), rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_on_cuda_frozen_bn_recaptures_at_its_switch_and_trains_as_eager(deterministic_cuda):
+    for a, b in zip(_cuda_training("bn_frozen", False, frozen_from=2), _cuda_training("bn_frozen", True, frozen_from=2)):
+        torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_on_cuda_two_threads_capture_and_replay_at_once_as_each_would_alone(deterministic_cuda):
+    """hydra/launcher=gpu's case: jobs as threads, each on its own stream, capturing and replaying
+    side by side; each trains as it does alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def alone_on_a_stream(norm: str) -> list[torch.Tensor]:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            return _cuda_training(norm, True, True)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(alone_on_a_stream, ["bn", "gn"]))
+    for norm, trained in zip(["bn", "gn"], together):
+        for a, b in zip(_cuda_training(norm, True, True), trained):
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.slow
+def test_on_cuda_a_captured_run_resumes_with_the_uninterrupted_numbers(make_cfg, monkeypatch, tmp_path,
+                                                                      deterministic_cuda):
+    """The conductor's whole path on the GPU (channels_last, captured): killed in epoch 2 and resumed,
+    it records what the uninterrupted run records, to float rounding."""
+    settings = ("runtime.device=cuda", "data.devices=2", "data.batch_size=4", "trainer.epochs=3")
+    reference = make_cfg(*settings, f"paths.results_root={tmp_path / 'reference'}")
+    train_run(reference)
+    cfg = make_cfg(*settings)
+    with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    train_run(cfg)
+    starts = record.read_jsonl(run_dir(cfg) / record.STARTS)
+    assert [s["step"] for s in starts] == ["captured", "captured"] and starts[0]["layout"] == "channels_last"
+    for ours, theirs in zip(record_numbers(run_dir(cfg)), record_numbers(run_dir(reference))):
+        for key, value in theirs.items():
+            assert ours[key] == (pytest.approx(value, rel=1e-3, abs=1e-3) if isinstance(value, float) else value), key
 
 
 def test_a_cumulative_bn_average_is_refused_in_a_cuda_graph_with_one_line():
