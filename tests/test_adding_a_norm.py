@@ -76,8 +76,7 @@ def test_a_batch_dependent_norm_of_a_new_class_trains_per_device_and_packed(make
     splits = []
     monkeypatch.setattr(GhostBatchNorm, "forward", lambda self, x, real=GhostBatchNorm.forward:
                         splits.append(self.devices if self.training else None) or real(self, x))
-    cfg = make_cfg(searchpath, "norm=ghost", "trainer.epochs=1", "data.batch_size=2", "data.devices=2", "seed=[0,1]",
-                   "evaluation.batch_statistics=false")  # that evaluation splits test batches otherwise
+    cfg = make_cfg(searchpath, "norm=ghost", "trainer.epochs=1", "data.batch_size=2", "data.devices=2", "seed=[0,1]")
     summaries = train_run(cfg)
     assert [s["status"] for s in summaries] == [record.FINISHED] * 2 and summaries[0]["pack_size"] == 2
     assert set(splits) - {None} == {2}  # every training forward normalized each device's images alone
@@ -88,9 +87,10 @@ def test_a_batch_dependent_layer_that_declares_no_split_is_refused(make_cfg, tmp
     with pytest.raises(ConfigError, match="cannot split a UndeclaredBatchNorm layer per device"):
         train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.devices=2", "seed=0"))
     with pytest.raises(ConfigError, match="evaluation.batch_statistics=true .* UndeclaredBatchNorm"):
-        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0"))  # one device: the evaluation
+        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0",
+                           "evaluation.batch_statistics=true"))  # one device: the evaluation splits the test set
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused before writing
-    one_device = make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0", "evaluation.batch_statistics=false")
+    one_device = make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0")  # batch statistics off: default
     assert train_run(one_device)[0]["status"] == record.FINISHED
     with pytest.raises(ConfigError, match="cannot pack a UndeclaredBatchNorm"):
         train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.batch_size=2", "seed=[0,1]"))

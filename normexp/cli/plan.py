@@ -109,7 +109,7 @@ def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], Pac
 
 
 def sweep_plan(overrides: Sequence[str], points: Sequence[Sequence[str]],
-               configs: Sequence[DictConfig]) -> tuple[list[Job], int, dict[tuple[Any, ...], float]]:
+               configs: Sequence[DictConfig]) -> tuple[list[Job], int, dict[tuple[Any, ...], Pace]]:
     """The jobs `normexp-train -m OVERRIDES` runs (its grid `points`, composed as `configs`), how
     many at a time, and the recorded paces."""
     from normexp.compose import compose
