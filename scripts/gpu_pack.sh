@@ -16,5 +16,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyth
   -d "$folder/wheels" "$(here hydra-core)" "$(here omegaconf)" "$(here hydra-joblib-launcher)"
 python3 -m pip wheel -q --no-deps -w "$folder/wheels" "$(here antlr4-python3-runtime)"  # a source archive only on PyPI
 data=${NORMEXP_CIFAR10_FOLDER:-../shared/data/cifar10-jpeg}
-[ -f "$folder/cifar10-jpeg.tar.gz" ] || tar -czf "$folder/cifar10-jpeg.tar.gz" -C "$(dirname "$data")" "$(basename "$data")"
+# stored as cifar10-jpeg/ whatever the folder's own name (gpu_check.sh unpacks that); made anew each time
+tar -czf "$folder/cifar10-jpeg.tar.gz" -C "$(dirname "$data")" --transform "s,^$(basename "$data"),cifar10-jpeg," \
+  "$(basename "$data")"
 du -sh "$folder"/wheels "$folder/cifar10-jpeg.tar.gz"

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # install only when this checkout is not already the installed normexp (the first call)
-if ! python -c "import normexp, pathlib, sys; sys.exit(pathlib.Path(normexp.__file__).parent.parent.resolve() != pathlib.Path.cwd().resolve())" 2>/dev/null \
+if ! python -I -c "import normexp, pathlib, sys; sys.exit(pathlib.Path(normexp.__file__).parent.parent.resolve() != pathlib.Path.cwd().resolve())" 2>/dev/null \
     || ! command -v normexp-train >/dev/null; then
   python -m pip install -q -e .
 fi

@@ -5,6 +5,7 @@ p + (-lr)*g in one op, so the two agree to float rounding, not bit for bit: the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -135,6 +136,13 @@ def _cuda_training(norm: str, capture: bool, channels_last: bool = False, precis
     """Two epochs of 6 steps on CUDA (3 warm-up steps, a capture, replays; then the next epoch's),
     2 seeds packed on 2 devices, eager or captured; FrozenBN's switch at `frozen_from` records a new
     graph. Deterministic kernels, so captured and eager differ by float rounding alone."""
+    return _cuda_trainer(norm, capture, channels_last, precision, frozen_from)()
+
+
+def _cuda_trainer(norm: str, capture: bool, channels_last: bool = False, precision: str | None = None,
+                  frozen_from: int | None = None) -> Callable[[], list[torch.Tensor]]:
+    """`_cuda_training`'s set-up (config, seeded models, data, step: Hydra's and torch's global state,
+    so one thread at a time) and a function that trains and returns the weights (any thread)."""
     cfg = compose([f"norm={norm}", "trainer.epochs=2"])
     spec = OmegaConf.to_container(cfg.norm, resolve=True)
     models = []
@@ -153,10 +161,16 @@ def _cuda_training(norm: str, capture: bool, channels_last: bool = False, precis
     scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
     step = (DeviceStep(pack, pack.model, optimizer, train, device, graph=True, norm=norm, precision=precision)
             if capture else EagerStep(pack, pack.model, optimizer, device, precision))
-    for epoch in (1, 2):
-        train_epoch(pack, step, scheduler, train, epoch, 2, 2, frozen=frozen_from is not None and epoch >= frozen_from)
-    torch.cuda.synchronize()
-    return [t.cpu() for t in pack.model.state_dict().values()]
+    torch.cuda.synchronize()  # the set-up's copies are done before another stream trains on them
+
+    def trained() -> list[torch.Tensor]:
+        for epoch in (1, 2):
+            train_epoch(pack, step, scheduler, train, epoch, 2, 2,
+                        frozen=frozen_from is not None and epoch >= frozen_from)
+        torch.cuda.synchronize()
+        return [t.cpu() for t in pack.model.state_dict().values()]
+
+    return trained
 
 
 @pytest.fixture
@@ -198,12 +212,14 @@ def test_on_cuda_two_threads_capture_and_replay_at_once_as_each_would_alone(dete
     side by side; each trains as it does alone."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def alone_on_a_stream(norm: str) -> list[torch.Tensor]:
+    trainers = [_cuda_trainer(norm, True, True) for norm in ("bn", "gn")]  # set up here, one after another
+
+    def on_its_own_stream(train: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
         with torch.cuda.stream(torch.cuda.Stream()):
-            return _cuda_training(norm, True, True)
+            return train()
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        together = list(pool.map(alone_on_a_stream, ["bn", "gn"]))
+        together = list(pool.map(on_its_own_stream, trainers))
     for norm, trained in zip(["bn", "gn"], together):
         for a, b in zip(_cuda_training(norm, True, True), trained):
             torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
@@ -258,6 +274,7 @@ def test_a_failed_capture_names_the_norm_and_stops_a_shared_process_on_a_torch_i
         raise Exited(code)
 
     monkeypatch.setattr(step.os, "_exit", exit_)
+    monkeypatch.setattr(step.logging, "shutdown", lambda: None)  # the real one would close pytest's handlers
     with caplog.at_level("ERROR", logger="normexp"), pytest.raises(Exited) as exited:
         step.capture_failed("brn", error, shared=True, poisons=True)
     assert exited.value.args == (3,)

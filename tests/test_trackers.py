@@ -118,9 +118,12 @@ class FakeWandbRun:
     def __init__(self, runs: dict, **init) -> None:
         self.init, self.history, self.summary, self.exit_codes, self.last = init, {}, {}, [], -1
         previous = runs.get(init["id"])
-        if previous is not None and init["resume"] == "allow":  # resumed: the same history goes on
+        if previous is not None:
+            assert init["resume"] == "allow", "a fresh run must not continue another's W&B run"
             self.history, self.summary, self.last = previous.history, previous.summary, previous.last
             self.exit_codes = previous.exit_codes
+        else:
+            assert init["resume"] == "never", "a resumed run continues its W&B run"
         runs[init["id"]] = self
 
     def log(self, values: dict, step: int) -> None:
@@ -142,13 +145,17 @@ def test_wandb_runs_mirror_the_record_and_a_resumed_run_continues_its_own(make_c
     cfg = make_cfg("logger=wandb", "logger.mode=offline", *PACKED)
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train_run(cfg)
-    assert sorted(runs) == [d.name for d in members(cfg)] and all(r.exit_codes == [1] for r in runs.values())
+    assert all(r.exit_codes == [1] for r in runs.values())
+    by_name = {run.init["name"]: run for run in runs.values()}
+    assert sorted(by_name) == [d.name for d in members(cfg)]
     train_run(cfg)
+    assert len(runs) == 2  # resumed: the same two W&B runs
+    by_name = {run.init["name"]: run for run in runs.values()}
     for seed, directory in zip(cfg.seed, members(cfg)):
-        run = runs[directory.name]  # one W&B run per normexp run, its id the folder's name, continued
-        assert (run.init["name"], run.init["resume"], run.init["reinit"], run.init["mode"]) == (
-            directory.name, "allow", "create_new", "offline")
-        assert run.init["project"] == Path(cfg.paths.results_root).name
+        run = by_name[directory.name]  # one W&B run per normexp run, its id the folder's name and where it lies
+        assert run.init["id"].startswith(directory.name.replace(".", "-") + "-")
+        assert (run.init["resume"], run.init["reinit"], run.init["mode"]) == ("allow", "create_new", "offline")
+        assert run.init["project"] == Path(cfg.paths.results_root).parent.name  # a root named runs: its parent
         assert run.init["config"]["seed"] == seed and run.init["config"]["data.batch_size"] == 4
         assert run.exit_codes == [1, 0] and run.summary["normexp.status"] == "finished"
         want = expected(directory)
@@ -240,6 +247,7 @@ def test_wandb_offline_writes_each_run_locally_without_a_network(make_cfg, monke
     summaries = train_run(cfg)
     assert [s["status"] for s in summaries] == ["finished", "finished"]
     for directory in members(cfg):
-        [offline] = (Path(cfg.paths.results_root) / ".wandb" / "wandb").glob(f"offline-run-*-{directory.name}")
-        assert (offline / f"run-{directory.name}.wandb").stat().st_size > 0
+        [offline] = (Path(cfg.paths.results_root) / ".wandb" / "wandb").glob(f"offline-run-*-{directory.name}-*")
+        [history] = offline.glob(f"run-{directory.name}-*.wandb")
+        assert history.stat().st_size > 0
         assert "failed" not in (directory / record.LOG).read_text()

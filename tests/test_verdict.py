@@ -136,7 +136,7 @@ def test_a_parity_only_preset_is_judged_on_parity_alone():
         runs = sweep(lambda b: 90.0, lambda b: 90.0 - gap, batches=(32,), seeds=5, sd=0.3)
         result = verdict(runs, only_parity)
         assert result["parts"]["small_batch"]["undecided"] and not result["undecided"] and result["holds"] is holds
-        assert "small-batch half: not assessed (not required at this budget)" in describe_verdict(result)
+        assert "small-batch half: not assessed (not required by this preset)" in describe_verdict(result)
     with pytest.raises(ValueError, match="must require at least one part"):
         load_criteria({"require_small_batch": False})
 
@@ -148,6 +148,8 @@ def test_a_parity_only_preset_is_judged_on_parity_alone():
     (sweep(bn_drops, lambda b: 70.0, seeds=1), "only 1 finished bn run(s) at batch 32; the criteria need 3 or more"),
     (sweep(bn_drops, lambda b: 70.0, seeds=2), "only 2 finished bn run(s) at batch 32; the criteria need 3 or more"),
     (sweep(lambda b: 12.0, lambda b: 11.0), "runs too short to judge: at reference batch 32 bn reaches "),
+    (sweep(bn_drops, lambda b: 70.0).query("not (norm == 'gn8' and batch_size == 8 and seed > 0)"),
+     "only 1 finished gn8 run(s) at batch 8; the criteria need 3 or more"),  # a cell between the ends
 ])
 def test_undecided_names_what_is_missing(runs, reason):
     result = verdict(runs, CRITERIA)

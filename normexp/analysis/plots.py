@@ -63,7 +63,10 @@ def looks(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
         if len(members) == 1:
             out[members[0]] = style(norm)
             continue
-        ramp = matplotlib.colors.LinearSegmentedColormap.from_list(norm, ["#ffffff", colour(norm), "#000000"])
+        base = colour(norm)
+        dark = sum(matplotlib.colors.to_rgb(base)) < 0.3  # e.g. brn's black: its shades are greys up to black
+        ramp = matplotlib.colors.LinearSegmentedColormap.from_list(norm, ["#ffffff", base] if dark else
+                                                                   ["#ffffff", base, "#000000"])
         for i, label in enumerate(members):
             shade = 0.3 + 0.45 * i / (len(members) - 1)  # from a light tint to a dark shade of the norm's colour
             out[label] = {"color": matplotlib.colors.to_hex(ramp(shade)), "linestyle": STYLES.get(norm, "-"),
@@ -200,8 +203,9 @@ def statistics_curves(epochs: pd.DataFrame, path: Path) -> Path:
                         for column, label, _ in EVALUATION_LOOKS if column in carrying]
                        + [controls.assign(accuracy=controls["test_acc"])])  # e.g. GN, the control: one evaluation
     shown = looks(list(controls["norm"]))
-    for marker, norm in zip(MARKERS, sorted(carrying["norm"].unique(), key=natural)):  # a marker per norm
-        shown.update({f"{norm} {label}": {**look, "marker": marker} for _, label, look in EVALUATION_LOOKS})
+    for i, norm in enumerate(sorted(carrying["norm"].unique(), key=natural)):  # a marker per norm
+        shown.update({f"{norm} {label}": {**look, "marker": MARKERS[i % len(MARKERS)]}
+                      for _, label, look in EVALUATION_LOOKS})
     return _per_batch_grid(curves.dropna(subset=["accuracy"]), "epoch", "accuracy", "test accuracy (%)", path,
                            "The same weights evaluated with three kinds of BN statistics", shown)
 

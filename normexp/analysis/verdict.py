@@ -68,8 +68,9 @@ def _missing_small_batch(groups: Mapping[tuple[str, int], np.ndarray], c: Criter
         have = _batches_run(groups, c)
         problems.append(f"no batch size below reference batch {c.reference_batch} run with both {c.bn} and {c.gn}; "
                         f"have {c.bn} {have[c.bn]}, {c.gn} {have[c.gn]}")
-    if not problems:
-        problems += _too_few_seeds(groups, c, shared[0])
+    if not problems:  # BN is compared at the smallest batch, GN at every batch below the reference
+        problems += _too_few_seeds(groups, c, shared[0], (c.bn,))
+        problems += [p for b in shared if b < c.reference_batch for p in _too_few_seeds(groups, c, b, (c.gn,))]
     return problems
 
 
@@ -84,10 +85,13 @@ def _missing_parity(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -
     return problems
 
 
-def _too_few_seeds(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria, batch: int) -> list[str]:
-    """Sentences for the verdict's norms with fewer than `c.min_seeds` finished runs at `batch`."""
+def _too_few_seeds(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria, batch: int,
+                   tags: Sequence[str] | None = None) -> list[str]:
+    """Sentences for the norms `tags` (default: both of the verdict's) with fewer than `c.min_seeds`
+    finished runs at `batch`."""
     return [f"only {len(groups[tag, batch])} finished {tag} run(s) at batch {batch}; the criteria need "
-            f"{c.min_seeds} or more seeds (min_seeds)" for tag in (c.bn, c.gn) if len(groups[tag, batch]) < c.min_seeds]
+            f"{c.min_seeds} or more seeds (min_seeds)" for tag in (tags or (c.bn, c.gn))
+            if len(groups[tag, batch]) < c.min_seeds]
 
 
 def _too_short(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -> list[str]:

@@ -47,11 +47,11 @@ def budget_text(result: Mapping[str, Any]) -> str:
 
 def part_text(result: Mapping[str, Any], part: str) -> str:
     """One part's outcome, e.g. "small-batch half: HOLDS (required)"; a part the criteria do not
-    require has none: "parity at 32: not assessed (not required at this budget)"."""
+    require has none, e.g. "parity at 32: not assessed (not required at this budget)"."""
     state = result["parts"][part]
     label = "small-batch half" if part == "small_batch" else f"parity at {result['reference_batch']}"
-    if not state["required"]:
-        return f"{label}: not assessed (not required at this budget)"
+    if not state["required"]:  # parity is a converged claim; the small-batch half is left out by parity-only presets
+        return f"{label}: not assessed (not required {'at this budget' if part == 'parity' else 'by this preset'})"
     return f"{label}: {'UNDECIDED' if state['undecided'] else ('HOLDS' if state['holds'] else 'NO')} (required)"
 
 

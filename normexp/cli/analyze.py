@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for _, run in tables.excluded.iterrows():
         print(f"excluded {run['run']}: {run['status']} - {run['reason']}")
     finished = tables.finished
-    if "evaluation" in finished and finished["evaluation"].nunique() > 1:
+    if "evaluation" in finished and finished["evaluation"].nunique(dropna=False) > 1:
         counts = finished["evaluation"].fillna("not recorded").value_counts()
         print("note: the runs carry different `evaluation` settings (" + "; ".join(f"{v}: {n} runs" for v, n in
               counts.items()) + "); the tables and the verdict use the running-average evaluation every run has, "

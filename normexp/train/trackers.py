@@ -10,11 +10,13 @@ by `require` before any data is read.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
 import math
 import os
+import re
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -204,20 +206,26 @@ class MlflowTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    """One Weights & Biases run per normexp run, its id the run folder's name, so a resumed run
-    continues it; packed seeds are concurrent runs of one process. `logger.mode=offline` writes to
-    `logger.dir` only (upload later with `wandb sync`). W&B keeps no point at a step it has passed:
-    an epoch recorded but not yet checkpointed when its run was killed is not logged again on resume."""
+    """One Weights & Biases run per normexp run, named like its folder, its id the folder's name and
+    a hash of the folder's path (so runs of the same settings in two results roots stay apart), so a
+    resumed run continues it; packed seeds are concurrent runs of one process. The project is
+    `logger.project`, else the results root's name (its parent's for a root named `runs`).
+    `logger.mode=offline` writes to `logger.dir` only (upload later with `wandb sync`). W&B keeps no
+    point at a step it has passed: an epoch recorded but not yet checkpointed when its run was killed
+    is not logged again on resume."""
 
     def _start(self, resumed: bool) -> None:
         import wandb
 
         self.finished = False
-        settings, root = self.cfg.logger, Path(self.cfg.paths.results_root).expanduser()
+        settings, root = self.cfg.logger, Path(self.cfg.paths.results_root).expanduser().resolve()
         folder = Path(settings.dir).expanduser() if settings.dir else root / ".wandb"
         folder.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=settings.project or root.name, entity=settings.entity, id=self.name,
-                              name=self.name, resume="allow", dir=str(folder), mode=settings.mode,
+        where = hashlib.sha1(str(self.directory.resolve()).encode()).hexdigest()[:8]
+        run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.name}-{where}")
+        project = settings.project or (root.parent.name if root.name == "runs" else root.name)
+        self.run = wandb.init(project=project, entity=settings.entity, id=run_id, name=self.name,
+                              resume="allow" if resumed else "never", dir=str(folder), mode=settings.mode,
                               config=self.hyperparameters(), reinit="create_new")
 
     def _log_epoch(self, values: dict[str, float], steps: list[tuple[int, float]]) -> None:
