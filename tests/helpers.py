@@ -48,6 +48,19 @@ def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None
         yield
 
 
+def killed_and_resumed(make_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: tuple[str, ...],
+                       epoch: int) -> tuple[Path, Path]:
+    """A run of `settings` interrupted in `epoch` and resumed, and the same run uninterrupted (its
+    results under tmp_path/reference): their folders, both finished."""
+    reference = make_cfg(*settings, f"paths.results_root={tmp_path / 'reference'}")
+    conductor.train_run(reference)
+    cfg = make_cfg(*settings)
+    with interrupted_at(monkeypatch, epoch), pytest.raises(KeyboardInterrupt):
+        conductor.train_run(cfg)
+    conductor.train_run(cfg)
+    return run_dir(cfg), run_dir(reference)
+
+
 def packed_input(images: list[torch.Tensor]) -> torch.Tensor:
     """Members' image batches (B, C, H, W) as the packed input (B, K*C, H, W) (packing.member_views)."""
     from normexp.nn import packing

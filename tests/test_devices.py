@@ -9,8 +9,7 @@ from torch import nn
 from normexp.nn.devices import PerDeviceBatchNorm2d, split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.packing import pack
-from normexp.train.conductor import train_run
-from tests.helpers import interrupted_at, norm_spec, packed_input, record_numbers, run_dir
+from tests.helpers import killed_and_resumed, norm_spec, packed_input, record_numbers
 
 MODEL = {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": False}
 
@@ -27,8 +26,8 @@ def test_one_step_on_8_devices_equals_8_separate_bn_passes_gradients_included(la
 
     x_ref = x.clone().requires_grad_()
     copies = [nn.BatchNorm2d(6) for _ in range(8)]
-    for copy in copies:
-        copy.load_state_dict(reference.state_dict())
+    for device_bn in copies:
+        device_bn.load_state_dict(reference.state_dict())
     out_ref = torch.cat([bn(chunk) for bn, chunk in zip(copies, x_ref.chunk(8))])
     (out_ref * target).sum().backward()
 
@@ -100,14 +99,9 @@ def test_a_whole_model_on_8_devices_equals_8_separate_passes_gradients_included(
 
 def test_a_run_on_devices_resumes_to_the_uninterrupted_numbers(make_cfg, tmp_path, monkeypatch):
     settings = ("data.devices=2", "data.batch_size=4", "trainer.epochs=3", "norm=bn")
-    reference = make_cfg(*settings, f"paths.results_root={tmp_path / 'reference'}")
-    train_run(reference)
-    cfg = make_cfg(*settings)
-    with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
-    train_run(cfg)
-    assert "resuming" in (run_dir(cfg) / "train.log").read_text()
-    assert record_numbers(run_dir(cfg)) == record_numbers(run_dir(reference))
+    resumed, reference = killed_and_resumed(make_cfg, monkeypatch, tmp_path, settings, 3)
+    assert "resuming" in (resumed / "train.log").read_text()
+    assert record_numbers(resumed) == record_numbers(reference)
 
 
 @pytest.mark.parametrize("name", ["gn", "ln", "in", "none", "frn", "evonorm"])

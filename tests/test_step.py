@@ -21,7 +21,7 @@ from normexp.train.conductor import train_run
 from normexp.train.engine import train_epoch
 from normexp.train.optim import build_optimizer, build_scheduler
 from normexp.train.step import DeviceSGD, DeviceStep, EagerStep
-from tests.helpers import interrupted_at, record_numbers, run_dir
+from tests.helpers import interrupted_at, killed_and_resumed, record_numbers, run_dir
 
 NORMS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "norm").glob("*.yaml"))
 RTOL, ATOL = 1e-3, 1e-4  # 12 steps of float-rounding drift (seen: up to 2.4e-5 on weights of ~0.1)
@@ -233,15 +233,10 @@ def test_on_cuda_a_captured_run_resumes_with_the_uninterrupted_numbers(make_cfg,
     """The conductor's whole path on the GPU (channels_last, captured): killed in epoch 2 and resumed,
     it records what the uninterrupted run records, to float rounding."""
     settings = ("runtime.device=cuda", "data.devices=2", "data.batch_size=4", "trainer.epochs=3")
-    reference = make_cfg(*settings, f"paths.results_root={tmp_path / 'reference'}")
-    train_run(reference)
-    cfg = make_cfg(*settings)
-    with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
-    train_run(cfg)
-    starts = record.read_jsonl(run_dir(cfg) / record.STARTS)
+    resumed, reference = killed_and_resumed(make_cfg, monkeypatch, tmp_path, settings, 2)
+    starts = record.read_jsonl(resumed / record.STARTS)
     assert [s["step"] for s in starts] == ["captured", "captured"] and starts[0]["layout"] == "channels_last"
-    for ours, theirs in zip(record_numbers(run_dir(cfg)), record_numbers(run_dir(reference))):
+    for ours, theirs in zip(record_numbers(resumed), record_numbers(reference)):
         for key, value in theirs.items():
             assert ours[key] == (pytest.approx(value, rel=1e-3, abs=1e-3) if isinstance(value, float) else value), key
 
