@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 import torch
-
 from loop_timing import normexp_rate  # scripts/loop_timing.py, beside this file
+
 from normexp.compose import compose
 from normexp.config import step_batch, validate
 from normexp.data import CifarArrays

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from normexp.config import ConfigError, validate
-from normexp.nn.models import build_model
 from normexp.nn.devices import PerDeviceBatchNorm2d, split_batch_statistics
+from normexp.nn.models import build_model
 from normexp.nn.precision import NORM_LAYERS, autocast, native_bf16, set_norm_precision
 from normexp.train.conductor import train_run
 from tests.helpers import norm_spec, record_numbers, run_dir

@@ -11,7 +11,6 @@ from normexp.analysis.collect import load_runs
 from normexp.train.conductor import train_run
 from tests.helpers import record_numbers, run_dir, tiny_run, train_with_fault
 
-
 TRAIN = [sys.executable, "-m", "normexp.cli.train"]
 
 
