@@ -108,7 +108,8 @@ def one_line(error: BaseException, point: Sequence[str]) -> str:
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
         options = re.findall(r"^\t(\w[\w-]*)$", text.split("Config search path")[0], re.M)
-        return f"{missing[1]}={missing[2]} is invalid: no conf/{missing[1]}/{missing[2]}.yaml; allowed: {', '.join(options)}"
+        return (f"{missing[1]}={missing[2]} is invalid: no conf/{missing[1]}/{missing[2]}.yaml; "
+                f"allowed: {', '.join(options)}")
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         prefix, _, leaf = unknown[1].rpartition(".")

@@ -99,7 +99,8 @@ def probe_epochs(root: Path) -> list[dict]:
     for metrics in sorted(root.glob("*/metrics.jsonl")):
         epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         if len(epochs) >= 2:
-            found.append({"run": metrics.parent.name, "epoch1_s": epochs[0]["seconds"], "epoch2_s": epochs[1]["seconds"]})
+            found.append({"run": metrics.parent.name, "epoch1_s": epochs[0]["seconds"],
+                          "epoch2_s": epochs[1]["seconds"]})
     return found
 
 

@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50_000, help="training images (CIFAR-10: 50,000)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
     train = TrainBatches(images, torch.arange(args.images) % 10, 16, torch.full((3,), 0.5), torch.full((3,), 0.25),
                          seeds=range(args.seeds), memory_format=torch.channels_last)
     x, y = train.buffers()

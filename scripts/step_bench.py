@@ -174,7 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     minutes = projected_minutes(table, [compose([common[0], *job, *common[1:]]) for job in grid(params, [])], data)
     step_kind = "a CUDA graph replayed" if device.type == "cuda" else "the captured step's ops run eagerly"
     text = (f"Machine: {runtime.environment(device)['device']}, {torch.get_num_threads()} torch thread(s), torch "
-            f"{torch.__version__}\n\nCommand: `{shlex.join(['python', 'scripts/step_bench.py', *(argv or sys.argv[1:])])}`\n\n"
+            f"{torch.__version__}\n\nCommand: "
+            f"`{shlex.join(['python', 'scripts/step_bench.py', *(argv or sys.argv[1:])])}`\n\n"
             f"`experiment={args.project}`, {len(seeds(base))} seed(s) packed, {args.steps} timed steps after one "
             f"untimed epoch; device step: {step_kind}; eager step: `runtime.compile={base.runtime.compile}` (null: "
             f"compiled with torch's CUDA graphs on a GPU, runtime.py); {flops / 1e6:.0f} MFLOP per image "

@@ -2,8 +2,9 @@
 
 Each simulated sweep draws every (norm, batch) cell's seeds from a normal distribution around a
 true mean shape (BN: 70, 8 points lower at the smallest batch; GN: flat, 3 points below its
-reference at the smallest batch, or 4 below it at the second-smallest batch only) and is judged by normexp.analysis.verdict with today's criteria
-(conf/verdict/default.yaml, plus --set overrides). The rates size the criteria's comments.
+reference at the smallest batch, or 4 below it at the second-smallest batch only) and is judged by
+normexp.analysis.verdict with today's criteria (conf/verdict/default.yaml, plus --set overrides).
+The rates size the criteria's comments.
 
 Usage: python scripts/verdict_power.py [--sd 1.0] [--seeds 3] [--batches 2,4,8,16,32,64]
                                        [--sweeps 2000] [--set gn_loss_margin=3.5 ...]
@@ -21,7 +22,8 @@ from normexp.analysis.verdict import verdict
 from normexp.criteria import load_criteria
 
 
-def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: float, rng: np.random.Generator) -> pd.DataFrame:
+def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: float,
+              rng: np.random.Generator) -> pd.DataFrame:
     rows = [(tag, b, s, means[b] + rng.normal(0, sd), 5) for tag, means in (("bn", bn), ("gn8", gn))
             for b in means for s in range(seeds)]
     return pd.DataFrame(rows, columns=["norm", "batch_size", "seed", "final_test_acc", "epochs"])
@@ -37,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     # every check judged, whatever the preset requires, at the simulated number of seeds
     judged_all = {"require_parity": True, "min_seeds": args.seeds, "min_reference_accuracy": 0.0}
-    criteria, _ = load_criteria({**judged_all, **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}})
+    criteria, _ = load_criteria({**judged_all,
+                                 **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}})
     batches = [int(b) for b in args.batches.split(",")]
     small, ref = min(batches), criteria.reference_batch
     bn = {b: 70.0 - 8.0 * (b == small) for b in batches}

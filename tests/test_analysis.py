@@ -188,7 +188,8 @@ def test_verdicts_of_two_run_sets_side_by_side_show_where_they_disagree(tmp_path
     assert table.loc["verdict", "holds"] == "HOLDS" and table.loc["verdict", "flat_bn"] == "DOES NOT HOLD"
     assert table.loc["BN degrades: drop (lower bound)", "holds"].endswith(" yes")
     assert table.loc["BN degrades: drop (lower bound)", "flat_bn"].endswith(" NO")
-    assert table.loc["finished runs", "holds"] == "24" and table.loc["batch sizes (reference)", "flat_bn"] == "2, 32 (32)"
+    assert (table.loc["finished runs", "holds"] == "24"
+            and table.loc["batch sizes (reference)", "flat_bn"] == "2, 32 (32)")
     verdicts["holds"]["checks"]["bn_degrades"]["lower_bound"] = None  # a statistic the verdict could not compute
     verdicts["holds"]["checks"]["gn_beats_bn_at_smallest_batch"]["p_value_one_sided"] = 3e-7
     assert "one-sided p=3.0e-07 < 0.05" in describe_verdict(verdicts["holds"])
@@ -236,7 +237,8 @@ def test_compare_sweeps_pairs_the_same_runs_by_name():
     [row] = compare_sweeps(before, after).to_dict("records")
     assert row["n"] == 2 and row["before acc %"] == "41.00 ± 1.41" and row["after acc %"] == "41.25 ± 0.35"
     assert row["after - before"] == pytest.approx(0.25) and row["ci low"] < 0.25 < row["ci high"]
-    assert row["ci high"] - row["ci low"] == pytest.approx(2 * 12.706 * 0.75, rel=1e-3)  # paired t: SE of [1, -0.5] is 0.75, df 1
+    assert row["ci high"] - row["ci low"] == pytest.approx(2 * 12.706 * 0.75,
+                                                           rel=1e-3)  # paired t: SE of [1, -0.5] is 0.75, df 1
     assert row["largest per-run difference"] == 1.0
     assert (row["minutes before"], row["minutes after"]) == (20.0, 10.0)
     assert unpaired_runs(before, after) == {"only before": ["bn_s2"], "only after": ["bn_other"]}
@@ -267,7 +269,8 @@ def test_every_line_has_its_own_style_in_its_norms_colour_family_and_legends_sor
     for label, look in shown.items():  # BN's lines are shades of BN's colour, GN's of GN's
         assert abs(hue(look["color"]) - hue(colour(label.split()[0]))) < 0.03, label
     assert sorted(labels, key=natural)[:3] == ["bn epochs=1", "bn epochs=2", "bn epochs=5"]
-    assert looks(["bn", "gn8"]) == {"bn": {**looks(["bn"])["bn"]}, "gn8": looks(["gn8"])["gn8"]}  # one per norm: its own
+    assert looks(["bn", "gn8"]) == {"bn": {**looks(["bn"])["bn"]},
+                                    "gn8": looks(["gn8"])["gn8"]}  # one per norm: its own
 
 
 def test_runs_recorded_before_and_after_a_criterion_changed_are_analysed_together(tmp_path):

@@ -24,7 +24,8 @@ MODEL = {"depth": 8, "base_width": 4, "num_classes": 10, "zero_init_residual": F
 
 def _batches(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=g)
+    return (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n,), generator=g))
 
 
 def test_population_statistics_are_the_variance_of_all_inputs_whatever_the_split():
@@ -93,7 +94,8 @@ def test_the_freeze_starts_at_the_first_epoch_boundary_at_or_past_its_fraction()
 
 
 def test_bn_runs_record_three_evaluations_and_gn_runs_one(make_cfg):
-    settings = ("data.devices=2", "data.batch_size=4", "evaluation.precise_images=64", "evaluation.batch_statistics=true")
+    settings = ("data.devices=2", "data.batch_size=4", "evaluation.precise_images=64",
+                "evaluation.batch_statistics=true")
     bn, gn = make_cfg("norm=bn", *settings), make_cfg("norm=gn", "norm.groups=2", *settings)
     (bn_summary,), (gn_summary,) = train_run(bn), train_run(gn)
     rows = record.read_jsonl(run_dir(bn) / record.METRICS)
@@ -106,7 +108,8 @@ def test_bn_runs_record_three_evaluations_and_gn_runs_one(make_cfg):
 
 
 def test_the_evaluations_leave_training_and_the_run_name_alone(make_cfg, tmp_path):
-    on = make_cfg("data.devices=2", "data.batch_size=4", "evaluation.precise_images=4096", "evaluation.batch_statistics=true")
+    on = make_cfg("data.devices=2", "data.batch_size=4", "evaluation.precise_images=4096",
+                  "evaluation.batch_statistics=true")
     off = make_cfg("data.devices=2", "data.batch_size=4", f"paths.results_root={tmp_path / 'off'}")  # the default: off
     train_run(on), train_run(off)
     assert run_dir(on).name == run_dir(off).name
@@ -184,7 +187,8 @@ def test_analysis_writes_the_statistics_tables_and_refuses_mixed_evaluations(mak
     common = ("trainer.epochs=2", "data.devices=2", "seed=[0,1]", "evaluation.precise_images=32",
               "evaluation.batch_statistics=true")
     frozen = ("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=32")
-    for overrides in (("norm=bn", "data.batch_size=2"), ("norm=bn", "data.batch_size=4"), (*frozen, "data.batch_size=2")):
+    for overrides in (("norm=bn", "data.batch_size=2"), ("norm=bn", "data.batch_size=4"),
+                      (*frozen, "data.batch_size=2")):
         train_run(make_cfg(*overrides, *common))
     assert main([str(root), "--set", "reference_batch=4"]) == 0
     decomposition = (root / "tables" / "bn_decomposition.md").read_text()

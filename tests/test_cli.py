@@ -50,7 +50,8 @@ def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_pa
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.batch_size=abc", "data.batch_size=abc is invalid: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("data.batch_size=abc",
+     "data.batch_size=abc is invalid: Value 'abc' of type 'str' could not be converted to Integer"),
     ("trainer.epochs=2.5", "trainer.epochs=2.5 is invalid"),
     ("optim.lr=abc", "optim.lr=abc is invalid"),
     ("norm.foo=3", "norm.foo is not a setting (valid keys: name, momentum)"),
@@ -79,8 +80,8 @@ def test_a_group_count_that_fits_no_width_stops_the_sweep_before_any_job(tmp_pat
     done = _run("normexp.cli.train", "-m", "norm=gn", "norm.groups=4,7", f"paths.results_root={tmp_path / 'runs'}",
                 cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stderr.strip() == ("normexp-train: norm.groups=7 does not fit a layer with 16 channels: the group count "
-                                   "must divide 16; valid group counts for this width: 1, 2, 4, 8, 16")
+    assert done.stderr.strip() == ("normexp-train: norm.groups=7 does not fit a layer with 16 channels: "
+                                   "the group count must divide 16; valid group counts for this width: 1, 2, 4, 8, 16")
     assert not (tmp_path / ".hydra").exists() and not (tmp_path / "runs").exists()
 
 
@@ -88,7 +89,8 @@ def test_a_group_count_that_fits_no_width_stops_the_sweep_before_any_job(tmp_pat
 def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):
     args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}",
             f"paths.cache_dir={tmp_path / 'cache'}", "paths.cifar10_folder=/nowhere"]
-    jobs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    jobs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(2)]
     for job in jobs:
         job.wait(timeout=120)
     assert len(list((tmp_path / ".hydra").glob("multirun_*"))) == 2

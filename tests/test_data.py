@@ -212,12 +212,14 @@ def test_two_processes_build_a_fresh_cache_once(tmp_path):
         "wait = lambda: next((True for _ in range(6000) if os.path.exists(marker) or time.sleep(0.01)), False);"
         "src._decode_image = lambda path: (wait(), decode(path))[1];"
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
-        "seen = logging.Handler(); seen.emit = lambda rec: 'waiting for it' in rec.getMessage() and open(marker, 'w').close();"
+        "seen = logging.Handler(); "
+        "seen.emit = lambda rec: 'waiting for it' in rec.getMessage() and open(marker, 'w').close();"
         "logging.getLogger().addHandler(seen);"
         f"d = load_cifar10('folder', S(cifar10_folder={str(root)!r}, cache_dir={str(tmp_path / 'cache')!r}, "
         "torchvision_root=None)); print('digest', d.digest)"
     )
-    jobs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    jobs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
     outputs = [job.communicate(timeout=120)[0] for job in jobs]
     assert all(job.returncode == 0 for job in jobs), outputs

@@ -47,7 +47,8 @@ def test_batch_renorm_training_step_is_the_papers_formula_with_r_and_d_constant(
     reference.load_state_dict(brn.state_dict())
     bn = nn.BatchNorm2d(6)
     bn.load_state_dict(brn.state_dict())
-    x = (torch.randn(4, 6, 3, 3) * torch.rand(1, 6, 1, 1) * 5 + torch.linspace(-8, 8, 6).view(1, 6, 1, 1)).requires_grad_()
+    x = (torch.randn(4, 6, 3, 3) * torch.rand(1, 6, 1, 1) * 5
+         + torch.linspace(-8, 8, 6).view(1, 6, 1, 1)).requires_grad_()
     target = torch.randn(4, 6, 3, 3)
 
     expected = _renormalized(x, reference, r_max=2.0, d_max=2.5)

@@ -109,7 +109,8 @@ def test_zero_init_residual_zeros_last_norm_scale_of_each_block(name):
     assert all(float(n.v.detach().min()) == 1 == float(n.v.detach().max()) for n in norms if hasattr(n, "v"))
 
 
-@pytest.mark.parametrize("name, relu", [("bn", True), ("brn", True), ("gn_ws", True), ("frn", False), ("evonorm", False)])
+@pytest.mark.parametrize("name, relu", [("bn", True), ("brn", True), ("gn_ws", True), ("frn", False),
+                                        ("evonorm", False)])
 def test_a_norm_with_its_own_activation_gets_no_relu_after_it(name, relu):
     spec = norm_spec(name, groups=4) if name == "gn_ws" else norm_spec(name)
     model = CifarResNet(build_norm(spec), depth=8, base_width=8, num_classes=10, zero_init_residual=True)

@@ -83,7 +83,8 @@ def test_a_diverged_member_does_not_leak_into_the_others():
 def test_packed_job_writes_the_records_of_solo_runs(make_cfg, tmp_path):
     packed = make_cfg(PACK, "seed=[0,1,2]", "trainer.epochs=2")
     summaries = train_run(packed)
-    assert [s["run"].split("_")[2] for s in summaries] == ["s0", "s1", "s2"] and {s["pack_size"] for s in summaries} == {3}
+    assert ([s["run"].split("_")[2] for s in summaries] == ["s0", "s1", "s2"]
+            and {s["pack_size"] for s in summaries} == {3})
     for seed, summary in zip((0, 1, 2), summaries):
         solo = make_cfg(f"seed={seed}", "trainer.epochs=2", f"paths.results_root={tmp_path / 'solo'}")
         [alone] = train_run(solo)
@@ -99,7 +100,8 @@ def test_packed_job_writes_the_records_of_solo_runs(make_cfg, tmp_path):
 
 def test_seeds_above_the_packing_batch_size_train_one_after_another(make_cfg):
     summaries = train_run(make_cfg("seed=[0,1]", "trainer.epochs=1", "runtime.pack_max_batch=4"))
-    assert [(s["run"].split("_")[2], s["pack_size"], s["status"]) for s in summaries] == [("s0", 1, "finished"), ("s1", 1, "finished")]
+    assert ([(s["run"].split("_")[2], s["pack_size"], s["status"]) for s in summaries]
+            == [("s0", 1, "finished"), ("s1", 1, "finished")])
 
 
 def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""trainer.precision=bf16: convolutions in bf16, each norm in its kernel's precision, loss and weights in fp32, in the identity."""
+"""trainer.precision=bf16: convolutions in bf16, each norm in its kernel's precision, loss and
+weights in fp32, in the identity."""
 
 from __future__ import annotations
 

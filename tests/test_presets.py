@@ -74,7 +74,8 @@ def test_parity_gpu_is_claim_gpu_at_the_reference_batch_judged_on_parity_alone()
     cfg = _compose("experiment=parity_gpu", "norm=gn", "data.batch_size=32")
     gpu = _compose("experiment=claim_gpu", "norm=gn", "data.batch_size=32")
     assert record.identity(member_config(cfg, 0), "d") == record.identity(member_config(gpu, 0), "d")  # same runs
-    assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity, cfg.verdict.max_parity_gap) == (False, True, 1.0)
+    assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity,
+            cfg.verdict.max_parity_gap) == (False, True, 1.0)
 
 
 def test_converged_completes_claim_at_100_epochs_with_parity_required_within_one_point():
@@ -85,7 +86,8 @@ def test_converged_completes_claim_at_100_epochs_with_parity_required_within_one
     assert (cfg.trainer.epochs, seeds(cfg), cfg.trainer.precision) == (100, [0, 1, 2], None)
     assert {k: v for k, v in cfg.model.items()} == {k: v for k, v in claim.model.items()}
     assert (cfg.optim, cfg.data) == (claim.optim, claim.data)
-    assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity, cfg.verdict.max_parity_gap) == (True, True, 1.0)
+    assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity,
+            cfg.verdict.max_parity_gap) == (True, True, 1.0)
     assert cfg.verdict.gn_loss_margin == claim.verdict.gn_loss_margin and cfg.verdict.metric == "final"
     assert cfg.evaluation.precise_images is None and cfg.evaluation.batch_statistics is False
 
@@ -144,7 +146,8 @@ def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tm
                            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",
                            "runtime.threads=1", "runtime.progress=false", "runtime.device=cpu",
                            "optim.schedule=cosine"))
-    tiny = ["--set", "reference_batch=4", "--set", "min_seeds=2", "--set", "min_reference_accuracy=0"]  # 2 seeds, 1 epoch
+    tiny = ["--set", "reference_batch=4", "--set", "min_seeds=2",
+            "--set", "min_reference_accuracy=0"]  # 2 seeds, 1 epoch
     assert analyze([str(tmp_path / "runs"), *tiny]) == 0
     result = json.loads((tmp_path / "runs" / "verdict.json").read_text())
     assert result["parts"]["small_batch"]["undecided"] and not result["parts"]["small_batch"]["required"]

@@ -201,7 +201,8 @@ def test_on_cuda_bf16_captured_trains_as_bf16_eager_does(norm, deterministic_cud
 @pytest.mark.gpu
 @CUDA
 def test_on_cuda_frozen_bn_recaptures_at_its_switch_and_trains_as_eager(deterministic_cuda):
-    for a, b in zip(_cuda_training("bn_frozen", False, frozen_from=2), _cuda_training("bn_frozen", True, frozen_from=2)):
+    for a, b in zip(_cuda_training("bn_frozen", False, frozen_from=2),
+                    _cuda_training("bn_frozen", True, frozen_from=2)):
         torch.testing.assert_close(b, a, rtol=RTOL, atol=ATOL)
 
 

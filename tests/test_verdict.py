@@ -125,7 +125,8 @@ def test_parity_is_reported_and_only_required_when_asked():
     strict, _ = load_criteria({"require_parity": True})
     result = verdict(runs, strict)
     assert not result["holds"] and result["parts"]["small_batch"]["holds"] and result["parts"]["parity"]["required"]
-    assert describe_verdict(result).startswith("claim verdict: DOES NOT HOLD (5-epoch budget) - small-batch half: HOLDS")
+    assert describe_verdict(result).startswith("claim verdict: DOES NOT HOLD (5-epoch budget) - "
+                                               "small-batch half: HOLDS")
 
 
 def test_a_parity_only_preset_is_judged_on_parity_alone():
@@ -154,7 +155,8 @@ def test_a_parity_only_preset_is_judged_on_parity_alone():
 def test_undecided_names_what_is_missing(runs, reason):
     result = verdict(runs, CRITERIA)
     assert result["undecided"] and not result["holds"] and reason in result["reason"]
-    assert describe_verdict(result).startswith("claim verdict: UNDECIDED (5-epoch budget) - small-batch half: UNDECIDED (required")
+    assert describe_verdict(result).startswith("claim verdict: UNDECIDED (5-epoch budget) - "
+                                               "small-batch half: UNDECIDED (required")
     assert f"small-batch half undecided: {result['parts']['small_batch']['reason']}" in describe_verdict(result)
 
 
@@ -224,7 +226,8 @@ def identity(norm: dict, batch: int, seed: int, epochs: int = 5) -> dict:
 
 def pool(epochs=lambda i: 5, digest=lambda i: "abc", seeds=lambda i: i % 3) -> pd.DataFrame:
     rows = []
-    for i, (tag, norm, batch) in enumerate((t, n, b) for t, n in (("bn", {"name": "bn"}), ("gn8", {"name": "gn", "groups": 8}))
+    for i, (tag, norm, batch) in enumerate((t, n, b)
+                                           for t, n in (("bn", {"name": "bn"}), ("gn8", {"name": "gn", "groups": 8}))
                                            for b in (2, 32) for _ in range(3)):
         rows.append({"run": f"run{i}", "norm": tag, "batch_size": batch, "seed": seeds(i),
                      "identity": identity(norm, batch, seeds(i), epochs(i)), "data_digest": digest(i)})

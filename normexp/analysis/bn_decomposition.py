@@ -20,7 +20,8 @@ import math
 import pandas as pd
 from scipy import stats
 
-EVALUATIONS = {"population": "final_test_acc", "precise": "final_test_acc_precise", "batch statistics": "final_test_acc_batch"}
+EVALUATIONS = {"population": "final_test_acc", "precise": "final_test_acc_precise",
+               "batch statistics": "final_test_acc_batch"}
 
 
 def carries_extra_evaluations(runs: pd.DataFrame) -> bool:

@@ -48,7 +48,8 @@ def _legend_outside(ax: plt.Axes) -> None:
 
 def natural(label: str) -> list:
     """A sort key that orders the numbers inside labels by value: "bn 2" before "bn 10"."""
-    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t) for t in re.split(r"(\d+(?:\.\d+)?)", label) if t]
+    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t)
+            for t in re.split(r"(\d+(?:\.\d+)?)", label) if t]
 
 
 def looks(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -144,7 +145,8 @@ def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Pat
                             curve["mean"] + curve["std"].fillna(0), alpha=0.15, color=look["color"])
         ax.set_title(f"batch {batch}")
         ax.set_xlabel(x.replace("_", " "))
-        ax.set_xlim(left=min(0.5, float(subset[x].min())), right=float(subset[x].max()) + 0.5)  # one epoch: a dot, not 0.96-1.04
+        ax.set_xlim(left=min(0.5, float(subset[x].min())),
+                    right=float(subset[x].max()) + 0.5)  # one epoch: a dot, not 0.96-1.04
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
@@ -164,7 +166,8 @@ def accuracy_curves(epochs: pd.DataFrame, path: Path) -> Path:
 
 def train_loss_curves(train_loss: pd.DataFrame, path: Path) -> Path:
     """Training loss vs epochs elapsed, one panel per batch size."""
-    steps_per_epoch = train_loss.groupby("run")["step"].transform("max") / train_loss.groupby("run")["epoch"].transform("max")
+    steps_per_epoch = (train_loss.groupby("run")["step"].transform("max")
+                       / train_loss.groupby("run")["epoch"].transform("max"))
     curves = train_loss.assign(epochs_elapsed=(train_loss["step"] / steps_per_epoch).round(2))
     return _per_batch_grid(curves, "epochs_elapsed", "loss", "training loss", path, "Training loss")
 
@@ -227,7 +230,8 @@ def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
     for (norm, batch), rows in runs.groupby(["norm", "batch_size"]):
         curve = rows.groupby(axis)["final_test_acc"].agg(["mean", "std", "count"]).reset_index()
         ax.errorbar(curve[axis], curve["mean"], yerr=curve["std"].fillna(0), capsize=2, markersize=4,
-                    label=f"{norm}, {batch} per device ({_seeds(curve['count'])})", **shown[f"{norm}, {batch} per device"])
+                    label=f"{norm}, {batch} per device ({_seeds(curve['count'])})",
+                    **shown[f"{norm}, {batch} per device"])
     _axis_scale(ax, list(runs[axis]), axis)
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"Accuracy by {axis}")

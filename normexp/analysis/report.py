@@ -183,7 +183,8 @@ def render(source: str | Path, runs: pd.DataFrame, result: Mapping[str, Any] | N
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>normexp report: "
             f"{html.escape(str(source))}</title><style>{STYLE}</style></head><body>\n"
             f"<h1>BatchNorm vs GroupNorm: sweep report</h1><p class='muted'>{html.escape(str(source))} · "
-            f"written by normexp-analyze (the same records give the same page)</p><p>{contents}</p>\n{body}\n</body></html>\n")
+            f"written by normexp-analyze (the same records give the same page)</p><p>{contents}</p>\n{body}\n"
+            "</body></html>\n")
 
 
 def write_report(path: Path, source: str | Path, runs: pd.DataFrame, **sections: Any) -> Path:

@@ -98,8 +98,8 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
             f"  {mark[g['holds']]} {gn} holds at every batch below {ref} (worst: {g['batch_size']}): change {ref} -> "
             f"{g['batch_size']} {num(g['change'], '+.2f')} points ({gn} "
             f"{num(g['gn_ref_mean'])}% -> {num(g['gn_small_mean'])}%; SD pooled over batch sizes, df "
-            f"{num(g['df'], '.0f')}, equal variances Bartlett p={p_text(g.get('equal_variance_p'))}), " + compare(g, f"{level} lower bound ", g["lower_bound"], ">",
-                                                 f"{g['threshold']:+.2f}", "+.2f"),
+            f"{num(g['df'], '.0f')}, equal variances Bartlett p={p_text(g.get('equal_variance_p'))}), "
+            + compare(g, f"{level} lower bound ", g["lower_bound"], ">", f"{g['threshold']:+.2f}", "+.2f"),
             f"  {mark[i['holds']]} interaction: {bn} drop minus {gn} drop {num(i['estimate'])} points, "
             + compare(i, f"{level} lower bound ", i["lower_bound"], ">", "0"),
             f"  {mark[b['holds']]} {gn} beats {bn} at batch {small}: {num(b['gn_mean'])}% vs {num(b['bn_mean'])}% "

@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR",
                         help="folder whose subfolders hold run records; several are pooled")
     parser.add_argument("--out", type=Path,
-                        help="where tables/, figures/ and verdict.json go (default: the RESULTS_DIR when only one is given)")
+                        help="where tables/, figures/ and verdict.json go "
+                             "(default: the RESULTS_DIR when only one is given)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a verdict criterion (see conf/verdict/default.yaml), e.g. --set alpha=0.01")
     parser.add_argument("--vary", action="append", default=[], metavar="FIELD",
@@ -83,7 +84,8 @@ def _recorded_criteria(runs) -> dict | None:
     if not recorded:
         return None
     agreed, named = yaml.safe_load(current.pop()), {k for c in recorded for k in c}
-    return {k: v for k, v in agreed.items() if k in named} | {k: v for c in recorded for k, v in c.items() if k in RETIRED}
+    return ({k: v for k, v in agreed.items() if k in named}
+            | {k: v for c in recorded for k, v in c.items() if k in RETIRED})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +254,8 @@ def _write_table(table, directory: Path, name: str, index: bool = False) -> None
     from normexp.analysis.verdict_text import is_p_column, with_p_text
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
     shown = with_p_text(table)
-    p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c) and not table.empty]  # tabulate must not reformat them
+    p_at = [i + index for i, c in enumerate(table.columns)
+            if is_p_column(c) and not table.empty]  # tabulate must not reformat them
     atomic.write_text(directory / f"{name}.md",
                       shown.to_markdown(index=index, floatfmt=".2f", disable_numparse=p_at or False) + "\n")
 

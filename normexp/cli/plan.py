@@ -87,9 +87,11 @@ def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], Pac
     """The plan in a few lines: jobs, runs, run-epochs and, where every job's setup has a recorded
     pace, the expected time with `parallel` jobs at once."""
     runs = sum(len(j.labels) for j in jobs)
-    lines = [f"sweep plan: {len(jobs)} job(s), {runs} run(s), {run_epochs(jobs)} run-epochs, {parallel} job(s) at a time"]
+    lines = [f"sweep plan: {len(jobs)} job(s), {runs} run(s), {run_epochs(jobs)} run-epochs, "
+             f"{parallel} job(s) at a time"]
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
-    lines += [f"  job {i}: {' '.join(j.labels)} x {j.epochs} epochs  ({' '.join(o for o in j.overrides if o not in shared)})"
+    lines += [f"  job {i}: {' '.join(j.labels)} x {j.epochs} epochs  "
+              f"({' '.join(o for o in j.overrides if o not in shared)})"
               for i, j in enumerate(jobs, start=1)]
     known = [j for j in jobs if j.setup in pace]
     if known:

@@ -70,7 +70,8 @@ class SweepReport(Callback):
 
         root = Path(config.paths.results_root).expanduser()
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = [d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()] if sweep_dir.is_dir() else []  # job folders
+        jobs = ([d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()]
+                if sweep_dir.is_dir() else [])  # job folders
         problems = [read_json(path) for path in sorted(sweep_dir.glob(f"*/{JOB_PROBLEM}"))]
         for problem in filter(None, problems):
             log.error("%s job (%s): %s", problem["kind"], " ".join(problem["overrides"]), problem["message"])

@@ -130,7 +130,8 @@ class EvalBatches:
         std: Tensor,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
-        self.x = normalize(images, mean.to(images.device), std.to(images.device)).contiguous(memory_format=memory_format)
+        self.x = normalize(images, mean.to(images.device),
+                           std.to(images.device)).contiguous(memory_format=memory_format)
         self.y = labels
         self.batch_size = batch_size
 

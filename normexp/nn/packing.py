@@ -58,7 +58,8 @@ class PackedLinear(nn.Module):
 
 
 def _widened_batch_norm(module: nn.BatchNorm2d, k: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(module.num_features * k, module.eps, module.momentum, module.affine, module.track_running_stats)
+    return nn.BatchNorm2d(module.num_features * k, module.eps, module.momentum, module.affine,
+                          module.track_running_stats)
 
 
 def _widened_group_norm(module: nn.GroupNorm, k: int) -> nn.GroupNorm:

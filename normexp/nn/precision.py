@@ -5,11 +5,12 @@ Autocast runs convolutions and linear layers in bf16 and leaves the rest in its 
 On CPU, torch's own norm kernels (batch_norm, group_norm, layer_norm) take bf16 activations and
 accumulate their statistics in fp32, with fp32 parameters and running averages
 (tests/test_precision.py checks this against the fp32 layer): they get bf16 input. (On CUDA,
-autocast itself runs group_norm and layer_norm in fp32; not checked here, no GPU test covers it.) The project's layers that compute statistics with
-plain tensor ops (Batch Renorm, FRN, EvoNorm) would reduce in bf16, so their input is cast to fp32 (a
-forward pre-hook). A layer says which it is by a class attribute `native_bf16`; torch's classes are
-in NATIVE_BF16; a norm class that says nothing gets fp32. Master weights stay fp32 (autocast casts
-copies), and the loss is taken on fp32 logits.
+autocast itself runs group_norm and layer_norm in fp32; not checked here, no GPU test covers it.)
+The project's layers that compute statistics with plain tensor ops (Batch Renorm, FRN, EvoNorm)
+would reduce in bf16, so their input is cast to fp32 (a forward pre-hook). A layer says which it is
+by a class attribute `native_bf16`; torch's classes are in NATIVE_BF16; a norm class that says
+nothing gets fp32. Master weights stay fp32 (autocast casts copies), and the loss is taken on fp32
+logits.
 """
 
 from __future__ import annotations

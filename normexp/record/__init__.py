@@ -171,7 +171,8 @@ def run_logger(directory: Path) -> Iterator[logging.Logger]:
     handler = logging.FileHandler(directory / LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     thread = threading.get_ident()
-    handler.addFilter(lambda rec: rec.name == name or (not rec.name.startswith("normexp.run.") and rec.thread == thread))
+    handler.addFilter(lambda rec: rec.name == name
+                      or (not rec.name.startswith("normexp.run.") and rec.thread == thread))
     shared.addHandler(handler)
     if shared.level == logging.NOTSET or shared.level > logging.INFO:
         shared.setLevel(logging.INFO)

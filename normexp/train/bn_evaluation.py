@@ -54,7 +54,8 @@ def precise_copy(model: nn.Module, draw: StatisticsDraw, epoch: int) -> nn.Modul
 
 
 @torch.no_grad()
-def evaluate_batch_statistics(model: nn.Module, batches: EvalBatches, per_device: int, seed: int) -> tuple[float, float]:
+def evaluate_batch_statistics(model: nn.Module, batches: EvalBatches, per_device: int,
+                              seed: int) -> tuple[float, float]:
     """Test loss and accuracy (%) of a single (unpacked) model in train mode, every `per_device`
     test images normalized together by their own statistics (Batch Renorm without its correction
     to the running ones), in an order seeded by `seed`, the last group filled up from the order's

@@ -138,7 +138,8 @@ def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
             for directory in resumed:
                 if changes := record.setting_changes(directory, cfg):
                     raise ConfigError(f"{directory.name} started with other settings ({', '.join(changes)}): "
-                                      f"resuming would mix two kinds of records under one name; resume it as it started")
+                                      "resuming would mix two kinds of records under one name; "
+                                      "resume it as it started")
             try:
                 _train(cfg, members, data, device, on_epoch or (lambda *_: None), bar_position, fmt)
             except Exception as error:

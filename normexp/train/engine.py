@@ -140,11 +140,12 @@ def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches,
     """Each member's test loss and accuracy (`test_loss`, `test_acc`), and with `extra`, for a model
     with BN-type layers, the same with precise population statistics (`*_precise`) and with batch
     statistics (`*_batch`; precise statistics are left out when `frozen`: after FrozenBN's switch
-    the weights no longer train under batch statistics upstream); draws past training: epoch `epoch`. Packed members are evaluated one by
-    one as single models (large-batch inference runs faster ungrouped). With `precise_bn` =
-    (training batches, batches) (norm=bn_precise, the committed `bn-pbn` runs), `test_*` itself is
-    evaluated on a copy whose BN statistics were recomputed over that many training batches, each
-    normalized as one batch (no per-device split). The training model's state stays as it is."""
+    the weights no longer train under batch statistics upstream); draws past training: epoch
+    `epoch`. Packed members are evaluated one by one as single models (large-batch inference runs
+    faster ungrouped). With `precise_bn` = (training batches, batches) (norm=bn_precise, the
+    committed `bn-pbn` runs), `test_*` itself is evaluated on a copy whose BN statistics were
+    recomputed over that many training batches, each normalized as one batch (no per-device split).
+    The training model's state stays as it is."""
     model = pack.model
     if precise_bn is not None:
         train, count = precise_bn

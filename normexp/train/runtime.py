@@ -109,7 +109,8 @@ def code_version() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"git_commit": commit.strip() if commit else None, "git_dirty": None if status is None else bool(status.strip())}
+    return {"git_commit": commit.strip() if commit else None,
+            "git_dirty": None if status is None else bool(status.strip())}
 
 
 def layout(fmt: torch.memory_format) -> str:
@@ -117,7 +118,8 @@ def layout(fmt: torch.memory_format) -> str:
     return "channels_last" if fmt == torch.channels_last else "contiguous"
 
 
-def environment(device: torch.device, captured: bool = False, fmt: Optional[torch.memory_format] = None) -> dict[str, Any]:
+def environment(device: torch.device, captured: bool = False,
+                fmt: Optional[torch.memory_format] = None) -> dict[str, Any]:
     """Where a run computes: device (on CPU also the instruction set torch's kernels use, e.g. AVX2
     or AVX512), torch threads, the step (`eager` or `captured`, normexp.train.step), the activations'
     memory layout (`fmt`, where given), versions, host (record.ENVIRONMENT are the fields among these
@@ -171,7 +173,8 @@ def refuse_environment_change(resumed: list[Path], device: torch.device, capture
                 f"pass runtime.allow_env_change=true to continue and record the change")
 
 
-def provenance(device: torch.device, start: Optional[Mapping[str, Any]] = None, captured: bool = False) -> dict[str, Any]:
+def provenance(device: torch.device, start: Optional[Mapping[str, Any]] = None,
+               captured: bool = False) -> dict[str, Any]:
     """What ran a run: its environment, and the code's commit as the run's last `start` recorded it
     (the code that trained its last stretch; starts.jsonl holds every start's), or as it is now."""
     code = {key: start[key] for key in ("git_commit", "git_dirty") if key in start} if start else {}

@@ -172,7 +172,8 @@ class DeviceStep:
         self.side = torch.cuda.Stream(device) if graph else None
         # compilation and cuDNN's benchmark sync the whole device while they warm up, which would
         # break another job's capture under way: then the warm-up holds the capture lock too
-        self.warmup_lock = _CAPTURING if graph and (_compiled(forward) or torch.backends.cudnn.benchmark) else nullcontext()
+        self.warmup_lock = (_CAPTURING if graph and (_compiled(forward) or torch.backends.cudnn.benchmark)
+                            else nullcontext())
         self.capture_seconds = 0.0  # this epoch's warm-up and capture (compilation included), timed apart
         self.capture_steps = 0  # the steps they trained
 
