@@ -7,8 +7,8 @@ after one untimed epoch that warms up, compiles and captures. With --side-by-sid
 step of every timed cell while all of them train at once, each in a thread on its own CUDA stream
 (as `hydra/launcher=gpu` runs a sweep's jobs). Reports ms per optimizer step, sustained TFLOP/s
 (the model's FLOPs per image forward + backward x images per second) and the preset's sweep time
-projected from the faster step one job at a time and, side by side, from each job's shared pace;
-evaluation not included.
+projected from the faster step one job at a time and, side by side, from each job's shared pace,
+with each job's test-set evaluations (timed apart, `evaluation s`) added.
 
 Run:  python scripts/step_bench.py --help
 """
@@ -32,15 +32,18 @@ from omegaconf import DictConfig
 
 from normexp.compose import compose, grid, preset
 from normexp.config import DEVICES, seeds, step_batch, validate
-from normexp.data import CifarArrays, load_cifar10, stratified_subset
+from normexp.data import CifarArrays, EvalBatches, load_cifar10, stratified_subset
+from normexp.data.loader import maybe_subset
 from normexp.record import atomic, norm_tag
-from normexp.train import runtime
+from normexp.train import harness, runtime
 from normexp.train.conductor import member_config, seeded_model
+from normexp.train.engine import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop's timing, beside this script
-from loop_timing import flops_per_image, normexp_loop, normexp_rate  # noqa: E402
+from loop_timing import flops_per_image, normexp_loop, normexp_rate, timed  # noqa: E402
 
 SIDE = "side-by-side ms/step"  # the device step of every timed cell at once
+EVAL = "evaluation s"  # one test-set evaluation of every packed seed, one after another (as training does)
 
 
 def timed_index(cfg: DictConfig, data: CifarArrays, steps: int) -> torch.Tensor:
@@ -54,6 +57,19 @@ def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.de
     members = len(seeds(cfg))
     return 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, timed_index(cfg, data, steps), members,
                                                           device, capture=capture)
+
+
+def evaluation_seconds(cfg: DictConfig, data: CifarArrays, device: torch.device) -> float:
+    """Seconds of one evaluation of the test set by each of the cell's seeds (normexp.train.engine.
+    evaluate, each seed as a single model, as training evaluates packed runs), timed after one
+    untimed pass; the model is untrained (the time does not depend on the weights)."""
+    model = seeded_model(member_config(cfg, seeds(cfg)[0]))
+    fmt = harness.prepare_model(model, cfg, device)
+    test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
+    batches = EvalBatches(test_x.to(device), test_y.to(device), cfg.runtime.eval_batch_size, data.mean, data.std,
+                          memory_format=fmt)
+    evaluate(model, batches)
+    return len(seeds(cfg)) * timed(lambda: evaluate(model, batches), device)
 
 
 def side_by_side_ms(cells: list[DictConfig], data: CifarArrays, steps: int, device: torch.device,
@@ -109,10 +125,11 @@ def side_by_side_ms(cells: list[DictConfig], data: CifarArrays, steps: int, devi
 
 
 def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarArrays) -> dict[str, float]:
-    """The sweep's training minutes: "one at a time" (the sum of each job's steps at its faster step)
-    and, where the table has the side-by-side column, "side by side" (the longest of its jobs' steps
-    at their shared pace, an upper bound: a job speeds up as others finish; left out if a cell has no
-    pace). Empty if a job's cell is not in the table."""
+    """The sweep's minutes: "one at a time" (the sum of each job's steps at its faster step) and,
+    where the table has the side-by-side column, "side by side" (the longest of its jobs' steps at
+    their shared pace, an upper bound: a job speeds up as others finish; left out if a cell has no
+    pace); each job's evaluations added where the table has their column. Empty if a job's cell is
+    not in the table."""
     alone, shared = 0.0, []
     for cfg in jobs:
         row = table[(table["norm"] == norm_tag(cfg.norm)) & (table["images/device"] == cfg.data.batch_size)]
@@ -120,9 +137,11 @@ def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarAr
             return {}
         steps = (min(cfg.data.train_subset or data.train_labels.numel(), data.train_labels.numel())
                  // step_batch(cfg)) * cfg.trainer.epochs
-        alone += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000
+        evaluations = -(-cfg.trainer.epochs // cfg.trainer.eval_every)  # every eval_every epochs and the last
+        evaluating = evaluations * row.iloc[0][EVAL] if EVAL in table else 0.0
+        alone += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000 + evaluating
         if SIDE in table:
-            shared.append(steps * row.iloc[0][SIDE] / 1000)
+            shared.append(steps * row.iloc[0][SIDE] / 1000 + evaluating)
     return {"one job at a time, at the faster step": alone / 60,
             **({f"all {len(jobs)} jobs side by side, device step": max(shared) / 60}
                if shared and all(map(math.isfinite, shared)) else {})}
@@ -157,7 +176,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         images = step_batch(cfg) * len(seeds(cfg))
         rows.append({"norm": norm_tag(cfg.norm), "images/device": batch, "devices": cfg.data.devices,
                      "images/step (all seeds)": images, "eager ms/step": eager, "device ms/step": captured,
-                     "speed-up": eager / captured, "TFLOP/s": flops * images / (min(eager, captured) / 1000) / 1e12})
+                     "speed-up": eager / captured, "TFLOP/s": flops * images / (min(eager, captured) / 1000) / 1e12,
+                     EVAL: evaluation_seconds(cfg, data, device)})
         cells.append(cfg)
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
@@ -181,8 +201,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"compiled with torch's CUDA graphs on a GPU, runtime.py); {flops / 1e6:.0f} MFLOP per image "
             f"forward+backward.\n\n"
             + table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + side
-            + ("".join(f"Projected `{args.project}` training, {how}: {value:.1f} min (evaluation and compilation "
-                       f"not included).\n" for how, value in minutes.items()) if minutes else
+            + ("".join(f"Projected `{args.project}`, {how}: {value:.1f} min (training steps and every "
+                       f"evaluation, `{EVAL}` per evaluated epoch; each epoch's augmentation fill, warm-up, "
+                       f"capture and compilation not included).\n" for how, value in minutes.items()) if minutes else
                f"No `{args.project}` projection: the table lacks some of its cells.\n"))
     print(text)
     if args.out:
