@@ -26,21 +26,22 @@ fi
 python3 -m normexp.cli.preflight || exit 2  # one line naming what is missing, before any test
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 status=0
+failed() { [ "$status" -ne 0 ] || status=$1; }  # the exit status is the first failure's
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_step.py tests/test_gpu_launcher.py 2>&1 | tee "$out/gpu_tests.txt"
 rc=${PIPESTATUS[0]}
-[ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || status=$rc  # 5: every test skipped (no CUDA: the CPU rehearsal)
+[ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || failed "$rc"  # 5: no test collected
 steps=32; [ "$device" = cpu ] && steps=2
 python3 scripts/step_bench.py --project claim_gpu --device "$device" --steps "$steps" --side-by-side 10 \
-  --out "$out/steps_gpu.md" runtime.compile=false "$@" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
+  --out "$out/steps_gpu.md" runtime.compile=false "$@" || failed $?
 e2e=$(mktemp -d)
 subset=5000; tests=null; [ "$device" = cpu ] && { subset=1024; tests=500; }  # FrozenBN (0.8) freezes epoch 5
 python3 -m normexp.cli.train -m experiment=claim_gpu hydra/launcher=gpu "runtime.device=$device" \
   norm=bn,gn,brn,bn_frozen data.batch_size=2,64 'seed=[0,1]' trainer.epochs=5 optim.schedule=cosine \
   "data.train_subset=$subset" "data.test_subset=$tests" paths.results_root="$e2e/runs" 2>&1 | tee "$out/e2e.txt"
 rc=${PIPESTATUS[0]}
-[ "$rc" -eq 0 ] || [ $status -ne 0 ] || status=$rc
+[ "$rc" -eq 0 ] || failed "$rc"
 python3 -m normexp.cli.analyze "$e2e/runs" --set min_seeds=2 --set min_reference_accuracy=0 \
   --set reference_batch=64 2>&1 | tee -a "$out/e2e.txt"
 rc=${PIPESTATUS[0]}
-[ "$rc" -eq 0 ] || [ $status -ne 0 ] || status=$rc
+[ "$rc" -eq 0 ] || failed "$rc"
 exit $status

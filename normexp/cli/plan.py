@@ -67,8 +67,7 @@ def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
     """Seconds per run-epoch of finished runs by setup (their compute share: a packed run's is
     1/K of its job's wall time), averaged over the runs found below `roots`, with their devices.
     Reads only each run's identity and summary, so it takes a moment even over every committed run."""
-    paces: dict[tuple[Any, ...], list[float]] = {}
-    devices: dict[tuple[Any, ...], set[str]] = {}
+    found: dict[tuple[Any, ...], list[tuple[float, str]]] = {}  # setup -> (seconds per epoch, device) per run
     for root in (r for r in roots if r.is_dir()):
         for path in root.rglob(record.SUMMARY):
             summary, ident = record.read_json(path), record.read_json(path.parent / record.IDENTITY)
@@ -78,9 +77,9 @@ def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
             device = str(summary.get("device", "cpu"))
             key = (c["norm"], c["batch_size"], c["devices"], c["depth"], c["base_width"], c["train_subset"],
                    "cpu" if device == "cpu" else "gpu")
-            paces.setdefault(key, []).append(summary["compute_seconds"] / summary["epochs_done"])
-            devices.setdefault(key, set()).add(device)
-    return {key: Pace(sum(values) / len(values), frozenset(devices[key])) for key, values in paces.items()}
+            found.setdefault(key, []).append((summary["compute_seconds"] / summary["epochs_done"], device))
+    return {key: Pace(sum(s for s, _ in runs) / len(runs), frozenset(d for _, d in runs))
+            for key, runs in found.items()}
 
 
 def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], Pace]) -> str:
