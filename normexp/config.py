@@ -21,10 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the message names the field and what is allowed."""
-
+from normexp.errors import ConfigError  # noqa: F401 (re-exported: the CLI and the training wing raise it)
 
 DATA_SOURCES = ("folder", "torchvision")
 SCHEDULES = ("cosine", "step", "constant")

@@ -10,6 +10,7 @@ from normexp import record
 from normexp.cli.analyze import main as analyze
 from normexp.config import ConfigError
 from normexp.nn.norms import NORMS
+from normexp.nn.traits import BATCH_NORM, NormTraits
 from normexp.train.conductor import train_run
 from tests.helpers import run_dir
 
@@ -39,7 +40,9 @@ def test_a_registered_norm_with_its_yaml_trains_and_is_analysed(make_cfg, tmp_pa
 
 class GhostBatchNorm(nn.BatchNorm2d):
     """A batch-dependent layer class of its own (BN with another eps, its batch split into `devices`
-    chunks normalized alone) that declares its per-device split and its packing."""
+    chunks normalized alone) that declares its traits, its per-device split and its packing."""
+
+    norm_traits = BATCH_NORM
 
     def __init__(self, channels: int, devices: int = 1) -> None:
         super().__init__(channels, eps=1e-3)
@@ -59,7 +62,13 @@ class GhostBatchNorm(nn.BatchNorm2d):
 
 
 class UndeclaredBatchNorm(nn.BatchNorm2d):
-    """A BatchNorm subclass that says nothing about virtual devices."""
+    """A BatchNorm subclass that declares nothing."""
+
+
+class UnsplitBatchNorm(nn.BatchNorm2d):
+    """A batch-dependent layer class that declares its traits but no per-device split."""
+
+    norm_traits = NormTraits(batch_dependent=True, running_statistics=True)
 
 
 def _register(monkeypatch, tmp_path, name: str, layer: type) -> str:
@@ -82,15 +91,22 @@ def test_a_batch_dependent_norm_of_a_new_class_trains_per_device_and_packed(make
     assert set(splits) - {None} == {2}  # every training forward normalized each device's images alone
 
 
-def test_a_batch_dependent_layer_that_declares_no_split_is_refused(make_cfg, tmp_path, monkeypatch):
+def test_a_norm_layer_that_declares_no_traits_is_refused_before_anything_is_written(make_cfg, tmp_path, monkeypatch):
     searchpath = _register(monkeypatch, tmp_path, "undeclared", UndeclaredBatchNorm)
-    with pytest.raises(ConfigError, match="cannot split a UndeclaredBatchNorm layer per device"):
-        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.devices=2", "seed=0"))
-    with pytest.raises(ConfigError, match="evaluation.batch_statistics=true .* UndeclaredBatchNorm"):
-        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0",
+    with pytest.raises(ConfigError, match="a UndeclaredBatchNorm norm layer declares no norm_traits"):
+        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0"))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_batch_dependent_layer_that_declares_no_split_is_refused(make_cfg, tmp_path, monkeypatch):
+    searchpath = _register(monkeypatch, tmp_path, "unsplit", UnsplitBatchNorm)
+    with pytest.raises(ConfigError, match="cannot split a UnsplitBatchNorm layer per device"):
+        train_run(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "data.devices=2", "seed=0"))
+    with pytest.raises(ConfigError, match="evaluation.batch_statistics=true .* UnsplitBatchNorm"):
+        train_run(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "seed=0",
                            "evaluation.batch_statistics=true"))  # one device: the evaluation splits the test set
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused before writing
-    one_device = make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0")  # batch statistics off: default
+    one_device = make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "seed=0")  # batch statistics off: default
     assert train_run(one_device)[0]["status"] == record.FINISHED
-    with pytest.raises(ConfigError, match="cannot pack a UndeclaredBatchNorm"):
-        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "data.batch_size=2", "seed=[0,1]"))
+    with pytest.raises(ConfigError, match="cannot pack a UnsplitBatchNorm"):
+        train_run(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "data.batch_size=2", "seed=[0,1]"))

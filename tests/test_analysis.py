@@ -25,13 +25,15 @@ from normexp.criteria import load_criteria
 
 
 def write_run(root: Path, norm: dict, batch: int, seed: int, accs: list[float], status: str = "finished",
-              epochs: int | None = None, digest: str = "cifar") -> Path:
+              epochs: int | None = None, digest: str = "cifar", precision: str | None = None) -> Path:
     """A run record written through normexp.record, as the conductor writes it, with the given
     per-epoch test accuracies."""
     ident = {"data": {"source": "folder", "batch_size": batch, "devices": 1, "crop_padding": 4, "flip": True},
              "model": {"depth": 8, "base_width": 8, "num_classes": 10, "zero_init_residual": True},
              "norm": norm, "optim": {"lr": 0.1}, "trainer": {"epochs": epochs or len(accs)}, "seed": seed,
              "data_digest": digest}
+    if precision is not None:  # null settings are left out of an identity
+        ident["trainer"]["precision"] = precision
     directory = root / record.run_name(ident)
     record.write_start(directory, ident, "verdict: null\n")
     (directory / record.LOG).write_text("log\n")
@@ -305,6 +307,24 @@ def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):
     assert (tmp_path / "figures" / "accuracy_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"
     report = (tmp_path / "report.html").read_text()
     assert "At trainer.epochs=2" in report and "At trainer.epochs=4" in report and "NO STATISTICS" not in report
+
+
+def test_a_setting_at_two_values_gets_their_paired_difference_per_cell(tmp_path, capsys):
+    for seed, shift in enumerate((0.1, -0.2, 0.05)):  # fp32 seeds 2 points apart; bf16 moves BN by a little
+        for norm, batch, fp32 in ((BN, 2, 50.0), (GN, 2, 60.0), (BN, 32, 70.0), (GN, 32, 68.0)):
+            write_run(tmp_path, norm, batch, seed, [fp32 + 2 * seed])
+            write_run(tmp_path, norm, batch, seed, [fp32 + 2 * seed + (shift if norm is BN else -3 + shift)],
+                      precision="bf16")
+    assert analyze([str(tmp_path), "--vary", "trainer.precision"]) == 0
+    paired = pd.read_csv(tmp_path / "tables" / "paired_precision.csv").set_index(["norm", "batch_size"])
+    assert set(paired["pairs"]) == {3}
+    assert paired.loc[("bn", 32), "trainer.precision=unset mean"] == pytest.approx(72.0)
+    assert paired.loc[("bn", 32), "trainer.precision=unset sd"] == pytest.approx(2.0)
+    assert paired.loc[("bn", 32), "difference"] == pytest.approx(-0.05 / 3)
+    assert paired.loc[("gn8", 2), "difference"] == pytest.approx(-3 - 0.05 / 3)
+    assert paired["within_seed_noise"].to_dict() == {("bn", 2): True, ("bn", 32): True,
+                                                     ("gn8", 2): False, ("gn8", 32): False}
+    assert paired.loc[("gn8", 2), "ci_high"] < 0 < paired.loc[("bn", 2), "ci_high"]
 
 
 def test_a_misspelt_vary_field_is_named_with_the_nearest_and_nothing_is_written(tmp_path, capsys):

@@ -9,7 +9,8 @@ import torch
 from normexp.config import ConfigError, validate
 from normexp.nn.devices import PerDeviceBatchNorm2d, split_batch_statistics
 from normexp.nn.models import build_model
-from normexp.nn.precision import NORM_LAYERS, autocast, native_bf16, set_norm_precision
+from normexp.nn.precision import autocast, set_norm_precision
+from normexp.nn.traits import norm_traits
 from normexp.train.conductor import train_run
 from tests.helpers import norm_spec, record_numbers, run_dir
 
@@ -29,7 +30,7 @@ def test_under_bf16_convolutions_run_in_bf16_and_each_norm_in_its_kernels_precis
         return hook
 
     for module in model.modules():
-        if isinstance(module, NORM_LAYERS):
+        if norm_traits(module) is not None and not isinstance(module, torch.nn.Identity):
             module.register_forward_hook(watch("norm"))
         elif isinstance(module, torch.nn.Conv2d):
             module.register_forward_hook(watch("conv"))
@@ -55,7 +56,7 @@ def test_a_native_bf16_norm_keeps_fp32_statistics_and_matches_the_fp32_layer(mak
     x = (torch.randn(16, 16, 8, 8) * 3 + 5).bfloat16().contiguous(memory_format=fmt)
     upstream = torch.randn(16, 16, 8, 8)
     ours, fp32 = make_layer(), make_layer()
-    assert native_bf16(ours)
+    assert norm_traits(ours).native_bf16
     x_ours, x_fp32 = x.clone().requires_grad_(), x.float().requires_grad_()
     out_ours, out_fp32 = ours(x_ours), fp32(x_fp32)
     out_ours.backward(upstream.bfloat16())

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from normexp.analysis.verdict import welch_contrast
 
@@ -19,6 +21,8 @@ VERSUS_COLUMNS = ["norm", "batch_size", "acc_mean", "n", "baseline_mean", "n_bas
 CHANGE_COLUMNS = ["norm", "change", "acc_largest", "n_largest", "acc_smallest", "n_smallest", "difference",
                   "ci_low", "ci_high", "p_two_sided"]
 SHAPE_COLUMNS = ["batch_size", "check", "test", "estimate", "low", "high", "holds"]
+PAIRED_COLUMNS = ["norm", "batch_size", "pairs", "baseline_mean", "baseline_sd", "other_mean", "difference",
+                  "ci_low", "ci_high", "largest_pair_difference", "within_seed_noise"]
 
 
 def _final_acc(runs: pd.DataFrame, **where: object) -> np.ndarray:
@@ -116,3 +120,38 @@ def group_shape(runs: pd.DataFrame, alpha: float, max_gap: float) -> pd.DataFram
                          "estimate": worst["estimate"], "low": worst["ci_low"], "high": worst["ci_high"],
                          "holds": max(abs(worst["ci_low"]), abs(worst["ci_high"])) < max_gap})
     return pd.DataFrame(rows, columns=SHAPE_COLUMNS)
+
+
+def setting_values(runs: pd.DataFrame, axis: str) -> list[Any]:
+    """The values `axis` takes among `runs`, the default first ("unset": null, left out of the
+    identity), the rest in sorted order."""
+    return sorted(set(runs[axis]), key=lambda v: (v != "unset", str(v)))
+
+
+def paired_setting(runs: pd.DataFrame, axis: str, alpha: float) -> pd.DataFrame:
+    """For a setting swept at two values (the first is the baseline: its default if one is unset),
+    each norm x batch cell's other value minus the baseline, paired by seed (a seed's two runs share
+    initialization and data order): the mean difference with its paired-t (1 - alpha) CI, the
+    baseline's seed SD, the largest pair's difference, and whether the difference is within seed
+    noise (the CI holds 0 and the mean difference is smaller than the baseline's seed SD). Cells
+    with fewer than 2 pairs are left out."""
+    values = setting_values(runs, axis)
+    if len(values) != 2:
+        raise ValueError(f"a paired comparison needs {axis} at two values, not {len(values)}")
+    baseline, other = values
+    rows = []
+    for (norm, batch), cell in runs.groupby(["norm", "batch_size"]):
+        sides = [cell[cell[axis] == value].set_index("seed")["final_test_acc"] for value in (baseline, other)]
+        seeds = sorted(set(sides[0].index) & set(sides[1].index))
+        if len(seeds) < 2:
+            continue
+        base, alt = (side.loc[seeds].to_numpy(dtype=float) for side in sides)
+        low, high = stats.ttest_rel(alt, base).confidence_interval(1 - alpha)
+        difference, spread = float((alt - base).mean()), float(base.std(ddof=1))
+        rows.append({"norm": norm, "batch_size": batch, "pairs": len(seeds), "baseline_mean": base.mean(),
+                     "baseline_sd": spread, "other_mean": alt.mean(), "difference": difference,
+                     "ci_low": low, "ci_high": high, "largest_pair_difference": float(np.abs(alt - base).max()),
+                     "within_seed_noise": bool(low <= 0 <= high and abs(difference) < spread)})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS).rename(
+        columns={"baseline_mean": f"{axis}={baseline} mean", "other_mean": f"{axis}={other} mean",
+                 "baseline_sd": f"{axis}={baseline} sd"})

@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"normexp-analyze: {error}", file=sys.stderr)
             return 2
         figures.append(plots.statistics_curves(epochs_shown, figure_dir / "statistics_by_epoch.png"))
+    if len(axes) == 1 and finished[axes[0]].nunique() == 2:  # one setting at two values: their paired difference
+        landscape_tables[f"paired_{axes[0].split('.')[-1]}"] = (landscape.paired_setting(finished, axes[0],
+                                                                                          criteria.alpha),
+                                                                 landscape.caption(landscape.paired_setting))
     for name, (table, _) in landscape_tables.items():
         _write_table(table, table_dir, name)
 

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normexp.config import ConfigError
+from normexp.errors import ConfigError
+from normexp.nn.traits import BATCH_NORM, norm_traits
 
 
 class PerDeviceBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training batch is `devices` consecutive chunks, each normalized alone."""
 
-    native_bf16 = True  # torch's batch_norm kernel, chunk by chunk (normexp.nn.precision)
+    norm_traits = BATCH_NORM  # torch's batch_norm kernel, chunk by chunk
 
     def __init__(self, source: nn.BatchNorm2d, devices: int) -> None:
         super().__init__(source.num_features, source.eps, source.momentum, source.affine, source.track_running_stats)
@@ -65,18 +66,18 @@ class PerDeviceBatchNorm2d(nn.BatchNorm2d):
 
 
 def batch_dependent(module: nn.Module) -> bool:
-    """Whether a layer normalizes over the batch: BatchNorm and its subclasses, or a layer that
-    says so (`batch_dependent = True`)."""
-    return isinstance(module, nn.modules.batchnorm._BatchNorm) or getattr(module, "batch_dependent", False)
+    """Whether a layer normalizes over the batch (its `batch_dependent` trait, normexp.nn.traits)."""
+    traits = norm_traits(module)
+    return traits is not None and traits.batch_dependent
 
 
 def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
     """Give every batch-dependent layer of `model` (in place) `devices` virtual devices: a layer
     that declares how (a `per_device(devices)` method returning the layer to use, as
     PerDeviceBatchNorm2d and normexp.nn.layers.BatchRenorm2d have) is asked; a plain BatchNorm2d
-    becomes a PerDeviceBatchNorm2d. Any other batch-dependent layer (a BatchNorm subclass that
-    declares nothing) is refused when devices > 1: left alone it would normalize over every
-    device's images and break the protocol without a word."""
+    becomes a PerDeviceBatchNorm2d. Any other batch-dependent layer (one without per_device) is
+    refused when devices > 1: left alone it would normalize over every device's images and break
+    the protocol without a word."""
     for name, child in model.named_children():
         if hasattr(child, "per_device"):
             setattr(model, name, child.per_device(devices))

@@ -3,8 +3,8 @@
 BatchRenorm2d (Ioffe 2017) corrects each batch's statistics towards the running ones;
 WeightStandardization (Qiao et al. 2019) standardizes each convolution filter;
 FilterResponseNorm2d (Singh & Krishnan 2019) and EvoNormS02d (Liu et al. 2020) normalize each
-sample alone and carry their own nonlinearity (`includes_activation`: the model puts no ReLU
-directly after them). Each layer declares its own rules: how it widens for packed runs
+sample alone and carry their own nonlinearity (the model puts no ReLU directly after them). Each
+layer declares its own rules: its traits (`norm_traits`, normexp.nn.traits), how it widens for packed runs
 (`packed(members)`: per-channel tensors of shape (C,) concatenated along dimension 0, like
 BatchNorm2d's) and, if it normalizes over the batch, how it splits per virtual device
 (`per_device(devices)`, normexp.nn.devices).
@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from normexp.nn.traits import NormTraits
 
 
 @torch.no_grad()
@@ -75,7 +77,8 @@ class BatchRenorm2d(nn.BatchNorm2d):
     statistics (the per-device protocol, normexp.nn.devices); the running update is their average.
     """
 
-    native_bf16 = False  # its statistics are tensor ops in the input's dtype (normexp.nn.precision)
+    # its statistics are tensor ops in the input's dtype: fp32 input under bf16
+    norm_traits = NormTraits(batch_dependent=True, running_statistics=True, corrects_statistics=True)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rmax: float = 3.0,
                  dmax: float = 5.0, warmup_images: int = 6250, devices: int = 1) -> None:
@@ -91,6 +94,10 @@ class BatchRenorm2d(nn.BatchNorm2d):
         """This layer, renormalizing each of `devices` consecutive chunks of its batch alone."""
         self.devices = devices
         return self
+
+    def batch_statistics_only(self) -> None:
+        """Normalize by the batch's own statistics, uncorrected (r = 1, d = 0), from now on."""
+        self.rmax, self.dmax = 1.0, 0.0
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rmax={self.rmax}, dmax={self.dmax}, warmup_images={self.warmup_images}"
@@ -146,9 +153,8 @@ class FilterResponseNorm2d(nn.Module):
     what the model puts there with norm.skip_tlu_before_addition (timm's apply_act=False).
     """
 
-    native_bf16 = False  # its statistics are tensor ops in the input's dtype (normexp.nn.precision)
-
-    includes_activation = True
+    # its statistics are tensor ops in the input's dtype: fp32 input under bf16
+    norm_traits = NormTraits(includes_activation=True)
 
     def __init__(self, num_features: int, eps: float = 1e-6, tlu: bool = True) -> None:
         super().__init__()
@@ -178,9 +184,8 @@ class EvoNormS02d(nn.Module):
     norm, also before the residual addition.
     """
 
-    native_bf16 = False  # its statistics are tensor ops in the input's dtype (normexp.nn.precision)
-
-    includes_activation = True
+    # its statistics are tensor ops in the input's dtype: fp32 input under bf16
+    norm_traits = NormTraits(includes_activation=True)
 
     def __init__(self, num_features: int, groups: int, eps: float = 1e-5) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
 """The CIFAR ResNet of He et al. (2016), depth 6n+2, with an injected norm layer factory.
 
-A norm whose layer includes its activation (`includes_activation`, e.g. FRN's TLU) gets no ReLU
-right after it; a `WeightStandardized` factory has every convolution's weight standardized.
+Every norm layer the factory builds must declare its traits (normexp.nn.traits); one that includes
+its activation (e.g. FRN's TLU) gets no ReLU right after it; a `WeightStandardized` factory has
+every convolution's weight standardized.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from torch import Tensor, nn
 
 from normexp.nn.layers import standardize_conv_weights
 from normexp.nn.norms import NormFactory, WeightStandardized, build_norm, norm_before_addition
+from normexp.nn.traits import traits_of
+
+
+def make_norm(factory: NormFactory, channels: int, before_addition: bool = False) -> nn.Module:
+    """A norm layer of `factory` (the one it puts right before a residual addition if asked);
+    ConfigError if its class declares no traits."""
+    layer = norm_before_addition(factory, channels) if before_addition else factory(channels)
+    traits_of(layer)
+    return layer
 
 
 def activation_after(norm: nn.Module) -> nn.Module:
     """The ReLU that follows `norm`, or Identity if `norm` applies its own nonlinearity."""
-    return nn.Identity() if getattr(norm, "includes_activation", False) else nn.ReLU(inplace=True)
+    return nn.Identity() if traits_of(norm).includes_activation else nn.ReLU(inplace=True)
 
 
 class BasicBlock(nn.Module):
@@ -27,15 +37,16 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormFactory) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = norm_layer(planes)
+        self.norm1 = make_norm(norm_layer, planes)
         self.act1 = activation_after(self.norm1)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.norm2 = norm_before_addition(norm_layer, planes)
+        self.norm2 = make_norm(norm_layer, planes, before_addition=True)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), norm_before_addition(norm_layer, planes)
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                make_norm(norm_layer, planes, before_addition=True)
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -60,7 +71,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         blocks_per_stage = (depth - 2) // 6
         widths = [base_width, 2 * base_width, 4 * base_width]
-        stem_norm = norm_layer(widths[0])
+        stem_norm = make_norm(norm_layer, widths[0])
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), stem_norm,
                                   activation_after(stem_norm))
         stages: list[nn.Module] = []

@@ -7,7 +7,7 @@ layer (torchvision's `norm_layer` style). To add a norm, write one such function
 YAML file `conf/norm/<name>.yaml` with `name: <name>` and its arguments. A `WeightStandardized`
 factory also has the model standardize its convolutions' weights, a `BeforeAddition` one gives
 the norms right before a residual addition from a factory of their own; a layer with a true
-`includes_activation` (normexp.nn.layers) takes the place of the norm and of the ReLU after it.
+`includes_activation` trait (normexp.nn.traits) takes the place of the norm and of the ReLU after it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from normexp.config import ConfigError
+from normexp.errors import ConfigError
 from normexp.nn.layers import BatchRenorm2d, EvoNormS02d, FilterResponseNorm2d
 
 NormFactory = Callable[[int], nn.Module]

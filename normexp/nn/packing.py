@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from normexp.config import ConfigError
+from normexp.errors import ConfigError
 from normexp.nn.layers import WeightStandardization
 
 # Modules without their own weights whose forward acts on each channel separately (or only routes

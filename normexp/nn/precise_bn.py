@@ -22,13 +22,15 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+from normexp.nn.traits import norm_traits
+
 Accumulate = Callable[[nn.Module, Tensor], None]
 
 
 def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
-    """The BN-type layers of `model` that keep running statistics (BatchNorm and its subclasses)."""
-    return [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
+    """The layers of `model` with the `running_statistics` trait (normexp.nn.traits) that keep them."""
+    return [m for m in model.modules() if (traits := norm_traits(m)) and traits.running_statistics
+            and m.track_running_stats]
 
 
 @contextmanager

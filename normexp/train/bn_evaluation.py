@@ -24,8 +24,8 @@ from torch import nn
 
 from normexp.data import EvalBatches, TrainBatches
 from normexp.nn.devices import split_batch_statistics
-from normexp.nn.layers import BatchRenorm2d
 from normexp.nn.precise_bn import batch_norm_layers, population_statistics
+from normexp.nn.traits import traits_of
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def evaluate_batch_statistics(model: nn.Module, batches: EvalBatches, per_device
     model = copy.deepcopy(model)
     for layer in batch_norm_layers(model):
         layer.momentum = 0.0  # running statistics unchanged
-        if isinstance(layer, BatchRenorm2d):  # r = 1, d = 0: its own batch statistics, not renormalized
-            layer.rmax, layer.dmax = 1.0, 0.0
+        if traits_of(layer).corrects_statistics:  # its own batch statistics, not renormalized
+            layer.batch_statistics_only()
     model.train()
     n, device = batches.images, batches.x.device
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
