@@ -9,7 +9,8 @@ kernel's precision: normexp.train.harness), one seed, epochs of real augmented C
 timed over a whole epoch after an untimed one, one torch thread. "% of conv rate" is the model's
 FLOPs (forward + backward) x images/s over the measured forward rate of one 16-channel 3x3
 convolution in that precision and layout: a rough guide (the wider layers run faster than that
-convolution, so it can pass 100 %, and the one-convolution timing is noisy).
+convolution, so it can pass 100 %, and the one-convolution timing is noisy). With --compile,
+normexp's step is also timed under torch.compile (inductor's CPU backend), its first epoch apart.
 
 Run:  python scripts/cpu_bench.py --out results/bench/cpu_step.md
 """
@@ -92,12 +93,15 @@ def plain_rate(cfg, images: int) -> float:
     return epoch()
 
 
-def normexp_rate(cfg, data, images: int) -> float:
-    """Images/s of normexp's step over an epoch of `images` after a warm-up epoch."""
+def normexp_rate(cfg, data, images: int, compile_mode: str | None = None) -> tuple[float, float]:
+    """Images/s of normexp's step over an epoch of `images` after a warm-up epoch, and the warm-up
+    epoch's seconds (compilation included, with a torch.compile `compile_mode`)."""
     index = stratified_subset(data.train_labels, max(images, step_batch(cfg)), cfg.model.num_classes)
-    loop = normexp_loop(cfg, data, index, 1, torch.device("cpu"), compile_mode=None)
+    loop = normexp_loop(cfg, data, index, 1, torch.device("cpu"), compile_mode=compile_mode)
+    start = time.perf_counter()
     loop(1)
-    return loop(2).records[0]["images_per_s"]
+    first = time.perf_counter() - start
+    return loop(2).records[0]["images_per_s"], first
 
 
 def main() -> None:
@@ -106,6 +110,8 @@ def main() -> None:
     parser.add_argument("--norms", nargs="+", default=["bn", "gn"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 32], help="images per device")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    parser.add_argument("--compile", action="store_true",
+                        help="also time normexp's step under torch.compile (inductor, default mode)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -119,11 +125,16 @@ def main() -> None:
         if not rows:
             data = load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
         flops = flops_per_image(seeded_model(member_config(cfg, 0)))
-        plain, ours = plain_rate(cfg, IMAGES[precision]), normexp_rate(cfg, data, IMAGES[precision])
+        plain, (ours, _) = plain_rate(cfg, IMAGES[precision]), normexp_rate(cfg, data, IMAGES[precision])
         rows.append({"norm": norm, "images/device": n, "devices": cfg.data.devices, "precision": precision,
                      "layout": "channels_last" if channels_last else "NCHW", "plain img/s": plain,
                      "normexp img/s": ours, "normexp / plain": ours / plain,
                      "% of conv rate": 100 * flops * ours / (conv[precision, channels_last] * 1e9)})
+        if args.compile:
+            compiled, first = normexp_rate(cfg, data, IMAGES[precision], "default")
+            rows[-1].update({"compiled img/s": compiled, "compiled / eager": compiled / ours,
+                             "first epoch s (compiling)": first})
+            torch._dynamo.reset()
         print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1, float_format="%.2f"), flush=True)
     capability = torch.backends.cpu.get_cpu_capability()
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -278,15 +278,15 @@ def test_every_line_has_its_own_style_in_its_norms_colour_family_and_legends_sor
 def test_runs_recorded_before_and_after_a_criterion_changed_are_analysed_together(tmp_path):
     """A sweep resumed under today's code holds runs that recorded the retired max_gn_loss and runs
     that recorded gn_loss_margin: with the rest equal they are one set of criteria."""
-    from normexp.cli.analyze import _recorded_criteria
+    from normexp.analysis.pipeline import recorded_criteria
 
     old = {"bn": "bn", "gn": "gn8", "reference_batch": 32, "max_gn_loss": 2.7, "alpha": 0.05}
     new = {"bn": "bn", "gn": "gn8", "reference_batch": 32, "gn_loss_margin": 3.5, "alpha": 0.05}
     runs = pd.DataFrame({"criteria": [old, new]})
-    assert _recorded_criteria(runs) == {"bn": "bn", "gn": "gn8", "reference_batch": 32, "gn_loss_margin": 3.5,
+    assert recorded_criteria(runs) == {"bn": "bn", "gn": "gn8", "reference_batch": 32, "gn_loss_margin": 3.5,
                                         "alpha": 0.05, "max_gn_loss": 2.7}
     with pytest.raises(ValueError, match="different verdict criteria"):
-        _recorded_criteria(pd.DataFrame({"criteria": [old, {**new, "alpha": 0.01}]}))
+        recorded_criteria(pd.DataFrame({"criteria": [old, {**new, "alpha": 0.01}]}))
 
 
 def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):

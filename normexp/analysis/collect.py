@@ -17,7 +17,7 @@ import yaml
 
 from normexp import record
 
-KEY_COLUMNS = ["norm", "batch_size", "devices", "seed"]
+KEY_COLUMNS = list(record.SWEPT)
 
 
 @dataclass

@@ -27,7 +27,7 @@ class Job:
     overrides: tuple[str, ...]
     labels: tuple[str, ...]  # each run's name without its hash, e.g. bn_b2x8_s0
     epochs: int
-    setup: tuple[Any, ...]  # what sets a run's pace: norm tag, batch, devices, depth, width, subset, device kind
+    setup: tuple[Any, ...]  # what sets a run's pace (record.pace_setup)
 
 
 def run_epochs(jobs: Sequence[Job]) -> int:
@@ -43,8 +43,8 @@ def job_of(overrides: Sequence[str], cfg: DictConfig) -> Job:
     devices = f"x{d.devices}" if d.devices != 1 else ""
     labels = tuple(f"{tag}_b{d.batch_size}{devices}_s{seed}" for seed in seeds(cfg))
     return Job(tuple(overrides), labels, cfg.trainer.epochs,
-               (tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset,
-                device_kind(cfg.runtime.device)))
+               record.pace_setup(tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset,
+                                 cfg.trainer.precision, device_kind(cfg.runtime.device)))
 
 
 def device_kind(device: str) -> str:
@@ -75,8 +75,9 @@ def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
                 continue
             c = record.columns(ident)
             device = str(summary.get("device", "cpu"))
-            key = (c["norm"], c["batch_size"], c["devices"], c["depth"], c["base_width"], c["train_subset"],
-                   "cpu" if device == "cpu" else "gpu")
+            key = record.pace_setup(c["norm"], c["batch_size"], c["devices"], c["depth"], c["base_width"],
+                                    c["train_subset"], ident["trainer"].get("precision"),
+                                    "cpu" if device == "cpu" else "gpu")
             found.setdefault(key, []).append((summary["compute_seconds"] / summary["epochs_done"], device))
     return {key: Pace(sum(s for s, _ in runs) / len(runs), frozenset(d for _, d in runs))
             for key, runs in found.items()}

@@ -25,7 +25,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import RECORDED_AS_STARTED
 from normexp.record import atomic, locks
-from normexp.record.identity import NUMERICS, columns, identity, norm_tag, numerics_version, run_dir, run_name  # noqa: F401 (record's API)
+from normexp.record.identity import (  # noqa: F401 (record's API)
+    NUMERICS,
+    SWEPT,
+    columns,
+    identity,
+    norm_tag,
+    numerics_version,
+    pace_setup,
+    run_dir,
+    run_name,
+)
 
 IDENTITY = "identity.json"
 CONFIG = "config.yaml"

@@ -20,6 +20,10 @@ from normexp.config import NOT_IDENTITY
 # (identities without `numerics`) keep theirs. Changes per version: README.md, "Numerics versions".
 NUMERICS = 2
 
+# The swept settings, table column -> config key: a table pools the seeds of a cell of the others,
+# and the analysis refuses runs that differ in anything else (unless told to vary it).
+SWEPT = {"norm": "norm", "batch_size": "data.batch_size", "devices": "data.devices", "seed": "seed"}
+
 
 def norm_tag(spec: Mapping[str, Any]) -> str:
     """A short readable label for a norm config, e.g. `bn`, `gn8`, `gn-cpg16`, `gn8-ws`, `evonorm8`
@@ -76,6 +80,12 @@ def run_name(ident: Mapping[str, Any]) -> str:
 
 def run_dir(cfg: DictConfig, data_digest: str) -> Path:
     return Path(cfg.paths.results_root).expanduser().resolve() / run_name(identity(cfg, data_digest))
+
+
+def pace_setup(norm: str, batch_size: int, devices: int, depth: int, base_width: int, train_subset: Any,
+               precision: Any, device_kind: str) -> tuple[Any, ...]:
+    """What sets a run's pace per epoch, for the plan's estimate from finished runs of the same setup."""
+    return (norm, batch_size, devices, depth, base_width, train_subset, precision or "fp32", device_kind)
 
 
 def columns(ident: Mapping[str, Any]) -> dict[str, Any]:
