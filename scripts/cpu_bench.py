@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import shlex
 import sys
 import time
@@ -36,22 +35,13 @@ from normexp.nn.precision import autocast
 from normexp.record import atomic
 from normexp.train.conductor import member_config, seeded_model
 from normexp.train.optim import build_optimizer
+from normexp.train.runtime import cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop's timing, beside this script
 from loop_timing import flops_per_image, normexp_loop  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": "bf16"}
 IMAGES = {"fp32": 2048, "bf16": 512}  # images per timed epoch (bf16 is emulated, slow, on CPUs without it)
-
-
-def cpu_name() -> str:
-    """The processor's model name (/proc/cpuinfo), or the platform's word for it."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def conv_gflops(precision: str, channels_last: bool, repeats: int = 5) -> float:

@@ -179,3 +179,13 @@ def provenance(device: torch.device, start: Optional[Mapping[str, Any]] = None,
     (the code that trained its last stretch; starts.jsonl holds every start's), or as it is now."""
     code = {key: start[key] for key in ("git_commit", "git_dirty") if key in start} if start else {}
     return {**environment(device, captured), **(code or code_version())}
+
+
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), or the platform's word for it."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
