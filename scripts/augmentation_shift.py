@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 from normexp import record
 from normexp.data import EvalBatches, load_cifar10, stratified_subset
 from normexp.data.loader import random_crop_flip
+from normexp.files import atomic
 from normexp.nn.models import build_model
-from normexp.record import atomic
 from normexp.train.bn_evaluation import evaluate_batch_statistics
 from normexp.train.engine import evaluate
 

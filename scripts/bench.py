@@ -37,8 +37,9 @@ from torchvision import transforms
 from normexp.compose import compose, grid, preset
 from normexp.config import DEVICES, seeds, step_batch, validate
 from normexp.data import CifarArrays, EvalBatches, load_cifar10, stratified_subset
+from normexp.files import atomic
 from normexp.nn.devices import split_batch_statistics
-from normexp.record import atomic, norm_tag
+from normexp.record import norm_tag
 from normexp.train import runtime
 from normexp.train.conductor import member_config, pack_limit, seeded_model
 from normexp.train.engine import evaluate

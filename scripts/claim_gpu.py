@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from normexp.record import atomic
+from normexp.files import atomic
 
 CIFAR10_TRAIN = 50_000  # claim_gpu trains on the whole training split
 FITTED = {"trainer.epochs", "optim.milestones", "verdict.require_parity"}  # what the script sets for the sweep

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from normexp.compose import compose
 from normexp.config import step_batch
 from normexp.data import load_cifar10, stratified_subset
+from normexp.files import atomic
 from normexp.nn.precision import autocast
-from normexp.record import atomic
 from normexp.train.conductor import member_config, seeded_model
 from normexp.train.optim import build_optimizer
 from normexp.train.runtime import cpu_name

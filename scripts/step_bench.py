@@ -34,7 +34,8 @@ from normexp.compose import compose, grid, preset
 from normexp.config import DEVICES, seeds, step_batch, validate
 from normexp.data import CifarArrays, EvalBatches, load_cifar10, stratified_subset
 from normexp.data.loader import maybe_subset
-from normexp.record import atomic, norm_tag
+from normexp.files import atomic
+from normexp.record import norm_tag
 from normexp.train import harness, runtime
 from normexp.train.conductor import member_config, seeded_model
 from normexp.train.engine import evaluate

@@ -62,12 +62,12 @@ def killed_and_resumed(make_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 
 def packed_input(images: list[torch.Tensor]) -> torch.Tensor:
-    """Members' image batches (B, C, H, W) as the packed input (B, K*C, H, W) (packing.member_views)."""
-    from normexp.nn import packing
+    """Members' image batches (B, C, H, W) as the packed input (B, K*C, H, W) (loader.member_views)."""
+    from normexp.data.loader import member_views
 
     n, c, h, w = images[0].shape
     x, y = torch.empty(n, len(images) * c, h, w), torch.empty(n, len(images))
-    for (member, _), member_images in zip(packing.member_views(x, y, len(images)), images):
+    for (member, _), member_images in zip(member_views(x, y, len(images)), images):
         member.copy_(member_images)
     return x
 
@@ -127,7 +127,7 @@ def run_dir(cfg: DictConfig) -> Path:
 # checkpoint's temporary file is written, before it is renamed into place.
 _FAULTY_TRAIN = """
 import os, signal, sys
-import normexp.record.atomic as atomic
+import normexp.files.atomic as atomic
 import normexp.train.runtime as runtime
 from normexp.cli.train import main
 kind, at, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])

@@ -12,7 +12,7 @@ import pytest
 import normexp.train.conductor as conductor
 from normexp import record
 from normexp.config import ConfigError
-from normexp.record import atomic
+from normexp.files import atomic
 from normexp.train.conductor import train_run
 from tests.helpers import interrupted_at, record_numbers, run_dir
 

@@ -26,7 +26,7 @@ from normexp.analysis.tables import accuracy_table, convergence_table, error_tab
 from normexp.analysis.verdict import PoolingError, check_poolable, flat_settings, tag_norm_settings, verdict, with_axes
 from normexp.analysis.verdict_text import is_p_column, with_p_text
 from normexp.criteria import DEFAULTS, RETIRED, Criteria, load_criteria
-from normexp.record import atomic
+from normexp.files import atomic
 
 SWEPT = tuple(record.SWEPT.values())  # config keys of the swept settings
 Tables = dict[str, tuple[pd.DataFrame, str]]  # name -> (table, what it holds)

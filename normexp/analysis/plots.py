@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from normexp.analysis.tables import accuracy_table  # noqa: E402
-from normexp.record import atomic  # noqa: E402
+from normexp.files import atomic  # noqa: E402
 
 GROUP_ORDER = ["ln", "gn2", "gn4", "gn8", "gn16", "gn32", "in"]
 # One colour per norm tag in every figure, whichever other norms it shows: the presets' tags are

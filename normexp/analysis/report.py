@@ -23,7 +23,7 @@ from normexp.analysis.verdict_text import (
     part_text,
     with_p_text,
 )
-from normexp.record import atomic
+from normexp.files import atomic
 
 # Published test error (%) by batch size (images per GPU), shown beside this sweep's numbers.
 REFERENCE_BATCHES = (32, 16, 8, 4, 2)

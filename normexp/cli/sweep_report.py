@@ -40,7 +40,7 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from normexp.cli.plan import PLANNED
-        from normexp.record import atomic
+        from normexp.files import atomic
 
         total = _job_count(config)
         atomic.write_json(Path(config.hydra.sweep.dir) / SWEEP, {"jobs": total, "started": time.time(),

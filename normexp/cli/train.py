@@ -79,7 +79,7 @@ def _bar_position(multirun: bool) -> int:
 def _note_job_problem(kind: str, message: str) -> None:
     """Leave a note in the job's sweep folder for the end-of-sweep report (normexp.cli.sweep_report)."""
     from normexp.cli.sweep_report import JOB_PROBLEM
-    from normexp.record import atomic
+    from normexp.files import atomic
 
     output = Path(HydraConfig.get().runtime.output_dir)
     atomic.write_json(output / JOB_PROBLEM, {"kind": kind, "message": message,

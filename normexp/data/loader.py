@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normexp.nn.packing import member_views
+
+def member_views(x: Tensor, y: Tensor, members: int) -> list[tuple[Tensor, Tensor]]:
+    """Each member's images (B, C, H, W) and labels (B,) as views of the packed input x (B, K*C, H, W)
+    (members side by side in the channel dimension) and labels y (B, K): writing them fills x and y
+    (normexp.nn.packing trains the members as one model on it)."""
+    return list(zip(x.unflatten(1, (members, -1)).unbind(1), y.unbind(1), strict=True))
 
 
 def stratified_subset(labels: Tensor, size: int, num_classes: int, seed: int = 0) -> Tensor:

@@ -16,15 +16,17 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from normexp.config import PathsConfig
-from normexp.record import atomic, locks
+from normexp.files import atomic, locks
+
+if TYPE_CHECKING:  # a type only: data needs no Hydra
+    from normexp.config import PathsConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ in one call per layer instead of K, which is what makes small batches fast. Ever
 the members' tensors concatenated along dimension 0, so packed state converts to and from ordinary
 single-run state dicts (checkpoints keep the single-run format).
 
-This module owns the members' layout everywhere: inputs side by side in the channel dimension and
-labels in columns (`member_views`), logits member-major in the feature dimension (`Pack.losses`),
-state and optimizer state concatenated along dimension 0 (`Pack.member_states`, `Pack.load_optimizer`).
+This module owns the members' layout of the model: inputs side by side in the channel dimension and
+labels in columns (filled by the loader, normexp.data.loader.member_views), logits member-major in
+the feature dimension (`Pack.losses`), state and optimizer state concatenated along dimension 0
+(`Pack.member_states`, `Pack.load_optimizer`).
 """
 
 from __future__ import annotations
@@ -174,12 +175,6 @@ def member_optimizer_state(packed: dict[str, Any], members: int, index: int) -> 
                   for i, slots in packed["state"].items()},
         "param_groups": copy.deepcopy(packed["param_groups"]),
     }
-
-
-def member_views(x: Tensor, y: Tensor, members: int) -> list[tuple[Tensor, Tensor]]:
-    """Each member's images (B, C, H, W) and labels (B,) as views of the packed input x (B, K*C, H, W)
-    (members side by side in the channel dimension) and labels y (B, K): writing them fills x and y."""
-    return list(zip(x.unflatten(1, (members, -1)).unbind(1), y.unbind(1), strict=True))
 
 
 class Pack:

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import RECORDED_AS_STARTED
-from normexp.record import atomic, locks
+from normexp.files import atomic, locks
 from normexp.record.identity import (  # noqa: F401 (record's API)
     NUMERICS,
     SWEPT,

@@ -24,11 +24,11 @@ from normexp import record
 from normexp.config import ConfigError, first_frozen_epoch, seeds, step_batch, unwritable, validate
 from normexp.data import CifarArrays, EvalBatches, TrainBatches, load_cifar10
 from normexp.data.loader import maybe_subset
+from normexp.files import atomic
 from normexp.nn.devices import check_splittable
 from normexp.nn.models import build_model
 from normexp.nn.norms import canonical_spec
 from normexp.nn.packing import Pack, check_packable
-from normexp.record import atomic
 from normexp.train import harness, runtime, trackers
 from normexp.train.bn_evaluation import StatisticsDraw, legacy_precise_batches
 from normexp.train.engine import ExtraEvaluations, evaluate_members, train_epoch

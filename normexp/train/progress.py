@@ -16,7 +16,7 @@ from typing import Any, ContextManager, Optional
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from normexp.record import atomic
+from normexp.files import atomic
 
 log = logging.getLogger("normexp")
 

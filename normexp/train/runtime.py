@@ -20,7 +20,7 @@ from torch import nn
 
 from normexp import record
 from normexp.config import ConfigError
-from normexp.record import locks
+from normexp.files import locks
 
 log = logging.getLogger("normexp")
 

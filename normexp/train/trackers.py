@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import ConfigError
-from normexp.record import locks
+from normexp.files import locks
 
 Row = Mapping[str, Any]
 MODULES = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow.tracking", "wandb": "wandb"}  # what each imports

@@ -1,0 +1,1 @@
+"""General file handling: atomic writes (`atomic`) and advisory locks (`locks`); torch- and Hydra-free."""
