@@ -14,14 +14,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from normexp.config import step_batch
-from normexp.data import CifarArrays, TrainBatches
+from normexp.data import CifarArrays
 from normexp.nn.packing import Pack
-from normexp.train import harness, runtime
+from normexp.train import harness
 from normexp.train.conductor import member_config, seeded_model
-from normexp.train.engine import EpochResult, train_epoch
-from normexp.train.optim import build_optimizer, build_scheduler
-from normexp.train.step import build_step, captures
+from normexp.train.engine import EpochResult
 
 
 def sync(device: torch.device) -> None:
@@ -58,19 +55,10 @@ def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
     `capture`: the step (normexp.train.step; None: as `runtime.capture` decides)."""
     pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
     fmt = harness.prepare_model(pack.model, cfg, device)
-    train = TrainBatches(data.train_images[index].to(device), data.train_labels[index].to(device), step_batch(cfg),
-                         data.mean, data.std, seeds=range(pack_size), padding=cfg.data.crop_padding,
-                         flip=cfg.data.flip, memory_format=fmt)
-    optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
-    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, epochs)
-    capture = capture if capture is not None else cfg.runtime.capture
-    if compile_mode == "config":
-        forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, captures(capture, device))
-    else:
-        forward = pack.model if compile_mode is None else torch.compile(
-            pack.model, mode=None if compile_mode == "default" else compile_mode)
-    step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name, cfg.trainer.precision)
-    return lambda epoch: train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, epochs)
+    train = harness.train_batches(cfg, data.train_images[index].to(device), data.train_labels[index].to(device),
+                                  data.mean, data.std, range(pack_size), fmt)
+    trainer = harness.build(cfg, pack, train, device, epochs, compile_mode, capture)
+    return lambda epoch: trainer.epoch(epoch, cfg.trainer.log_every)
 
 
 def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 import normexp.train.conductor as conductor
+import normexp.train.harness as harness
 from normexp import record
 from normexp.compose import compose
 from normexp.data.sources import CLASSES
@@ -35,8 +36,8 @@ def record_numbers(directory: Path) -> list[dict]:
 
 @contextmanager
 def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None]:
-    """Inside the block, the conductor is stopped as by Ctrl-C when it starts training `epoch`."""
-    real_epoch = conductor.train_epoch
+    """Inside the block, training is stopped as by Ctrl-C when it starts `epoch` (through the harness)."""
+    real_epoch = harness.train_epoch
 
     def interrupted(pack, step, scheduler, train, current, *args):
         if current == epoch:
@@ -44,7 +45,7 @@ def interrupted_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None
         return real_epoch(pack, step, scheduler, train, current, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(conductor, "train_epoch", interrupted)
+        patch.setattr(harness, "train_epoch", interrupted)
         yield
 
 

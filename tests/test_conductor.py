@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import normexp.train.conductor as conductor
+import normexp.train.harness as harness
 from normexp import record
 from normexp.config import ConfigError
 from normexp.nn.models import build_model
@@ -162,7 +163,7 @@ def test_the_same_command_on_other_data_trains_again(make_cfg, tmp_path):
 def test_a_finished_run_drops_the_error_note_of_an_earlier_failure(make_cfg, monkeypatch):
     cfg = make_cfg("trainer.epochs=1")
     with monkeypatch.context() as patch:
-        patch.setattr(conductor, "train_epoch", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        patch.setattr(harness, "train_epoch", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
         with pytest.raises(RuntimeError):
             train_run(cfg)
     assert record.read_json(run_dir(cfg) / record.ERROR)["message"] == "boom"

@@ -31,10 +31,10 @@ from normexp.nn.norms import canonical_spec
 from normexp.nn.packing import Pack, check_packable
 from normexp.train import harness, runtime, trackers
 from normexp.train.bn_evaluation import StatisticsDraw, legacy_precise_batches
-from normexp.train.engine import ExtraEvaluations, evaluate_members, train_epoch
-from normexp.train.optim import build_optimizer, build_scheduler, scaled_lr
+from normexp.train.engine import ExtraEvaluations, evaluate_members
+from normexp.train.optim import scaled_lr
 from normexp.train.progress import StepProgress
-from normexp.train.step import build_step, captures, check_capturable
+from normexp.train.step import captures, check_capturable
 
 log = logging.getLogger("normexp")
 
@@ -208,8 +208,7 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
         harness.prepare_model(pack.model, cfg, device)
         for member in group:
             member.model.to(device, memory_format=fmt)
-        train = TrainBatches(train_x, train_y, step_batch(cfg), data.mean, data.std, seeds=[m.cfg.seed for m in group],
-                             padding=cfg.data.crop_padding, flip=cfg.data.flip, memory_format=fmt)
+        train = harness.train_batches(cfg, train_x, train_y, data.mean, data.std, [m.cfg.seed for m in group], fmt)
         progress = StepProgress(label=" ".join(m.directory.name for m in group), bar=cfg.runtime.progress,
                                 position=bar_position)
         with progress.logging_above_bars():
@@ -219,11 +218,9 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
 def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBatches, test: EvalBatches,
                 device: torch.device, source: str, on_epoch: EpochHook, progress: StepProgress) -> None:
     epochs = cfg.trainer.epochs
-    optimizer = build_optimizer(pack.model, cfg.optim, step_batch(cfg))
-    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, epochs)
+    resume = None
     if group[0].checkpoint is not None:
-        pack.load_optimizer(optimizer, [m.checkpoint["optimizer"] for m in group])
-        scheduler.load_state_dict(group[0].checkpoint["scheduler"])
+        resume = ([m.checkpoint["optimizer"] for m in group], group[0].checkpoint["scheduler"])
     else:
         for member in group:
             member.log.info(
@@ -231,10 +228,7 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                 member.directory.name, device, f", packed with {pack.size - 1} other seed(s)" if pack.size > 1 else "",
                 len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
 
-    captured = captures(cfg.runtime.capture, device)
-    forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, captured)
-    step = build_step(pack, forward, optimizer, train, device, cfg.runtime.capture, cfg.norm.name,
-                      cfg.trainer.precision)
+    trainer = harness.build(cfg, pack, train, device, epochs, resume=resume)
     legacy_precise = legacy_precise_batches(cfg.norm, train)
     extra = ExtraEvaluations(
         StatisticsDraw.of(train, cfg.evaluation.precise_images) if cfg.evaluation.precise_images else None,
@@ -246,8 +240,7 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
             StatisticsDraw.of(train, cfg.norm.freeze_images).apply(pack.model, epochs + epoch - 1)
             group[0].log.info("epoch %d on: BN statistics frozen at their precise population values", epoch)
         frozen = frozen_from is not None and epoch >= frozen_from
-        result = train_epoch(pack, step, scheduler, train, epoch, cfg.trainer.log_every, epochs,
-                             progress, frozen)
+        result = trainer.epoch(epoch, cfg.trainer.log_every, progress, frozen)
         eval_start = time.perf_counter()
         alive = [m.diverged is None and d is None for m, d in zip(group, result.diverged)]
         due = (epoch % cfg.trainer.eval_every == 0 or epoch == epochs) and any(alive)  # never NaN weights alone
@@ -267,11 +260,11 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                 member.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
                                    epoch, result.diverged[i]["step"])
         share = (time.perf_counter() - epoch_start) / pack.size  # the job's wall time, split over its runs
-        states = pack.member_states(optimizer)
+        states = pack.member_states(trainer.optimizer)
         for i, member in active:
             member.compute_seconds += share
             if member.diverged is None:
-                checkpoint = record.checkpoint_state(*states[i], scheduler.state_dict(), member.metrics,
+                checkpoint = record.checkpoint_state(*states[i], trainer.scheduler.state_dict(), member.metrics,
                                                      member.loss_log, member.compute_seconds)
                 atomic.atomic_write(member.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
         for _, member in active:
@@ -284,7 +277,7 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
             member.directory.name, member.metrics, member.diverged, member.compute_seconds,
             pack_size=member.metrics[-1]["pack_size"],
             lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source,
-            **runtime.provenance(device, record.last_start(member.directory), captured)))
+            **runtime.provenance(device, record.last_start(member.directory), trainer.captured)))
         record.write_summary(member.directory, member.summary)
         member.tracker.finish(member.summary)
 
