@@ -45,6 +45,7 @@ from loop_timing import flops_per_image, normexp_loop, normexp_rate, timed  # no
 
 SIDE = "side-by-side ms/step"  # the device step of every timed cell at once
 EVAL = "evaluation s"  # one test-set evaluation of every packed seed, one after another (as training does)
+FILL = "fill s/epoch"  # an epoch's augmentation fill of every packed seed, at the full training set
 
 
 def timed_index(cfg: DictConfig, data: CifarArrays, steps: int) -> torch.Tensor:
@@ -52,12 +53,16 @@ def timed_index(cfg: DictConfig, data: CifarArrays, steps: int) -> torch.Tensor:
     return stratified_subset(data.train_labels, steps * step_batch(cfg), cfg.model.num_classes)
 
 
-def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.device, capture: bool) -> float:
-    """Milliseconds per optimizer step of the preset's seeds packed, over a timed epoch of `steps`
-    steps after an untimed one (loop_timing.normexp_rate)."""
+def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.device,
+                capture: bool) -> tuple[float, float]:
+    """Milliseconds per optimizer step of the preset's seeds packed (the step loop alone), over a
+    timed epoch of `steps` steps after an untimed one (loop_timing.normexp_rate), and the seconds of
+    that epoch's augmentation fill scaled to the full training set."""
     members = len(seeds(cfg))
-    return 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, timed_index(cfg, data, steps), members,
-                                                          device, capture=capture)
+    ms = 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, timed_index(cfg, data, steps), members,
+                                                        device, capture=capture)
+    full = min(cfg.data.train_subset or data.train_labels.numel(), data.train_labels.numel())
+    return ms, normexp_rate.fill_seconds * full / (steps * step_batch(cfg))
 
 
 def evaluation_seconds(cfg: DictConfig, data: CifarArrays, device: torch.device) -> float:
@@ -140,6 +145,7 @@ def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarAr
                  // step_batch(cfg)) * cfg.trainer.epochs
         evaluations = -(-cfg.trainer.epochs // cfg.trainer.eval_every)  # every eval_every epochs and the last
         evaluating = evaluations * row.iloc[0][EVAL] if EVAL in table else 0.0
+        evaluating += cfg.trainer.epochs * row.iloc[0][FILL] if FILL in table else 0.0
         alone += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000 + evaluating
         if SIDE in table:
             shared.append(steps * row.iloc[0][SIDE] / 1000 + evaluating)
@@ -173,12 +179,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                                          args.batch_sizes or [int(b) for b in swept.get("data.batch_size", [])]):
         cfg = compose([common[0], f"norm={name}", f"data.batch_size={batch}", *common[1:]])
         validate(cfg)
-        eager, captured = (ms_per_step(cfg, data, args.steps, device, capture) for capture in (False, True))
+        (eager, _), (captured, fill) = (ms_per_step(cfg, data, args.steps, device, capture)
+                                        for capture in (False, True))
         images = step_batch(cfg) * len(seeds(cfg))
         rows.append({"norm": norm_tag(cfg.norm), "images/device": batch, "devices": cfg.data.devices,
                      "images/step (all seeds)": images, "eager ms/step": eager, "device ms/step": captured,
                      "speed-up": eager / captured, "TFLOP/s": flops * images / (min(eager, captured) / 1000) / 1e12,
-                     EVAL: evaluation_seconds(cfg, data, device)})
+                     FILL: fill, EVAL: evaluation_seconds(cfg, data, device)})
         cells.append(cfg)
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
@@ -202,8 +209,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"compiled with torch's CUDA graphs on a GPU, runtime.py); {flops / 1e6:.0f} MFLOP per image "
             f"forward+backward.\n\n"
             + table.to_markdown(index=False, floatfmt=".3g") + "\n\n" + side
-            + ("".join(f"Projected `{args.project}`, {how}: {value:.1f} min (training steps and every "
-                       f"evaluation, `{EVAL}` per evaluated epoch; each epoch's augmentation fill, warm-up, "
+            + ("".join(f"Projected `{args.project}`, {how}: {value:.1f} min (training steps, every epoch's "
+                       f"augmentation fill, `{FILL}`, and every evaluation, `{EVAL}` per evaluated epoch; warm-up, "
                        f"capture and compilation not included).\n" for how, value in minutes.items()) if minutes else
                f"No `{args.project}` projection: the table lacks some of its cells.\n"))
     print(text)

@@ -39,6 +39,8 @@ def test_the_step_bench_times_eager_device_and_side_by_side_steps(image_folder, 
     header, rule, *rows = [line for line in text.splitlines() if line.startswith("|")]
     evaluation = [cell.strip() for cell in header.split("|")].index("evaluation s")
     assert all(float(row.split("|")[evaluation]) > 0 for row in rows)  # each cell's test-set evaluation, timed
+    fill = [cell.strip() for cell in header.split("|")].index("fill s/epoch")
+    assert all(float(row.split("|")[fill]) > 0 for row in rows)  # and its epoch's augmentation fill
     side = [cell.strip() for cell in header.split("|")].index("side-by-side ms/step")
     assert len(rows) == 2 and all(float(row.split("|")[side]) > 0 for row in rows)  # both cells ran at once
     assert "Side by side: all 2 cells' device steps at once" in text
@@ -62,6 +64,9 @@ def test_the_step_bench_projects_one_at_a_time_and_side_by_side():
     assert minutes["one job at a time, at the faster step"] == pytest.approx(((125 * 5 + 3 * 40) / 1000 + 5) / 60)
     assert minutes["all 2 jobs side by side, device step"] == pytest.approx(max(125 * 20 / 1000 + 2,
                                                                                 3 * 80 / 1000 + 3) / 60)
+    filled = evaluated.assign(**{bench["FILL"]: [1.0, 4.0]})  # one epoch's fill per job (smoke: 1 epoch)
+    minutes = bench["projected_minutes"](filled, jobs, data)
+    assert minutes["one job at a time, at the faster step"] == pytest.approx(((125 * 5 + 3 * 40) / 1000 + 10) / 60)
     table.loc[1, bench["SIDE"]] = float("nan")  # a cell that finished no epoch inside the window
     assert list(bench["projected_minutes"](table, jobs, data)) == ["one job at a time, at the faster step"]
 

@@ -37,6 +37,27 @@ class EpochResult:
     diverged: list[Optional[dict[str, int]]] = field(default_factory=list)
 
 
+class LoopTimer:
+    """Seconds of the work queued on the current stream from its creation to `stop()`: CUDA events
+    on a GPU (the stream is synchronized first, so that work queued before is done and not counted;
+    `stop` waits for this stream only, not other jobs'), the wall clock on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.current_stream().synchronize()
+            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.begin.record()
+        self.start = time.perf_counter()
+
+    def stop(self) -> float:
+        if not self.cuda:
+            return time.perf_counter() - self.start
+        self.end.record()
+        self.end.synchronize()
+        return self.begin.elapsed_time(self.end) / 1000
+
+
 def train_epoch(
     pack: Pack,
     step: TrainStep,
@@ -51,8 +72,9 @@ def train_epoch(
     """One pass over the training split by `step` (normexp.train.step). Each record's `lr` is the
     rate of the epoch's first step (the rate the epoch started training with); with a CUDA graph
     recorded in the epoch, `capture_seconds` is the time its warm-up and capture took, and
-    `images_per_s` is the rate of the steps after them. `frozen`: BN-type layers normalize with
-    their running statistics (FrozenBN)."""
+    `images_per_s` is the rate of the steps after them. `fill_seconds` is the epoch's augmentation
+    fill and `loop_seconds` the step loop alone (timed with CUDA events on a GPU). `frozen`:
+    BN-type layers normalize with their running statistics (FrozenBN)."""
     pack.model.train()
     if frozen:
         freeze_batch_statistics(pack.model)
@@ -64,6 +86,8 @@ def train_epoch(
     progress.start(epoch, epochs, steps)
     start = time.perf_counter()
     step.start_epoch(train, epoch, frozen)
+    loop = LoopTimer(device)  # on a GPU, once the fill is done
+    fill = loop.start - start
     totals = step.totals
     for done in range(1, steps + 1):
         step()
@@ -79,8 +103,7 @@ def train_epoch(
             progress.update(done, steps, train.batch_size, means)
             if all(d is not None for d in diverged):
                 break
-    if device.type == "cuda":
-        torch.cuda.current_stream().synchronize()  # this job's work (other jobs may share the GPU)
+    loop_seconds = loop.stop()
     seconds = time.perf_counter() - start
     progress.close()
     seen = done * train.batch_size
@@ -88,7 +111,7 @@ def train_epoch(
     steady = (done - setup_steps) * train.batch_size / (seconds - setup) if done > setup_steps else seen / seconds
     records = [
         {"epoch": epoch, "train_loss": total / done, "train_acc": 100.0 * hits / seen, "lr": lr,
-         "train_seconds": seconds, "images_per_s": steady,
+         "train_seconds": seconds, "images_per_s": steady, "fill_seconds": fill, "loop_seconds": loop_seconds,
          **({"capture_seconds": setup} if setup else {})}
         for total, hits in zip(totals.loss.tolist(), totals.correct.tolist())
     ]
