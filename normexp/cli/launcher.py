@@ -3,9 +3,10 @@ each on its own CUDA stream, so that kernels of the small-batch chains run besid
 jobs' (kernels of different processes never overlap on one GPU without MPS). On CPU it runs the
 jobs one after another, as Hydra's basic launcher does.
 
-Hydra's per-job state (HydraConfig) is process-wide, so a job holds `GATE` while Hydra sets it up
-and tears it down, and lets go of it while it trains (`hydra_released`, around `train_run` in the
-app). Hydra's logging is process-wide too: with several jobs at once the console takes Hydra's job
+Hydra's per-job state (HydraConfig) is process-wide, so a job holds `HYDRA_GATE` (normexp.threads,
+with the rest of what the job threads share) while Hydra sets it up and tears it down, and lets go
+of it while it trains (`hydra_released`, around `train_run` in the app). Hydra's logging is
+process-wide too: with several jobs at once the console takes Hydra's job
 logging without its per-job file (each line names its logger, so a run's lines name the run), and
 each run's `train.log` holds its own lines and its job thread's (record.run_logger).
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -33,25 +33,25 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from normexp.threads import HYDRA_GATE, SHARED_PROCESS, holding
+
 log = logging.getLogger("normexp")
 
-GATE = threading.Lock()
-_holding = threading.local()  # whether this thread holds GATE for its job's Hydra set-up
 
 
 @contextmanager
 def hydra_released() -> Iterator[None]:
     """Inside, other jobs of this process may set up and tear down (a job under `launch` lets go of
-    GATE and gets its HydraConfig back after); elsewhere, nothing happens."""
-    if not getattr(_holding, "gate", False):
+    HYDRA_GATE and gets its HydraConfig back after); elsewhere, nothing happens."""
+    if not getattr(holding, "gate", False):
         yield
         return
     saved = HydraConfig.instance().cfg
-    GATE.release()
+    HYDRA_GATE.release()
     try:
         yield
     finally:
-        GATE.acquire()
+        HYDRA_GATE.acquire()
         HydraConfig.instance().cfg = saved
 
 
@@ -113,8 +113,8 @@ def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_ov
         configure_log(_console_logging(config), config.hydra.verbose)
 
     def one(sweep_config: DictConfig) -> JobReturn:
-        with GATE, ExitStack() as stack:
-            _holding.gate = True
+        with HYDRA_GATE, ExitStack() as stack:
+            holding.gate = True
             if cuda:
                 import torch
 
@@ -124,14 +124,12 @@ def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_ov
                                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
                                configure_logging=workers == 1)
             finally:
-                _holding.gate = False
+                holding.gate = False
 
     if workers == 1:
         results = [one(c) for c in configs]
     else:
         if cuda:
-            from normexp.train.step import SHARED_PROCESS
-
             SHARED_PROCESS.set()  # a failed capture then stops the sweep (normexp.train.step.capture_failed)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         try:

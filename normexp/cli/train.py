@@ -63,11 +63,11 @@ def app(cfg: DictConfig) -> None:
 
 
 def _sweep_progress():
-    """The hook that logs this sweep's progress line as each epoch ends (normexp.train.progress)."""
-    from normexp.train.progress import sweep_epoch
+    """The hook that logs this sweep's progress line as each epoch ends (normexp.sweep.progress)."""
+    from normexp.sweep.progress import epoch_done
 
     sweep_dir = Path(HydraConfig.get().sweep.dir)
-    return lambda run, done, trained: sweep_epoch(sweep_dir, run, done, trained)
+    return lambda run, done, trained: epoch_done(sweep_dir, run, done, trained)
 
 
 def _bar_position(multirun: bool) -> int:
@@ -77,18 +77,17 @@ def _bar_position(multirun: bool) -> int:
 
 
 def _note_job_problem(kind: str, message: str) -> None:
-    """Leave a note in the job's sweep folder for the end-of-sweep report (normexp.cli.sweep_report)."""
-    from normexp.cli.sweep_report import JOB_PROBLEM
-    from normexp.files import atomic
+    """Leave a note in the job's sweep folder for the end-of-sweep report (normexp.sweep.report)."""
+    from normexp.sweep.report import note_job_problem
 
-    output = Path(HydraConfig.get().runtime.output_dir)
-    atomic.write_json(output / JOB_PROBLEM, {"kind": kind, "message": message,
-                                              "overrides": list(HydraConfig.get().overrides.task)})
+    note_job_problem(Path(HydraConfig.get().runtime.output_dir), kind, message,
+                     list(HydraConfig.get().overrides.task))
 
 
-def _check_command_line(argv: list[str]) -> Optional[str]:
+def _check_command_line(argv: list[str]) -> tuple[Optional[str], list[str]]:
     """The first bad setting of this command line's job or sweep as one line (normexp.compose.check),
-    or None; a sweep that is fine prints its plan (normexp.cli.plan) first. Help and information
+    or None, and the overrides to add for Hydra: a sweep that is fine prints its plan
+    (normexp.sweep.plan) and hands its run-epochs to the progress lines. Help and information
     requests are left to Hydra."""
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
@@ -100,13 +99,13 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
             or args.config_dir or getattr(args, "experimental_rerun", None):
-        return None
+        return None, []
     try:
         points = sweep_grid(args.overrides) if args.multirun else [args.overrides]
     except (HydraException, OmegaConfBaseException) as error:  # in a setting the sweep does not vary
-        return one_line(error, args.overrides)
+        return one_line(error, args.overrides), []
     except Exception as error:  # a malformed override: the parser's message, on one line
-        return " ".join(str(error).split())
+        return " ".join(str(error).split()), []
     configs, problem = check(points)
     if problem is None and not args.cfg:
         problem = torchvision_problem() or (launcher_problem(compose(points[0], hydra=True).hydra)
@@ -114,19 +113,20 @@ def _check_command_line(argv: list[str]) -> Optional[str]:
     if problem is None and not args.cfg:  # settings that only the model can judge, for every job before any starts
         problem = model_problem(configs)
     if problem is None and args.multirun and not args.cfg:
-        from normexp.cli.plan import PLANNED, describe, run_epochs, sweep_plan
+        from normexp.sweep.plan import describe, run_epochs, sweep_plan
 
         jobs, parallel, pace = sweep_plan(args.overrides, points, configs)
         print(describe(jobs, parallel, pace), flush=True)
-        PLANNED["run_epochs"] = run_epochs(jobs)
-    return problem
+        return None, [f"hydra.callbacks.sweep_report.run_epochs={run_epochs(jobs)}"]
+    return problem, []
 
 
 def main() -> None:
-    problem = _check_command_line(sys.argv[1:])
+    problem, planned = _check_command_line(sys.argv[1:])
     if problem:
         print(f"normexp-train: {problem}", file=sys.stderr)
         sys.exit(2)
+    sys.argv += planned  # Hydra reads its command line
     try:
         app()
     except KeyboardInterrupt:  # a parallel launcher (joblib) re-raises its workers' interrupt here

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -36,6 +35,7 @@ from normexp.record.identity import (  # noqa: F401 (record's API)
     run_dir,
     run_name,
 )
+from normexp.threads import this_thread_only
 
 IDENTITY = "identity.json"
 CONFIG = "config.yaml"
@@ -180,9 +180,7 @@ def run_logger(directory: Path) -> Iterator[logging.Logger]:
     name = f"normexp.run.{directory.name}"
     handler = logging.FileHandler(directory / LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    thread = threading.get_ident()
-    handler.addFilter(lambda rec: rec.name == name
-                      or (not rec.name.startswith("normexp.run.") and rec.thread == thread))
+    handler.addFilter(this_thread_only(name))
     shared.addHandler(handler)
     if shared.level == logging.NOTSET or shared.level > logging.INFO:
         shared.setLevel(logging.INFO)

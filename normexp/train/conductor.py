@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -29,6 +28,7 @@ from normexp.nn.devices import check_splittable
 from normexp.nn.models import build_model
 from normexp.nn.norms import canonical_spec
 from normexp.nn.packing import Pack, check_packable
+from normexp.threads import GLOBAL_RNG
 from normexp.train import harness, runtime, trackers
 from normexp.train.bn_evaluation import StatisticsDraw, legacy_precise_batches
 from normexp.train.engine import ExtraEvaluations, evaluate_members
@@ -63,11 +63,6 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
     run.seed = seed
     run.norm = canonical_spec(OmegaConf.to_container(cfg.norm, resolve=True))
     return run
-
-
-# jobs in threads of one process (hydra/launcher=gpu) share torch's global RNG: whatever draws from
-# it (a seeded model's initialization; the layers packing builds) holds this lock
-GLOBAL_RNG = threading.Lock()
 
 
 def seeded_model(cfg: DictConfig) -> nn.Module:

@@ -1,22 +1,18 @@
-"""Progress of long work, from its first minute: a bar per job that names its runs (in a terminal),
-a line every minute inside an epoch otherwise (log files, nohup), and a sweep-level line with an
-ETA as each epoch ends."""
+"""Progress within an epoch, from its first minute: a bar per job that names its runs (in a
+terminal), a line every minute otherwise (log files, nohup). A sweep's own lines, with its ETA as
+each epoch ends, are normexp.sweep.progress's."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ContextManager, Optional
+from typing import Any, ContextManager
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-
-from normexp.files import atomic
 
 log = logging.getLogger("normexp")
 
@@ -62,31 +58,3 @@ class StepProgress:
         """While bars are drawn, console log lines go through tqdm.write, above the bars instead of
         through them; a no-op without bars."""
         return logging_redirect_tqdm() if self.bar and sys.stderr.isatty() else nullcontext()
-
-
-PROGRESS = "progress"  # the sweep folder's subfolder: one file per run, epochs done and trained
-
-
-def sweep_epoch(sweep_dir: Path, run: str, done: int, trained: bool) -> None:
-    """Record that `run` has `done` epochs (`trained`: one more in this sweep) and log the
-    sweep's progress with an ETA at this sweep's pace, when its total is known (sweep.json)."""
-    path = sweep_dir / PROGRESS / f"{run}.json"
-    previous = _read(path) or {"trained": 0}
-    atomic.write_json(path, {"done": done, "trained": previous["trained"] + int(trained)})
-    sweep = _read(sweep_dir / "sweep.json") or {}
-    total = sweep.get("run_epochs")
-    if not trained or not total:
-        return
-    runs = [_read(p) or {"done": 0, "trained": 0} for p in (sweep_dir / PROGRESS).glob("*.json")]
-    done_all, trained_all = sum(r["done"] for r in runs), sum(r["trained"] for r in runs)
-    elapsed = time.time() - sweep["started"]
-    eta = (total - done_all) * elapsed / trained_all  # trained_all >= 1: this call trained an epoch
-    log.info("sweep progress: %d of %d run-epochs done (%.0f%%) after %.0f min; ETA %.0f min at this sweep's pace",
-             done_all, total, 100 * done_all / total, elapsed / 60, eta / 60)
-
-
-def _read(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

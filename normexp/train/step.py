@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from contextlib import nullcontext
 from typing import Any, Iterator, Mapping, Optional
@@ -30,15 +29,11 @@ from normexp.config import ConfigError
 from normexp.data import TrainBatches
 from normexp.nn.packing import Pack
 from normexp.nn.precision import autocast
+from normexp.threads import CAPTURING, SHARED_PROCESS
 
 log = logging.getLogger("normexp")
 
 WARMUP = 3  # eager steps before a capture (cuDNN's algorithm choice, lazy state, the autograd streams)
-# one capture at a time in this process (hydra/launcher=gpu's jobs are threads): entering a capture
-# synchronizes the device and empties the allocator's cache, which another capture under way forbids
-_CAPTURING = threading.Lock()
-# set by hydra/launcher=gpu while several jobs share this process (normexp.cli.launcher)
-SHARED_PROCESS = threading.Event()
 # before torch 2.12 a failed capture keeps the allocator's pool (pytorch#180395): every later capture
 # in the process dies with an unrelated internal assert
 CAPTURE_FAILURE_POISONS = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 12)
@@ -172,7 +167,7 @@ class DeviceStep:
         self.side = torch.cuda.Stream(device) if graph else None
         # compilation and cuDNN's benchmark sync the whole device while they warm up, which would
         # break another job's capture under way: then the warm-up holds the capture lock too
-        self.warmup_lock = (_CAPTURING if graph and (_compiled(forward) or torch.backends.cudnn.benchmark)
+        self.warmup_lock = (CAPTURING if graph and (_compiled(forward) or torch.backends.cudnn.benchmark)
                             else nullcontext())
         self.capture_seconds = 0.0  # this epoch's warm-up and capture (compilation included), timed apart
         self.capture_steps = 0  # the steps they trained
@@ -223,7 +218,7 @@ class DeviceStep:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         try:
-            with _CAPTURING, torch.cuda.graph(graph, stream=self.side, capture_error_mode="thread_local"):
+            with CAPTURING, torch.cuda.graph(graph, stream=self.side, capture_error_mode="thread_local"):
                 self._ops()
         except RuntimeError as error:
             raise capture_failed(self.norm, error, SHARED_PROCESS.is_set(), CAPTURE_FAILURE_POISONS) from error

@@ -1,0 +1,82 @@
+"""A sweep's progress, kept in its sweep folder so that every job (process or thread) adds to it:
+`sweep.json` (its jobs, planned run-epochs and start), one file per run under `progress/` (epochs
+done, and trained in this sweep) and one marker per ended job. Every line carries the one ETA: the
+run-epochs left at the pace of those this sweep trained."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from normexp.files import atomic
+
+log = logging.getLogger("normexp")
+
+SWEEP = "sweep.json"
+PROGRESS = "progress"  # the sweep folder's subfolder: one file per run, epochs done and trained
+JOB_ENDED = "job_ended"  # a marker in an ended job's folder
+
+
+def start(sweep_dir: Path, jobs: int, run_epochs: Optional[int]) -> None:
+    """Record a sweep's start: its job count and planned run-epochs (None: not planned)."""
+    atomic.write_json(sweep_dir / SWEEP, {"jobs": jobs, "started": time.time(), "run_epochs": run_epochs})
+    log.info("sweep of %d job(s); progress lines follow each job's start and end and each epoch", jobs)
+
+
+def sweep_of(sweep_dir: Path) -> Optional[dict[str, Any]]:
+    """The sweep's record (jobs, start, planned run-epochs), or None outside a sweep."""
+    return _read(sweep_dir / SWEEP)
+
+
+def eta(sweep_dir: Path) -> str:
+    """"; ETA N min" at the pace of the run-epochs this sweep trained, or "" before the first one or
+    without a plan."""
+    sweep = sweep_of(sweep_dir) or {}
+    runs = [_read(p) or {"done": 0, "trained": 0} for p in (sweep_dir / PROGRESS).glob("*.json")]
+    done, trained = sum(r["done"] for r in runs), sum(r["trained"] for r in runs)
+    if not sweep.get("run_epochs") or not trained:
+        return ""
+    left = max(0, sweep["run_epochs"] - done) * (time.time() - sweep["started"]) / trained
+    return f"; ETA {left / 60:.0f} min at this sweep's pace"
+
+
+def epoch_done(sweep_dir: Path, run: str, done: int, trained: bool) -> None:
+    """Record that `run` has `done` epochs (`trained`: one more in this sweep); after a trained one,
+    log the sweep's run-epochs done with the ETA."""
+    path = sweep_dir / PROGRESS / f"{run}.json"
+    previous = _read(path) or {"trained": 0}
+    atomic.write_json(path, {"done": done, "trained": previous["trained"] + int(trained)})
+    sweep = sweep_of(sweep_dir) or {}
+    total = sweep.get("run_epochs")
+    if not trained or not total:
+        return
+    done_all = sum((_read(p) or {"done": 0})["done"] for p in (sweep_dir / PROGRESS).glob("*.json"))
+    log.info("sweep progress: %d of %d run-epochs done (%.0f%%) after %.0f min%s", done_all, total,
+             100 * done_all / total, (time.time() - sweep["started"]) / 60, eta(sweep_dir))
+
+
+def job_started(sweep_dir: Path, number: int, overrides: list[str]) -> None:
+    sweep = sweep_of(sweep_dir)
+    if sweep is not None:
+        log.info("job %d of %d started (%s)", number, sweep["jobs"], " ".join(overrides))
+
+
+def job_ended(sweep_dir: Path, job_dir: Path, number: int) -> None:
+    """Mark job `number` (its folder `job_dir`) ended and log how many have, with the ETA."""
+    sweep = sweep_of(sweep_dir)
+    if sweep is None:
+        return
+    (job_dir / JOB_ENDED).touch()
+    ended = len(list(sweep_dir.glob(f"*/{JOB_ENDED}")))
+    log.info("job %d of %d ended; %d of %d ended after %.0f min%s", number, sweep["jobs"], ended, sweep["jobs"],
+             (time.time() - sweep["started"]) / 60, eta(sweep_dir))
+
+
+def _read(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,33 @@
+"""What a sweep's jobs share when they run as threads of one process (hydra/launcher=gpu,
+normexp.cli.launcher), in one place. Plain threading primitives: no torch, no Hydra.
+
+- GLOBAL_RNG: torch's global RNG; whatever draws from it (a seeded model's initialization, the
+  layers packing builds) holds it (normexp.train.conductor).
+- CAPTURING: one CUDA graph capture at a time; entering one synchronizes the device and empties the
+  allocator's cache, which another capture under way forbids (normexp.train.step).
+- SHARED_PROCESS: set while several jobs share this process; a failed capture then stops the
+  sweep (normexp.train.step.capture_failed).
+- HYDRA_GATE and `holding`: Hydra's per-job state (HydraConfig) is process-wide, so a job holds
+  the gate while Hydra sets it up and tears it down, and lets go of it while it trains.
+- `this_thread_only`: a log filter for a run's log, which takes the job's shared lines from the
+  thread that trains it only (normexp.record.run_logger).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+GLOBAL_RNG = threading.Lock()
+CAPTURING = threading.Lock()
+SHARED_PROCESS = threading.Event()
+HYDRA_GATE = threading.Lock()
+holding = threading.local()  # holding.gate: whether this thread holds HYDRA_GATE for its job's set-up
+
+
+def this_thread_only(run_logger: str) -> Callable[[logging.LogRecord], bool]:
+    """Whether a log record belongs in the run log of `run_logger` (a logger named normexp.run.*):
+    its own lines, and the shared `normexp` lines logged from the calling thread."""
+    thread = threading.get_ident()
+    return lambda rec: rec.name == run_logger or (not rec.name.startswith("normexp.run.") and rec.thread == thread)
