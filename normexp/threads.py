@@ -1,5 +1,5 @@
 """What a sweep's jobs share when they run as threads of one process (hydra/launcher=gpu,
-normexp.cli.launcher), in one place. Plain threading primitives: no torch, no Hydra.
+normexp.sweep.launcher), in one place. Plain threading primitives: no torch, no Hydra.
 
 - GLOBAL_RNG: torch's global RNG; whatever draws from it (a seeded model's initialization, the
   layers packing builds) holds it (normexp.train.conductor).

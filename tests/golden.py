@@ -38,7 +38,7 @@ def golden_numbers() -> dict[str, Any]:
 
     from normexp import record
     from normexp.compose import compose
-    from normexp.train.conductor import train_run
+    from normexp.train.conductor import train_job
     from tests.helpers import make_image_folder, record_numbers, run_dir, tiny_run
 
     numbers: dict[str, Any] = {"numerics": record.NUMERICS, "torch": torch.__version__.split("+")[0]}
@@ -47,7 +47,7 @@ def golden_numbers() -> dict[str, Any]:
         folder = make_image_folder(root / "images")
         for name, overrides in RUNS.items():
             cfg = compose(tiny_run(folder, root) + overrides)
-            train_run(cfg)
+            train_job(cfg)
             directory = run_dir(cfg)
             numbers[name] = {"losses": [row["loss"] for row in record.read_jsonl(directory / record.TRAIN_LOSS)],
                              "epochs": record_numbers(directory)}

@@ -55,11 +55,11 @@ def killed_and_resumed(make_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     """A run of `settings` interrupted in `epoch` and resumed, and the same run uninterrupted (its
     results under tmp_path/reference): their folders, both finished."""
     reference = make_cfg(*settings, f"paths.results_root={tmp_path / 'reference'}")
-    conductor.train_run(reference)
+    conductor.train_job(reference)
     cfg = make_cfg(*settings)
     with interrupted_at(monkeypatch, epoch), pytest.raises(KeyboardInterrupt):
-        conductor.train_run(cfg)
-    conductor.train_run(cfg)
+        conductor.train_job(cfg)
+    conductor.train_job(cfg)
     return run_dir(cfg), run_dir(reference)
 
 

@@ -11,7 +11,7 @@ from normexp.cli.analyze import main as analyze
 from normexp.config import ConfigError
 from normexp.nn.norms import NORMS
 from normexp.nn.traits import BATCH_NORM, NormTraits
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from tests.helpers import run_dir
 
 
@@ -31,9 +31,9 @@ def test_a_registered_norm_with_its_yaml_trains_and_is_analysed(make_cfg, tmp_pa
     (conf / "norm").mkdir(parents=True)
     (conf / "norm" / f"{name}.yaml").write_text(f"name: {name}\ngroups: 2\n")
     cfg = make_cfg(f"hydra.searchpath=[file://{conf}]", f"norm={name}", "trainer.epochs=1", "seed=0")
-    [summary] = train_run(cfg)
+    [summary] = train_job(cfg)
     assert summary["status"] == record.FINISHED and run_dir(cfg).name.startswith(name.replace("_", "-") + "_b8_s0_")
-    train_run(make_cfg(f"hydra.searchpath=[file://{conf}]", f"norm={name}", "trainer.epochs=1", "seed=1"))
+    train_job(make_cfg(f"hydra.searchpath=[file://{conf}]", f"norm={name}", "trainer.epochs=1", "seed=1"))
     assert analyze([str(tmp_path / "runs")]) == 0
     assert name.replace("_", "-") in (tmp_path / "runs" / "tables" / "accuracy.md").read_text()
 
@@ -86,7 +86,7 @@ def test_a_batch_dependent_norm_of_a_new_class_trains_per_device_and_packed(make
     monkeypatch.setattr(GhostBatchNorm, "forward", lambda self, x, real=GhostBatchNorm.forward:
                         splits.append(self.devices if self.training else None) or real(self, x))
     cfg = make_cfg(searchpath, "norm=ghost", "trainer.epochs=1", "data.batch_size=2", "data.devices=2", "seed=[0,1]")
-    summaries = train_run(cfg)
+    summaries = train_job(cfg)
     assert [s["status"] for s in summaries] == [record.FINISHED] * 2 and summaries[0]["pack_size"] == 2
     assert set(splits) - {None} == {2}  # every training forward normalized each device's images alone
 
@@ -94,19 +94,19 @@ def test_a_batch_dependent_norm_of_a_new_class_trains_per_device_and_packed(make
 def test_a_norm_layer_that_declares_no_traits_is_refused_before_anything_is_written(make_cfg, tmp_path, monkeypatch):
     searchpath = _register(monkeypatch, tmp_path, "undeclared", UndeclaredBatchNorm)
     with pytest.raises(ConfigError, match="a UndeclaredBatchNorm norm layer declares no norm_traits"):
-        train_run(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0"))
+        train_job(make_cfg(searchpath, "norm=undeclared", "trainer.epochs=1", "seed=0"))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_a_batch_dependent_layer_that_declares_no_split_is_refused(make_cfg, tmp_path, monkeypatch):
     searchpath = _register(monkeypatch, tmp_path, "unsplit", UnsplitBatchNorm)
     with pytest.raises(ConfigError, match="cannot split a UnsplitBatchNorm layer per device"):
-        train_run(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "data.devices=2", "seed=0"))
+        train_job(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "data.devices=2", "seed=0"))
     with pytest.raises(ConfigError, match="evaluation.batch_statistics=true .* UnsplitBatchNorm"):
-        train_run(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "seed=0",
+        train_job(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "seed=0",
                            "evaluation.batch_statistics=true"))  # one device: the evaluation splits the test set
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused before writing
     one_device = make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "seed=0")  # batch statistics off: default
-    assert train_run(one_device)[0]["status"] == record.FINISHED
+    assert train_job(one_device)[0]["status"] == record.FINISHED
     with pytest.raises(ConfigError, match="cannot pack a UnsplitBatchNorm"):
-        train_run(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "data.batch_size=2", "seed=[0,1]"))
+        train_job(make_cfg(searchpath, "norm=unsplit", "trainer.epochs=1", "data.batch_size=2", "seed=[0,1]"))

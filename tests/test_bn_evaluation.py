@@ -15,7 +15,7 @@ from normexp.nn.devices import split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.precise_bn import population_statistics
 from normexp.train.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from normexp.train.engine import evaluate
 from tests.helpers import norm_spec, record_numbers, run_dir
 
@@ -97,7 +97,7 @@ def test_bn_runs_record_three_evaluations_and_gn_runs_one(make_cfg):
     settings = ("data.devices=2", "data.batch_size=4", "evaluation.precise_images=64",
                 "evaluation.batch_statistics=true")
     bn, gn = make_cfg("norm=bn", *settings), make_cfg("norm=gn", "norm.groups=2", *settings)
-    (bn_summary,), (gn_summary,) = train_run(bn), train_run(gn)
+    (bn_summary,), (gn_summary,) = train_job(bn), train_job(gn)
     rows = record.read_jsonl(run_dir(bn) / record.METRICS)
     assert all({"test_acc", "test_acc_precise", "test_acc_batch", "test_loss_precise", "test_loss_batch"} <= set(r)
                for r in rows)
@@ -111,7 +111,7 @@ def test_the_evaluations_leave_training_and_the_run_name_alone(make_cfg, tmp_pat
     on = make_cfg("data.devices=2", "data.batch_size=4", "evaluation.precise_images=4096",
                   "evaluation.batch_statistics=true")
     off = make_cfg("data.devices=2", "data.batch_size=4", f"paths.results_root={tmp_path / 'off'}")  # the default: off
-    train_run(on), train_run(off)
+    train_job(on), train_job(off)
     assert run_dir(on).name == run_dir(off).name
     extra = {"test_loss_precise", "test_acc_precise", "test_loss_batch", "test_acc_batch"}
     assert ([{k: v for k, v in r.items() if k not in extra} for r in record_numbers(run_dir(on))]
@@ -123,10 +123,10 @@ def test_a_run_resumes_only_with_the_evaluations_it_started_with(make_cfg, monke
 
     cfg = make_cfg("trainer.epochs=2", "evaluation.precise_images=4096")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
+        train_job(cfg)
     with pytest.raises(ConfigError, match=r"evaluation.precise_images 4096 -> 64"):
-        train_run(make_cfg("trainer.epochs=2", "evaluation.precise_images=64"))
-    assert train_run(cfg)[0]["epochs_done"] == 2
+        train_job(make_cfg("trainer.epochs=2", "evaluation.precise_images=64"))
+    assert train_job(cfg)[0]["epochs_done"] == 2
 
 
 def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactly(make_cfg, monkeypatch, tmp_path):
@@ -135,7 +135,7 @@ def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactl
     settings = ("data.devices=2", "data.batch_size=4", "trainer.epochs=3", "evaluation.precise_images=4096")
     frozen = make_cfg("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=64", *settings)
     plain = make_cfg("norm=bn", *settings)
-    train_run(frozen), train_run(plain)
+    train_job(frozen), train_job(plain)
     assert run_dir(frozen).name.startswith("bn-frozen0.5_b4x2_s0_")
     ours, theirs = record_numbers(run_dir(frozen)), record_numbers(run_dir(plain))
     assert [r["frozen_bn"] for r in ours] == [False, False, True]  # epoch 3 is the first to start past half
@@ -144,8 +144,8 @@ def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactl
     again = make_cfg("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=64", *settings,
                      f"paths.results_root={tmp_path / 'again'}")
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(again)  # stopped at the switch: the resumed run freezes as the uninterrupted one did
-    train_run(again)
+        train_job(again)  # stopped at the switch: the resumed run freezes as the uninterrupted one did
+    train_job(again)
     assert record_numbers(run_dir(again)) == ours
 
 
@@ -156,7 +156,7 @@ def test_frozen_bn_trains_as_bn_until_the_switch_then_differs_and_resumes_exactl
 ])
 def test_bad_frozen_bn_settings_are_refused(make_cfg, setting, message):
     with pytest.raises(ConfigError, match=message):
-        train_run(make_cfg("norm=bn_frozen", "trainer.epochs=5", setting))
+        train_job(make_cfg("norm=bn_frozen", "trainer.epochs=5", setting))
 
 
 def test_the_decomposition_pairs_each_remedy_with_the_weights_it_fixes():
@@ -189,11 +189,11 @@ def test_analysis_writes_the_statistics_tables_and_refuses_mixed_evaluations(mak
     frozen = ("norm=bn_frozen", "norm.freeze_after=0.5", "norm.freeze_images=32")
     for overrides in (("norm=bn", "data.batch_size=2"), ("norm=bn", "data.batch_size=4"),
                       (*frozen, "data.batch_size=2")):
-        train_run(make_cfg(*overrides, *common))
+        train_job(make_cfg(*overrides, *common))
     assert main([str(root), "--set", "reference_batch=4"]) == 0
     decomposition = (root / "tables" / "bn_decomposition.md").read_text()
     assert "FrozenBN recovers" in decomposition and (root / "figures" / "statistics_by_epoch.png").is_file()
     assert "precise" in (root / "tables" / "bn_statistics.md").read_text()
-    train_run(make_cfg("norm=bn", "data.batch_size=8", *common, "evaluation.precise_images=64"))
+    train_job(make_cfg("norm=bn", "data.batch_size=8", *common, "evaluation.precise_images=64"))
     assert main([str(root), "--set", "reference_batch=4"]) == 2
     assert "different `evaluation` settings" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import normexp.train.harness as harness
 from normexp import record
 from normexp.config import ConfigError
 from normexp.nn.models import build_model
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from normexp.train.runtime import memory_format
 from tests.helpers import interrupted_at, make_image_folder, norm_spec, record_numbers, run_dir, tiny_run
 
@@ -21,7 +21,7 @@ MODEL = {"depth": 8, "num_classes": 10, "zero_init_residual": True}
 
 def test_tiny_run_lowers_its_loss_and_writes_a_complete_record(make_cfg):
     cfg = make_cfg("norm=gn", "norm.groups=2", "trainer.epochs=3", "optim.lr=0.05")
-    [summary] = train_run(cfg)
+    [summary] = train_job(cfg)
     directory = run_dir(cfg)
     assert directory.name.startswith("gn2_b8_s0_")
     metrics = record.read_jsonl(directory / record.METRICS)
@@ -44,28 +44,28 @@ def test_tiny_run_lowers_its_loss_and_writes_a_complete_record(make_cfg):
 
 def test_same_config_and_seed_reproduce_the_same_numbers(make_cfg, tmp_path):
     cfg = make_cfg("trainer.epochs=1")
-    train_run(cfg)
+    train_job(cfg)
     first = record_numbers(run_dir(cfg))
     other = make_cfg("trainer.epochs=1", f"paths.results_root={tmp_path / 'other'}")
-    train_run(other)
+    train_job(other)
     assert record_numbers(run_dir(other)) == first
     seeded = make_cfg("trainer.epochs=1", "seed=1")
-    train_run(seeded)
+    train_job(seeded)
     assert record_numbers(run_dir(seeded)) != first
 
 
 def test_interrupted_run_resumes_to_the_same_record(make_cfg, tmp_path, monkeypatch):
     reference = make_cfg("trainer.epochs=3", f"paths.results_root={tmp_path / 'reference'}")
-    train_run(reference)
+    train_job(reference)
 
     cfg = make_cfg("trainer.epochs=3")
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
+        train_job(cfg)
     directory = run_dir(cfg)
     assert not (directory / record.SUMMARY).exists()
     assert len(record_numbers(directory)) == 2
 
-    [summary] = train_run(cfg)
+    [summary] = train_job(cfg)
     assert record_numbers(directory) == record_numbers(run_dir(reference))
     assert "resuming" in (directory / record.LOG).read_text()
     assert summary["final_test_acc"] == record.read_json(run_dir(reference) / record.SUMMARY)["final_test_acc"]
@@ -76,10 +76,10 @@ def test_a_run_records_its_code_and_every_start_and_keeps_the_config_it_began_wi
     carries the verdict criteria, stays as the run's first start wrote it."""
     cfg = make_cfg("trainer.epochs=2")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
+        train_job(cfg)
     directory = run_dir(cfg)
     first_config = (directory / record.CONFIG).read_text()
-    train_run(make_cfg("trainer.epochs=2", "verdict.alpha=0.01"))  # the same run: criteria are not identity
+    train_job(make_cfg("trainer.epochs=2", "verdict.alpha=0.01"))  # the same run: criteria are not identity
     starts = record.read_jsonl(directory / record.STARTS)
     assert [s["after_epoch"] for s in starts] == [0, 1]
     assert all(s["threads"] == 1 and s["torch_version"] == torch.__version__ and s["device"] == "cpu" for s in starts)
@@ -98,15 +98,15 @@ def test_a_run_resumes_only_in_the_environment_it_trained_in(make_cfg, monkeypat
     count takes the run's own, and runtime.allow_env_change resumes anyway and records it."""
     cfg = make_cfg("trainer.epochs=3")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
+        train_job(cfg)
     directory = run_dir(cfg)
     with pytest.raises(ConfigError, match=r"trained in another environment \(threads 1 -> 2\)"):
-        train_run(make_cfg("trainer.epochs=3", "runtime.threads=2"))
+        train_job(make_cfg("trainer.epochs=3", "runtime.threads=2"))
     assert not (directory / record.ERROR).exists() and len(record.read_jsonl(directory / record.STARTS)) == 1
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(make_cfg("trainer.epochs=3", "runtime.threads=null"), auto_threads=2)
+        train_job(make_cfg("trainer.epochs=3", "runtime.threads=null"), auto_threads=2)
     assert record.read_jsonl(directory / record.STARTS)[-1]["threads"] == 1
-    train_run(make_cfg("trainer.epochs=3", "runtime.threads=2", "runtime.allow_env_change=true"))
+    train_job(make_cfg("trainer.epochs=3", "runtime.threads=2", "runtime.allow_env_change=true"))
     last = record.read_jsonl(directory / record.STARTS)[-1]
     assert last["threads"] == 2 and last["environment_change"] == ["threads 1 -> 2"]
     assert record.read_json(directory / record.SUMMARY)["status"] == "finished"
@@ -114,18 +114,18 @@ def test_a_run_resumes_only_in_the_environment_it_trained_in(make_cfg, monkeypat
 
 def test_finished_run_is_skipped(make_cfg, monkeypatch):
     cfg = make_cfg("trainer.epochs=1")
-    first = train_run(cfg)
+    first = train_job(cfg)
     monkeypatch.setattr(conductor, "_train", lambda *a: pytest.fail("trained again"))
-    assert train_run(cfg) == first
+    assert train_job(cfg) == first
 
 
 def test_run_held_by_another_process_is_skipped(make_cfg):
     cfg = make_cfg("trainer.epochs=1")
     with record.claim(run_dir(cfg)) as claimed:
         assert claimed and record.is_claimed(run_dir(cfg))
-        assert train_run(cfg) == []
+        assert train_job(cfg) == []
     assert not record.is_claimed(run_dir(cfg))
-    assert len(train_run(cfg)) == 1
+    assert len(train_job(cfg)) == 1
 
 
 def _name(cfg, digest: str = "data") -> str:
@@ -150,10 +150,10 @@ def test_run_name_covers_what_changes_the_numbers_and_nothing_else(make_cfg, tmp
 def test_the_same_command_on_other_data_trains_again(make_cfg, tmp_path):
     """A run is only "the same run" on the same data: switching the folder must retrain."""
     cfg = make_cfg("trainer.epochs=1")
-    [first] = train_run(cfg)
+    [first] = train_job(cfg)
     other_data = make_image_folder(tmp_path / "other-data", train_per_class=8, test_per_class=2, seed=5)
     switched = make_cfg("trainer.epochs=1", f"paths.cifar10_folder={other_data}")
-    [second] = train_run(switched)
+    [second] = train_job(switched)
     assert run_dir(switched) != run_dir(cfg) and run_dir(switched).parent == run_dir(cfg).parent
     assert "already done" not in (run_dir(switched) / record.LOG).read_text()
     assert record.read_json(run_dir(switched) / record.IDENTITY)["data_digest"] != \
@@ -165,9 +165,9 @@ def test_a_finished_run_drops_the_error_note_of_an_earlier_failure(make_cfg, mon
     with monkeypatch.context() as patch:
         patch.setattr(harness, "train_epoch", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
         with pytest.raises(RuntimeError):
-            train_run(cfg)
+            train_job(cfg)
     assert record.read_json(run_dir(cfg) / record.ERROR)["message"] == "boom"
-    train_run(cfg)
+    train_job(cfg)
     assert not (run_dir(cfg) / record.ERROR).exists()
 
 
@@ -176,7 +176,7 @@ def test_an_unwritable_results_root_is_named_before_any_data_is_read(make_cfg, t
     blocker.write_text("not a folder")  # unwritable for root too, unlike a chmod
     monkeypatch.setattr(conductor, "load_cifar10", lambda *a: pytest.fail("data was read"))
     with pytest.raises(ConfigError, match=r"paths.results_root=.*a-file/runs' is not writable"):
-        train_run(make_cfg(f"paths.results_root={blocker / 'runs'}"))
+        train_job(make_cfg(f"paths.results_root={blocker / 'runs'}"))
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,7 @@ def test_bad_settings_fail_before_any_data_is_read(make_cfg, monkeypatch, overri
     cfg = make_cfg("norm=gn", "model.base_width=16", override) if override.startswith("norm.") else make_cfg(override)
     monkeypatch.setattr(conductor, "load_cifar10", lambda *a: pytest.fail("data was read"))
     with pytest.raises(ConfigError, match=re.escape(message)):
-        train_run(cfg)
+        train_job(cfg)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -294,16 +294,16 @@ def test_the_default_layout_follows_the_norm_on_cpu_and_is_held_on_resume(make_c
     cfg = make_cfg("model.base_width=16", "trainer.epochs=2")
     with interrupted_at(monkeypatch, 2):
         with pytest.raises(KeyboardInterrupt):
-            train_run(cfg)
+            train_job(cfg)
     assert record.last_start(run_dir(cfg))["layout"] == "channels_last"
     with pytest.raises(ConfigError, match="layout channels_last -> contiguous"):
-        train_run(make_cfg("model.base_width=16", "trainer.epochs=2", "runtime.channels_last=false"))
+        train_job(make_cfg("model.base_width=16", "trainer.epochs=2", "runtime.channels_last=false"))
 
 
 def test_channels_last_trains_to_the_same_numbers(make_cfg, tmp_path):
     runs = [make_cfg("model.base_width=16", "trainer.epochs=1", f"runtime.channels_last={flag}",
                      f"paths.results_root={tmp_path / str(flag)}") for flag in ("true", "false")]
-    (nhwc,), (nchw,) = (train_run(cfg) for cfg in runs)
+    (nhwc,), (nchw,) = (train_job(cfg) for cfg in runs)
     assert nhwc["final_train_loss"] == pytest.approx(nchw["final_train_loss"], rel=1e-4)
     assert nhwc["final_test_loss"] == pytest.approx(nchw["final_test_loss"], rel=1e-4)
 
@@ -312,8 +312,8 @@ def test_precise_bn_changes_only_the_evaluation(make_cfg):
     precise = make_cfg("norm=bn_precise", "norm.precise_bn_batches=3", "norm.precise_bn_batch_size=32",
                        "trainer.epochs=2", "data.devices=2", "data.batch_size=4")
     plain = make_cfg("norm=bn", "trainer.epochs=2", "data.devices=2", "data.batch_size=4")
-    train_run(plain)
-    train_run(precise)
+    train_job(plain)
+    train_job(precise)
     assert run_dir(precise).name.startswith("bn-pbn_b4x2_s0_")
     ours, theirs = record_numbers(run_dir(precise)), record_numbers(run_dir(plain))
     assert [m["train_loss"] for m in ours] == [m["train_loss"] for m in theirs]  # the same training

@@ -1,4 +1,4 @@
-"""`hydra/launcher=gpu` (normexp.cli.launcher): a sweep's jobs in one process, on CPU one after
+"""`hydra/launcher=gpu` (normexp.sweep.launcher): a sweep's jobs in one process, on CPU one after
 another or, with n_jobs, in threads as on a GPU; the records are the basic launcher's, exactly."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from normexp import record
-from normexp.cli.launcher import _console_logging
 from normexp.compose import compose
+from normexp.sweep.launcher import _console_logging
 from tests.helpers import record_numbers, tiny_run, train_with_fault
 
 # Two jobs (1 and 2 virtual devices), each training seeds 0 and 1 packed as one model.
@@ -78,7 +78,7 @@ def test_one_process_sweep_killed_mid_training_resumes_to_the_same_records(image
 
 
 def test_at_most_16_jobs_share_a_gpu_so_no_two_share_a_pooled_stream():
-    from normexp.cli.launcher import MAX_CUDA_JOBS, concurrent_jobs
+    from normexp.sweep.launcher import MAX_CUDA_JOBS, concurrent_jobs
 
     assert 2 * MAX_CUDA_JOBS == 32  # torch's pool per device and priority; each job takes two streams
     assert concurrent_jobs(None, 21, cuda=True) == 16 and concurrent_jobs(40, 63, cuda=True) == 16
@@ -89,7 +89,7 @@ def test_at_most_16_jobs_share_a_gpu_so_no_two_share_a_pooled_stream():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_16_jobs_of_two_streams_each_get_32_distinct_streams():
-    from normexp.cli.launcher import MAX_CUDA_JOBS
+    from normexp.sweep.launcher import MAX_CUDA_JOBS
 
     streams = [torch.cuda.Stream() for _ in range(2 * MAX_CUDA_JOBS)]  # as MAX_CUDA_JOBS jobs take them
     assert len({s.cuda_stream for s in streams}) == 2 * MAX_CUDA_JOBS

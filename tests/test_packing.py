@@ -11,7 +11,7 @@ from normexp.config import ConfigError
 from normexp.nn import packing
 from normexp.nn.models import CifarResNet
 from normexp.nn.norms import NORMS, build_norm, register_norm
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from tests.helpers import assert_packed_equals_members, interrupted_at, norm_spec, record_numbers, run_dir
 
 PACK = "runtime.pack_max_batch=8"  # make_cfg's batch size is 8
@@ -82,12 +82,12 @@ def test_a_diverged_member_does_not_leak_into_the_others():
 
 def test_packed_job_writes_the_records_of_solo_runs(make_cfg, tmp_path):
     packed = make_cfg(PACK, "seed=[0,1,2]", "trainer.epochs=2")
-    summaries = train_run(packed)
+    summaries = train_job(packed)
     assert ([s["run"].split("_")[2] for s in summaries] == ["s0", "s1", "s2"]
             and {s["pack_size"] for s in summaries} == {3})
     for seed, summary in zip((0, 1, 2), summaries):
         solo = make_cfg(f"seed={seed}", "trainer.epochs=2", f"paths.results_root={tmp_path / 'solo'}")
-        [alone] = train_run(solo)
+        [alone] = train_job(solo)
         directory = run_dir(solo)
         assert summary["run"] == directory.name  # the same run: same name, same hash
         for mine, theirs in zip(record_numbers(run_dir(make_cfg(f"seed={seed}", "trainer.epochs=2"))),
@@ -99,18 +99,18 @@ def test_packed_job_writes_the_records_of_solo_runs(make_cfg, tmp_path):
 
 
 def test_seeds_above_the_packing_batch_size_train_one_after_another(make_cfg):
-    summaries = train_run(make_cfg("seed=[0,1]", "trainer.epochs=1", "runtime.pack_max_batch=4"))
+    summaries = train_job(make_cfg("seed=[0,1]", "trainer.epochs=1", "runtime.pack_max_batch=4"))
     assert ([(s["run"].split("_")[2], s["pack_size"], s["status"]) for s in summaries]
             == [("s0", 1, "finished"), ("s1", 1, "finished")])
 
 
 def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monkeypatch):
     reference = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=3", f"paths.results_root={tmp_path / 'reference'}")
-    train_run(reference)
+    train_job(reference)
     cfg = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=3")
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
-    assert [s["status"] for s in train_run(cfg)] == ["finished"] * 2
+        train_job(cfg)
+    assert [s["status"] for s in train_job(cfg)] == ["finished"] * 2
     for seed in (0, 1):
         resumed = run_dir(make_cfg(f"seed={seed}", "trainer.epochs=3"))
         assert record_numbers(resumed) == record_numbers(run_dir(make_cfg(
@@ -125,16 +125,16 @@ def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monke
             m.summary = {"status": "stub"}
 
     monkeypatch.setattr(conductor, "_train", fake_train)
-    summaries = train_run(make_cfg(PACK, "seed=[1,2,0]", "trainer.epochs=3"))
+    summaries = train_job(make_cfg(PACK, "seed=[1,2,0]", "trainer.epochs=3"))
     assert trained == [2] and [s["status"] for s in summaries] == ["finished", "finished", "stub"]
 
 
 def test_a_packed_checkpoint_resumes_as_a_solo_run(make_cfg, tmp_path, monkeypatch):
     cfg = make_cfg(PACK, "seed=[0,1]", "trainer.epochs=2")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
-    [summary] = train_run(make_cfg("seed=1", "trainer.epochs=2"))
-    [alone] = train_run(make_cfg("seed=1", "trainer.epochs=2", f"paths.results_root={tmp_path / 'alone'}"))
+        train_job(cfg)
+    [summary] = train_job(make_cfg("seed=1", "trainer.epochs=2"))
+    [alone] = train_job(make_cfg("seed=1", "trainer.epochs=2", f"paths.results_root={tmp_path / 'alone'}"))
     assert summary["epochs_done"] == 2 and summary["pack_size"] == 1
     assert summary["final_train_loss"] == pytest.approx(alone["final_train_loss"], rel=1e-4)
 
@@ -148,6 +148,6 @@ def test_a_layer_packing_does_not_know_is_refused_before_any_data_is_read(make_c
         monkeypatch.setattr(conductor, "load_cifar10", lambda *a: pytest.fail("data was read"))
         cfg = make_cfg(PACK, "seed=[0,1]", "norm=none", "norm.name=test_layernorm")
         with pytest.raises(ConfigError, match="cannot pack a LayerNorm layer.*seed=<int>"):
-            train_run(cfg)
+            train_job(cfg)
     finally:
         NORMS.pop("test_layernorm")

@@ -11,7 +11,7 @@ from normexp.nn.devices import PerDeviceBatchNorm2d, split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.precision import autocast, set_norm_precision
 from normexp.nn.traits import norm_traits
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from tests.helpers import norm_spec, record_numbers, run_dir
 
 MODEL = {"depth": 8, "base_width": 16, "num_classes": 10, "zero_init_residual": True}
@@ -72,8 +72,8 @@ def test_a_native_bf16_norm_keeps_fp32_statistics_and_matches_the_fp32_layer(mak
 def test_a_bf16_run_is_another_run_and_trains(make_cfg):
     fp32, bf16 = make_cfg("trainer.epochs=1"), make_cfg("trainer.epochs=1", "trainer.precision=bf16")
     assert run_dir(bf16) != run_dir(fp32)  # a different identity: its numbers differ
-    [summary] = train_run(bf16)
-    train_run(fp32)
+    [summary] = train_job(bf16)
+    train_job(fp32)
     ours, theirs = record_numbers(run_dir(bf16))[0], record_numbers(run_dir(fp32))[0]
     assert summary["status"] == "finished" and ours["train_loss"] != theirs["train_loss"]
     assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=0.05)

@@ -137,10 +137,10 @@ def test_a_tiny_parity_gpu_trains_and_is_judged_on_parity_alone(image_folder, tm
     """parity_gpu's sweep shrunk to seconds on CPU (depth 8, 1 epoch, 2 seeds): its runs train, and
     the analysis judges parity alone with the preset's criteria, the small-batch half undecided."""
     from normexp.cli.analyze import main as analyze
-    from normexp.train.conductor import train_run
+    from normexp.train.conductor import train_job
 
     for norm in ("bn", "gn"):
-        train_run(_compose("experiment=parity_gpu", f"norm={norm}", "data.batch_size=4", "data.devices=2",
+        train_job(_compose("experiment=parity_gpu", f"norm={norm}", "data.batch_size=4", "data.devices=2",
                            "model.depth=8", "model.base_width=8", "trainer.epochs=1", "optim.milestones=[]",
                            "seed=[0,1]", "data.source=folder", f"paths.cifar10_folder={image_folder}",
                            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}",

@@ -8,7 +8,7 @@ import pytest
 
 from normexp import record
 from normexp.analysis.collect import load_runs
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from tests.helpers import record_numbers, run_dir, tiny_run, train_with_fault
 
 TRAIN = [sys.executable, "-m", "normexp.cli.train"]
@@ -24,7 +24,7 @@ def _args(image_folder: Path, tmp_path: Path, root: Path, *extra: str) -> list[s
 def test_run_killed_anywhere_finishes_with_the_uninterrupted_numbers(image_folder, tmp_path, make_cfg):
     epochs = "trainer.epochs=12"
     reference = make_cfg(epochs, "data.batch_size=4", f"paths.results_root={tmp_path / 'ref'}")
-    train_run(reference)
+    train_job(reference)
     root = tmp_path / "runs"
     args = _args(image_folder, tmp_path, root, epochs)
     # mid-epoch (step 67 of 360: epoch 3), inside a checkpoint write (after the temp file, before the
@@ -65,13 +65,13 @@ def test_sweep_killed_and_rerun_completes_only_what_is_missing(image_folder, tmp
 
 def test_diverging_run_is_recorded_with_its_epoch_and_step(make_cfg):
     cfg = make_cfg("optim.lr=1e6", "norm=none", "trainer.epochs=3")
-    [summary] = train_run(cfg)
+    [summary] = train_job(cfg)
     assert summary["status"] == "diverged"
     assert summary["diverged_at"]["epoch"] == 1 and summary["diverged_at"]["step"] >= 1
     assert not (run_dir(cfg) / record.CHECKPOINT).exists()
     tables = load_runs(run_dir(cfg).parent)
     assert list(tables.runs["status"]) == ["diverged"]
-    assert train_run(cfg) == [summary]  # a diverged run counts as done: rerunning does not retrain it
+    assert train_job(cfg) == [summary]  # a diverged run counts as done: rerunning does not retrain it
 
 
 @pytest.mark.slow

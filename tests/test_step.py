@@ -17,7 +17,7 @@ from normexp.data import TrainBatches
 from normexp.nn.devices import split_batch_statistics
 from normexp.nn.models import build_model
 from normexp.nn.packing import Pack
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from normexp.train.engine import train_epoch
 from normexp.train.optim import build_optimizer, build_scheduler
 from normexp.train.step import DeviceSGD, DeviceStep, EagerStep
@@ -94,17 +94,17 @@ def test_the_device_step_trains_packed_per_device_bn_as_the_eager_loop_does(sche
 def test_a_captured_run_records_what_the_eager_run_records_and_resumes_exactly(make_cfg, tmp_path, monkeypatch):
     eager = make_cfg("norm=bn", "data.devices=2", "data.batch_size=4", "trainer.epochs=3",
                      f"paths.results_root={tmp_path / 'eager'}")
-    train_run(eager)
+    train_job(eager)
     cfg = make_cfg("norm=bn", "data.devices=2", "data.batch_size=4", "trainer.epochs=3", "runtime.capture=true")
     assert run_dir(cfg).name == run_dir(eager).name  # the step is not in the identity...
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
-    train_run(cfg)
+        train_job(cfg)
+    train_job(cfg)
     starts = record.read_jsonl(run_dir(cfg) / record.STARTS)
     assert [s["step"] for s in starts] == ["captured", "captured"]  # ...but recorded, and held on resume
     reference = make_cfg("norm=bn", "data.devices=2", "data.batch_size=4", "trainer.epochs=3", "runtime.capture=true",
                          f"paths.results_root={tmp_path / 'reference'}")
-    train_run(reference)
+    train_job(reference)
     assert record_numbers(run_dir(cfg)) == record_numbers(run_dir(reference))
     for ours, theirs in zip(record_numbers(run_dir(cfg)), record_numbers(run_dir(eager))):
         for key, value in theirs.items():
@@ -119,9 +119,9 @@ def test_a_run_started_eagerly_does_not_resume_captured(make_cfg, monkeypatch):
 
     cfg = make_cfg("trainer.epochs=2")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
+        train_job(cfg)
     with pytest.raises(ConfigError, match="step eager -> captured"):
-        train_run(make_cfg("trainer.epochs=2", "runtime.capture=true"))
+        train_job(make_cfg("trainer.epochs=2", "runtime.capture=true"))
 
 
 def test_a_start_recorded_before_the_step_was_recorded_reads_as_eager():

@@ -13,7 +13,7 @@ import normexp.train.conductor as conductor
 from normexp import record
 from normexp.config import ConfigError
 from normexp.files import atomic
-from normexp.train.conductor import train_run
+from normexp.train.conductor import train_job
 from tests.helpers import interrupted_at, record_numbers, run_dir
 
 PACKED = ("seed=[0,1]", "data.batch_size=4", "trainer.epochs=3", "trainer.eval_every=2")  # 2 seeds as one model
@@ -64,9 +64,9 @@ def test_tensorboard_holds_the_record_and_a_resumed_run_replaces_the_interrupted
     with monkeypatch.context() as patch:
         patch.setattr(atomic, "atomic_write", killed_before_second_checkpoint)
         with pytest.raises(KeyboardInterrupt):
-            train_run(cfg)
+            train_job(cfg)
     assert all(len(record.read_jsonl(d / record.METRICS)) == 2 for d in members(cfg))
-    train_run(cfg)
+    train_job(cfg)
     for seed, directory in zip(cfg.seed, members(cfg)):
         assert "resuming" in (directory / record.LOG).read_text()
         events = event_accumulator.EventAccumulator(str(Path(cfg.logger.log_dir) / directory.name),
@@ -91,11 +91,11 @@ def test_mlflow_run_is_continued_after_an_interrupt_and_holds_the_record(make_cf
 
     cfg = make_cfg("logger=mlflow", *PACKED)
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
+        train_job(cfg)
     client = MlflowClient((Path(cfg.paths.results_root) / ".mlflow").resolve().as_uri())
     experiment = client.get_experiment_by_name(Path(cfg.paths.results_root).name).experiment_id
     assert {run.info.status for run in client.search_runs([experiment])} == {"KILLED"}
-    train_run(cfg)
+    train_job(cfg)
     runs = {run.info.run_name: run for run in client.search_runs([experiment])}
     assert sorted(runs) == [d.name for d in members(cfg)]  # one MLflow run per normexp run, continued
     for seed, directory in zip(cfg.seed, members(cfg)):
@@ -144,11 +144,11 @@ def test_wandb_runs_mirror_the_record_and_a_resumed_run_continues_its_own(make_c
     monkeypatch.setitem(sys.modules, "wandb", fake)
     cfg = make_cfg("logger=wandb", "logger.mode=offline", *PACKED)
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train_run(cfg)
+        train_job(cfg)
     assert all(r.exit_codes == [1] for r in runs.values())
     by_name = {run.init["name"]: run for run in runs.values()}
     assert sorted(by_name) == [d.name for d in members(cfg)]
-    train_run(cfg)
+    train_job(cfg)
     assert len(runs) == 2  # resumed: the same two W&B runs
     by_name = {run.init["name"]: run for run in runs.values()}
     for seed, directory in zip(cfg.seed, members(cfg)):
@@ -199,11 +199,11 @@ def _fail_mlflow_mid_run(monkeypatch) -> None:
 def test_a_failing_tracker_is_a_warning_and_the_run_is_recorded_as_without_it(make_cfg, tmp_path, monkeypatch,
                                                                                 logger, failure, what):
     reference = make_cfg("trainer.epochs=3", f"paths.results_root={tmp_path / 'reference'}")
-    train_run(reference)
+    train_job(reference)
     failure(monkeypatch)
     unusable = ["logger.tracking_uri=bogus://nowhere"] if what == "start" else []
     cfg = make_cfg("trainer.epochs=3", f"logger={logger}", *unusable)
-    [summary] = train_run(cfg)
+    [summary] = train_job(cfg)
     assert summary["status"] == "finished" and summary["epochs_done"] == 3
     directory = run_dir(cfg)
     assert directory.name == run_dir(reference).name  # a tracker is not part of a run's identity
@@ -219,7 +219,7 @@ def test_a_missing_extra_is_named_before_any_data_is_read(make_cfg, monkeypatch,
         monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
     monkeypatch.setattr(conductor, "load_data", lambda cfg: pytest.fail("data was read"))
     with pytest.raises(ConfigError) as error:
-        train_run(make_cfg(f"logger={logger}"))
+        train_job(make_cfg(f"logger={logger}"))
     assert str(error.value) == f"logger={logger} needs the optional {logger} package: pip install -e '.[{logger}]'"
 
 
@@ -244,7 +244,7 @@ def test_wandb_offline_writes_each_run_locally_without_a_network(make_cfg, monke
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # any attempt to reach a server would fail
     cfg = make_cfg("logger=wandb", "logger.mode=offline", *PACKED)
-    summaries = train_run(cfg)
+    summaries = train_job(cfg)
     assert [s["status"] for s in summaries] == ["finished", "finished"]
     for directory in members(cfg):
         [offline] = (Path(cfg.paths.results_root) / ".wandb" / "wandb").glob(f"offline-run-*-{directory.name}-*")

@@ -1,6 +1,6 @@
-"""`hydra/launcher=gpu`: every job of a sweep in this one process (normexp.cli.launcher).
+"""`hydra/launcher=gpu`: every job of a sweep in this one process (normexp.sweep.launcher).
 
-Hydra finds launchers in the `hydra_plugins` package only; the work is in normexp.cli.launcher.
+Hydra finds launchers in the `hydra_plugins` package only; the work is in normexp.sweep.launcher.
 """
 
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ class GpuLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from normexp.cli.launcher import launch
+        from normexp.sweep.launcher import launch
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         return launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx, self.n_jobs)

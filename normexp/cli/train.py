@@ -17,9 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from normexp.cli.launcher import hydra_released
 from normexp.compose import CONF_DIR
 from normexp.config import ConfigError, register_configs
+from normexp.sweep.launcher import hydra_released
 
 log = logging.getLogger("normexp")
 
@@ -30,7 +30,7 @@ register_configs()
 def app(cfg: DictConfig) -> None:
     from normexp.data.sources import DataError
     from normexp.record import DIVERGED
-    from normexp.train.conductor import train_run  # torch: only when a job really runs
+    from normexp.train.conductor import train_job  # torch: only when a job really runs
     from normexp.train.runtime import default_threads, registered_job
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -41,7 +41,7 @@ def app(cfg: DictConfig) -> None:
             threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), others)
             on_epoch, position = _sweep_progress() if multirun else None, _bar_position(multirun)
             with hydra_released():  # hydra/launcher=gpu: the sweep's other jobs in this process go on
-                summaries = train_run(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
+                summaries = train_job(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
     except (ConfigError, DataError) as error:
         log.error("%s", error)
         if not multirun:

@@ -1,2 +1,3 @@
-"""A sweep around its jobs: its plan (`plan`), its progress lines with one ETA (`progress`) and the
-report at its end (`report`). Torch-free; Hydra reaches it through normexp.cli.sweep_report."""
+"""A sweep around its jobs: its plan (`plan`), its progress lines with one ETA (`progress`), the
+report at its end (`report`) and the launcher that runs its jobs as threads of one process
+(`launcher`, hydra/launcher=gpu). Hydra reaches the first three through normexp.cli.sweep_report."""

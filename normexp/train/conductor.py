@@ -78,7 +78,7 @@ def load_data(cfg: DictConfig) -> CifarArrays:
 EpochHook = Callable[[str, int, bool], None]  # (run, epochs done, whether one was trained just now)
 
 
-def train_run(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Optional[EpochHook] = None,
+def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Optional[EpochHook] = None,
               bar_position: int = 0) -> list[dict[str, Any]]:
     """Train the configured run, or the runs of `seed=[...]` packed as one model; return summaries.
 
