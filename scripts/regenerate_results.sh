@@ -16,3 +16,4 @@ cp "$against"/tables/bn_decomposition.{csv,md} "$results/bn_stats/against_64/tab
 rm -rf "$against"
 normexp-analyze "$results/budget" "$results/claim" --vary trainer.epochs --out "$results/budget/analysis"
 normexp-analyze "$results/frn_ablation" --versus frn
+normexp-analyze "$results/bf16_check" --vary trainer.precision
