@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from normexp.config import step_batch
 from normexp.data import CifarArrays
 from normexp.nn.packing import Pack
 from normexp.train import harness
@@ -63,17 +62,19 @@ def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
 
 
 def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
-                 device: torch.device, compile_mode: str | None = "config", capture: bool | None = None) -> float:
-    """Training images/s of the step loop alone (its augmentation fill apart, CUDA events on a GPU)
-    in `normexp_loop`'s second epoch (the first warms up, compiles and captures; its seconds go to
-    `normexp_rate.first_seconds`, the second epoch's fill to `normexp_rate.fill_seconds`)."""
+                 device: torch.device, compile_mode: str | None = "config", capture: bool | None = None,
+                 loop_only: bool = False) -> float:
+    """Training images/s of `normexp_loop`'s second epoch (the first warms up, compiles and
+    captures; its seconds go to `normexp_rate.first_seconds`): the whole epoch with its
+    augmentation fill, or with `loop_only` the step loop alone (CUDA events on a GPU; the epoch's
+    fill then goes to `normexp_rate.fill_seconds`)."""
     loop = normexp_loop(cfg, data, index, pack_size, device, compile_mode, capture)
     start = time.perf_counter()
     loop(1)
     normexp_rate.first_seconds = time.perf_counter() - start
     record = loop(2).records[0]
     normexp_rate.fill_seconds = record["fill_seconds"]
-    steps = len(index) // step_batch(cfg)  # a seed's images per epoch, the last incomplete batch dropped
-    rate = pack_size * steps * step_batch(cfg) / record["loop_seconds"]
+    images = record["images_per_s"] * record["train_seconds"]  # a seed's images this epoch (no capture in it)
+    rate = pack_size * images / (record["loop_seconds"] if loop_only else record["train_seconds"])
     torch._dynamo.reset()  # a next cell's model must not count against this one's compile cache
     return rate

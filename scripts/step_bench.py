@@ -60,7 +60,7 @@ def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.de
     that epoch's augmentation fill scaled to the full training set."""
     members = len(seeds(cfg))
     ms = 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, timed_index(cfg, data, steps), members,
-                                                        device, capture=capture)
+                                                        device, capture=capture, loop_only=True)
     full = min(cfg.data.train_subset or data.train_labels.numel(), data.train_labels.numel())
     return ms, normexp_rate.fill_seconds * full / (steps * step_batch(cfg))
 
@@ -134,8 +134,9 @@ def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarAr
     """The sweep's minutes: "one at a time" (the sum of each job's steps at its faster step) and,
     where the table has the side-by-side column, "side by side" (the longest of its jobs' steps at
     their shared pace, an upper bound: a job speeds up as others finish; left out if a cell has no
-    pace); each job's evaluations added where the table has their column. Empty if a job's cell is
-    not in the table."""
+    pace); each job's evaluations added where the table has their column, and its epochs' fills to
+    the one-at-a-time sum (the side-by-side pace, whole epochs, holds them). Empty if a job's cell
+    is not in the table."""
     alone, shared = 0.0, []
     for cfg in jobs:
         row = table[(table["norm"] == norm_tag(cfg.norm)) & (table["images/device"] == cfg.data.batch_size)]
@@ -145,8 +146,8 @@ def projected_minutes(table: pd.DataFrame, jobs: list[DictConfig], data: CifarAr
                  // step_batch(cfg)) * cfg.trainer.epochs
         evaluations = -(-cfg.trainer.epochs // cfg.trainer.eval_every)  # every eval_every epochs and the last
         evaluating = evaluations * row.iloc[0][EVAL] if EVAL in table else 0.0
-        evaluating += cfg.trainer.epochs * row.iloc[0][FILL] if FILL in table else 0.0
-        alone += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000 + evaluating
+        filling = cfg.trainer.epochs * row.iloc[0][FILL] if FILL in table else 0.0  # the side-by-side pace has it
+        alone += steps * min(row.iloc[0]["eager ms/step"], row.iloc[0]["device ms/step"]) / 1000 + evaluating + filling
         if SIDE in table:
             shared.append(steps * row.iloc[0][SIDE] / 1000 + evaluating)
     return {"one job at a time, at the faster step": alone / 60,

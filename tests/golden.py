@@ -2,8 +2,9 @@
 
 Each run is the tests' tiny run (conf/experiment/debug.yaml) on the generated image folder, one
 torch thread, on a CPU held to AVX2 kernels (torch's dispatch, oneDNN and MKL: PINNED_ISA). Held
-so, two processor models still gave different last digits for the per-device BN run from the same
-code (an AMD EPYC and an Intel Xeon, 2026-12-02; the cause was not tested), so the numbers are kept
+so, two processor models still gave different last digits from the same code (an AMD EPYC and an
+Intel Xeon, 2026-12-02: the per-device BN run and GN's epoch-2 train loss; the cause was not
+tested), so the numbers are kept
 per processor model (`cpus`, by /proc/cpuinfo's model name) and a model without its own is skipped.
 Any change to the code that moves these numbers must bump the numerics version
 (normexp.record.identity.NUMERICS) and re-record on each model at hand (the others are dropped):

@@ -80,3 +80,20 @@ def test_a_class_that_declares_no_traits_is_refused():
     with pytest.raises(ConfigError, match="a BatchNormSubclass norm layer declares no norm_traits"):
         norm_traits(BatchNormSubclass(4))
     assert traits_of(nn.BatchNorm2d(4)).batch_dependent and not traits_of(nn.GroupNorm(2, 4)).batch_dependent
+
+
+def test_a_trait_that_needs_an_interface_is_refused_without_it(monkeypatch):
+    class Bare(nn.Module):
+        norm_traits = NormTraits(running_statistics=True)
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ConfigError, match="running_statistics trait but no running_mean, running_var"):
+        traits_of(Bare())
+    monkeypatch.setattr(Probe, "norm_traits", NormTraits(corrects_statistics=True))
+    with pytest.raises(ConfigError, match="corrects_statistics trait but no batch_statistics_only"):
+        traits_of(Probe(4))
+    with pytest.raises(ConfigError, match="torch's LazyBatchNorm2d has no norm traits"):
+        norm_traits(nn.LazyBatchNorm2d())
+    assert norm_traits(nn.BatchNorm1d(4)).running_statistics  # torch's other norms are known

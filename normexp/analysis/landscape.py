@@ -124,8 +124,9 @@ def group_shape(runs: pd.DataFrame, alpha: float, max_gap: float) -> pd.DataFram
 
 def setting_values(runs: pd.DataFrame, axis: str) -> list[Any]:
     """The values `axis` takes among `runs`, the default first ("unset": null, left out of the
-    identity), the rest in sorted order."""
-    return sorted(set(runs[axis]), key=lambda v: (v != "unset", str(v)))
+    identity), then numbers in numeric order, then the rest by name."""
+    return sorted(set(runs[axis]), key=lambda v: (v != "unset", not isinstance(v, (int, float)),
+                                                  v if isinstance(v, (int, float)) else str(v)))
 
 
 def paired_setting(runs: pd.DataFrame, axis: str, alpha: float) -> pd.DataFrame:

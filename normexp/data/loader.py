@@ -98,12 +98,11 @@ class TrainBatches:
         return normalize(images, self.mean, self.std), self.labels[order]
 
     def epoch(self, epoch: int, steps: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor]]:
-        """The epoch's batches in order; only its first `steps` (null: all) are made."""
+        """The epoch's batches in order, made now (the fill is done when this returns); only its
+        first `steps` (null: all) are made."""
         x, y = self.buffers(steps)
         self.fill(epoch, x, y)
-        b = self.batch_size
-        for i in range(x.shape[0] // b):
-            yield x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]
+        return zip(x.split(self.batch_size), y.split(self.batch_size))
 
     def buffers(self, steps: Optional[int] = None) -> tuple[Tensor, Tensor]:
         """Empty tensors that hold an epoch's first `steps` batches (null: all), for `fill`."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normexp.errors import ConfigError
-from normexp.nn.traits import BATCH_NORM, norm_traits
+from normexp.nn.traits import BATCH_NORM, norm_traits, traits_of
 
 
 class PerDeviceBatchNorm2d(nn.BatchNorm2d):
@@ -80,7 +80,9 @@ def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
     the protocol without a word."""
     for name, child in model.named_children():
         if hasattr(child, "per_device"):
-            setattr(model, name, child.per_device(devices))
+            replacement = child.per_device(devices)
+            traits_of(replacement)  # the layer that takes its place declares its traits too
+            setattr(model, name, replacement)
         elif type(child) is nn.BatchNorm2d:
             if devices > 1:
                 setattr(model, name, PerDeviceBatchNorm2d(child, devices))

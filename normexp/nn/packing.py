@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from normexp.errors import ConfigError
 from normexp.nn.layers import WeightStandardization
+from normexp.nn.traits import norm_traits, traits_of
 
 # Modules without their own weights whose forward acts on each channel separately (or only routes
 # tensors between such modules), so that they work unchanged on packed channels; a model's own
@@ -83,7 +84,10 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
     if type(module) is nn.Conv2d:
         return _widened_conv(module, k)
     if hasattr(module, "packed"):
-        return module.packed(k)
+        widened = module.packed(k)
+        if norm_traits(module) is not None:
+            traits_of(widened)  # a norm's wider layer declares its traits too
+        return widened
     if type(module) in TORCH_LAYERS:
         return TORCH_LAYERS[type(module)](module, k)
     if isinstance(module, CHANNEL_LOCAL) or getattr(module, "routes_channels", False):
