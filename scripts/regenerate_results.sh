@@ -17,3 +17,4 @@ rm -rf "$against"
 normexp-analyze "$results/budget" "$results/claim" --vary trainer.epochs --out "$results/budget/analysis"
 normexp-analyze "$results/frn_ablation" --versus frn
 normexp-analyze "$results/bf16_check" --vary trainer.precision
+normexp-analyze "$results/converged_bf16"
