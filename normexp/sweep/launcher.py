@@ -6,9 +6,9 @@ jobs one after another, as Hydra's basic launcher does.
 Hydra's per-job state (HydraConfig) is process-wide, so a job holds `HYDRA_GATE` (normexp.threads,
 with the rest of what the job threads share) while Hydra sets it up and tears it down, and lets go
 of it while it trains (`hydra_released`, around `train_job` in the app). Hydra's logging is
-process-wide too: with several jobs at once the console takes Hydra's job
-logging without its per-job file (each line names its logger, so a run's lines name the run), and
-each run's `train.log` holds its own lines and its job thread's (record.run_logger).
+process-wide too: with several jobs at once the console takes Hydra's job logging without its
+per-job file (each line names its logger, so a run's lines name the run), and each run's
+`train.log` holds its own lines and its job thread's (record.run_logger).
 
 Each run keeps its folder, lock, checkpoint and record as under any launcher; a failing job does
 not stop the others (the app notes it for the sweep's report); Ctrl-C or a kill ends every job,
@@ -36,7 +36,6 @@ from omegaconf import DictConfig, open_dict
 from normexp.threads import HYDRA_GATE, SHARED_PROCESS, holding
 
 log = logging.getLogger("normexp")
-
 
 
 @contextmanager

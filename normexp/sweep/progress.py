@@ -31,12 +31,15 @@ def sweep_of(sweep_dir: Path) -> Optional[dict[str, Any]]:
     return _read(sweep_dir / SWEEP)
 
 
-def eta(sweep_dir: Path) -> str:
+def _tally(sweep_dir: Path) -> tuple[int, int]:
+    """The sweep's run-epochs done and, of them, trained in this sweep (its progress files)."""
+    runs = [_read(p) or {"done": 0, "trained": 0} for p in (sweep_dir / PROGRESS).glob("*.json")]
+    return sum(r["done"] for r in runs), sum(r["trained"] for r in runs)
+
+
+def _eta(sweep: dict[str, Any], done: int, trained: int) -> str:
     """"; ETA N min" at the pace of the run-epochs this sweep trained, or "" before the first one or
     without a plan."""
-    sweep = sweep_of(sweep_dir) or {}
-    runs = [_read(p) or {"done": 0, "trained": 0} for p in (sweep_dir / PROGRESS).glob("*.json")]
-    done, trained = sum(r["done"] for r in runs), sum(r["trained"] for r in runs)
     if not sweep.get("run_epochs") or not trained:
         return ""
     left = max(0, sweep["run_epochs"] - done) * (time.time() - sweep["started"]) / trained
@@ -53,9 +56,9 @@ def epoch_done(sweep_dir: Path, run: str, done: int, trained: bool) -> None:
     total = sweep.get("run_epochs")
     if not trained or not total:
         return
-    done_all = sum((_read(p) or {"done": 0})["done"] for p in (sweep_dir / PROGRESS).glob("*.json"))
+    done_all, trained_all = _tally(sweep_dir)
     log.info("sweep progress: %d of %d run-epochs done (%.0f%%) after %.0f min%s", done_all, total,
-             100 * done_all / total, (time.time() - sweep["started"]) / 60, eta(sweep_dir))
+             100 * done_all / total, (time.time() - sweep["started"]) / 60, _eta(sweep, done_all, trained_all))
 
 
 def job_started(sweep_dir: Path, number: int, overrides: list[str]) -> None:
@@ -72,7 +75,7 @@ def job_ended(sweep_dir: Path, job_dir: Path, number: int) -> None:
     (job_dir / JOB_ENDED).touch()
     ended = len(list(sweep_dir.glob(f"*/{JOB_ENDED}")))
     log.info("job %d of %d ended; %d of %d ended after %.0f min%s", number, sweep["jobs"], ended, sweep["jobs"],
-             (time.time() - sweep["started"]) / 60, eta(sweep_dir))
+             (time.time() - sweep["started"]) / 60, _eta(sweep, *_tally(sweep_dir)))
 
 
 def _read(path: Path) -> Optional[dict[str, Any]]:
