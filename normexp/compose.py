@@ -2,7 +2,7 @@
 a command line becomes jobs (Hydra's compose API and public override parser, no training).
 
 The CLI checks a command line here before Hydra starts, so a bad setting anywhere in a sweep's
-grid is one line and exit 2; the sweep report, the bench, scripts/claim_gpu.py and the tests
+grid is one line and exit 2; the sweep report, the bench, normexp-fit and the tests
 compose and expand grids here too.
 """
 
@@ -13,7 +13,7 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -45,9 +45,23 @@ def sweep_grid(overrides: Sequence[str]) -> list[list[str]]:
     preset's sweep parameters composed from conf/."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(list(overrides))
-             if not o.is_sweep_override()]
+    fixed = [cast(str, o.input_line) for o in OverridesParser.create().parse_overrides(list(overrides))
+             if not o.is_sweep_override()]  # parsed from a line
     return grid(compose(fixed, hydra=True).hydra.sweeper.get("params") or {}, overrides)
+
+
+def checked_sweep_grid(overrides: Sequence[str]) -> tuple[list[list[str]], str | None]:
+    """`sweep_grid`, or no jobs and why not as one line (a bad setting the sweep does not vary, or a
+    malformed override)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return sweep_grid(overrides), None
+    except (HydraException, OmegaConfBaseException) as error:
+        return [], one_line(error, overrides)
+    except Exception as error:  # a malformed override: the parser's message, on one line
+        return [], " ".join(str(error).split())
 
 
 def axes(params: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, list[str]]:
@@ -70,7 +84,7 @@ def preset(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any], dict[s
     """A preset as the benches time it: its composed config without Hydra's node, its sweeper's
     params and, per swept key, the values its sweep takes (e.g. {"norm": ["bn", "gn"]})."""
     cfg = compose(overrides, hydra=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {})
+    params = cast("dict[str, Any]", OmegaConf.to_container(cfg.hydra.sweeper.get("params") or {}))
     assert isinstance(params, dict)
     swept = {key: [line.split("=", 1)[1] for line in lines] for key, lines in axes(params).items()}
     with open_dict(cfg):
@@ -91,7 +105,7 @@ def unknown_key(cfg: DictConfig) -> Optional[str]:
                 near = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
                 hint = f" (nearest valid key: {prefix}{near[0]})" if near else f" (valid keys: {', '.join(valid)})"
                 return f"{prefix}{key} is not a setting{hint}"
-            kind = next(f for f in fields(schema) if f.name == key).default_factory  # type: ignore[misc]
+            kind = next(f for f in fields(schema) if f.name == key).default_factory
             sub = kind() if callable(kind) else None
             if is_dataclass(sub) and isinstance(node[key], DictConfig):
                 problem = walk(node[key], type(sub), f"{prefix}{key}.")
@@ -136,7 +150,7 @@ def check(points: Sequence[Sequence[str]]) -> tuple[list[DictConfig], Optional[s
 
     from normexp.config import ConfigError, validate
 
-    configs = []
+    configs: list[DictConfig] = []
     for point in points:
         try:
             cfg = compose(point)
@@ -162,7 +176,8 @@ def model_problem(configs: Sequence[DictConfig]) -> Optional[str]:
 
     built = set()
     for cfg in configs:
-        model, norm = (OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "norm"))
+        model, norm = (cast("dict[str, Any]", OmegaConf.to_container(cfg[key], resolve=True))
+                       for key in ("model", "norm"))
         key = repr((model, norm))
         if key in built:
             continue

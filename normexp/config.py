@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -260,6 +260,6 @@ def validate(cfg: DictConfig) -> None:
     from normexp.criteria import load_criteria  # the criteria are fixed now: a bad one must not wait for analysis
 
     try:
-        load_criteria(recorded=OmegaConf.to_container(cfg.verdict, resolve=True))
+        load_criteria(recorded=cast("dict[str, Any]", OmegaConf.to_container(cfg.verdict, resolve=True)))
     except ValueError as error:
         raise ConfigError(f"verdict: {error}") from None

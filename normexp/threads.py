@@ -1,4 +1,4 @@
-"""What a sweep's jobs share when they run as threads of one process (hydra/launcher=gpu,
+"""What a sweep's jobs share when they run as threads of one process (hydra/launcher=threads,
 normexp.sweep.launcher), in one place. Plain threading primitives: no torch, no Hydra.
 
 - GLOBAL_RNG: torch's global RNG; whatever draws from it (a seeded model's initialization, the

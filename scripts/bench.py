@@ -41,12 +41,10 @@ from normexp.files import atomic
 from normexp.nn.devices import split_batch_statistics
 from normexp.record import norm_tag
 from normexp.train import runtime
-from normexp.train.conductor import member_config, pack_limit, seeded_model
+from normexp.train.conductor import pack_limit, run_config, seeded_model
 from normexp.train.engine import evaluate
 from normexp.train.optim import build_optimizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop's timing, beside this script
-from loop_timing import flops_per_image, normexp_rate, timed  # noqa: E402
+from normexp.train.timing import flops_per_image, normexp_rate, timed
 
 MIN_STEPS = 4  # optimizer steps per timed epoch at least, whatever --images says
 
@@ -77,7 +75,7 @@ def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
 
 def _model(cfg: DictConfig, seed: int = 0) -> nn.Module:
     """The run's model with this seed, BN statistics split over `data.devices` as in training."""
-    return split_batch_statistics(seeded_model(member_config(cfg, seed)), cfg.data.devices)
+    return split_batch_statistics(seeded_model(run_config(cfg, seed)), cfg.data.devices)
 
 
 def eval_rate(cfg: DictConfig, data: CifarArrays, images: int, device: torch.device) -> float:
@@ -211,7 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = runtime.pick_device(base.runtime.device)
     data = load_cifar10(base.data.source, base.paths, base.runtime.download)
     gflops = matmul_gflops(device)
-    flops = flops_per_image(seeded_model(member_config(base, 0)))
+    flops = flops_per_image(seeded_model(run_config(base, 0)))
     ceiling = gflops * 1e9 / flops
     rows = []
     for name, batch in itertools.product(norms, batches):

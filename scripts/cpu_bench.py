@@ -33,12 +33,10 @@ from normexp.config import step_batch
 from normexp.data import load_cifar10, stratified_subset
 from normexp.files import atomic
 from normexp.nn.precision import autocast
-from normexp.train.conductor import member_config, seeded_model
+from normexp.train.conductor import run_config, seeded_model
 from normexp.train.optim import build_optimizer
 from normexp.train.runtime import cpu_name
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop's timing, beside this script
-from loop_timing import flops_per_image, normexp_loop  # noqa: E402
+from normexp.train.timing import flops_per_image, normexp_loop
 
 PRECISIONS = {"fp32": None, "bf16": "bf16"}
 IMAGES = {"fp32": 2048, "bf16": 512}  # images per timed epoch (bf16 is emulated, slow, on CPUs without it)
@@ -61,7 +59,7 @@ def conv_gflops(precision: str, channels_last: bool, repeats: int = 5) -> float:
 
 def plain_rate(cfg, images: int) -> float:
     """Images/s of the plain loop (see the module's docstring) over `images` after a warm-up epoch."""
-    model = seeded_model(member_config(cfg, 0))
+    model = seeded_model(run_config(cfg, 0))
     fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
     model.to(memory_format=fmt).train()
     batch = step_batch(cfg)
@@ -114,7 +112,7 @@ def main() -> None:
                        f"runtime.channels_last={str(channels_last).lower()}"])
         if not rows:
             data = load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
-        flops = flops_per_image(seeded_model(member_config(cfg, 0)))
+        flops = flops_per_image(seeded_model(run_config(cfg, 0)))
         plain, (ours, _) = plain_rate(cfg, IMAGES[precision]), normexp_rate(cfg, data, IMAGES[precision])
         rows.append({"norm": norm, "images/device": n, "devices": cfg.data.devices, "precision": precision,
                      "layout": "channels_last" if channels_last else "NCHW", "plain img/s": plain,

@@ -5,7 +5,7 @@ model, its model and norm), times whole epochs of `engine.train_epoch` with toda
 with the device step (`runtime.capture=true`: a CUDA graph on a GPU, the same ops eagerly on CPU),
 after one untimed epoch that warms up, compiles and captures. With --side-by-side, also the device
 step of every timed cell while all of them train at once, each in a thread on its own CUDA stream
-(as `hydra/launcher=gpu` runs a sweep's jobs). Reports ms per optimizer step, sustained TFLOP/s
+(as `hydra/launcher=threads` runs a sweep's jobs). Reports ms per optimizer step, sustained TFLOP/s
 (the model's FLOPs per image forward + backward x images per second) and the preset's sweep time
 projected from the faster step one job at a time and, side by side, from each job's shared pace,
 with each job's test-set evaluations (timed apart, `evaluation s`) added.
@@ -37,11 +37,9 @@ from normexp.data.loader import maybe_subset
 from normexp.files import atomic
 from normexp.record import norm_tag
 from normexp.train import harness, runtime
-from normexp.train.conductor import member_config, seeded_model
+from normexp.train.conductor import run_config, seeded_model
 from normexp.train.engine import evaluate
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the loop's timing, beside this script
-from loop_timing import flops_per_image, normexp_loop, normexp_rate, timed  # noqa: E402
+from normexp.train.timing import flops_per_image, normexp_loop, normexp_rate, timed
 
 SIDE = "side-by-side ms/step"  # the device step of every timed cell at once
 EVAL = "evaluation s"  # one test-set evaluation of every packed seed, one after another (as training does)
@@ -56,7 +54,7 @@ def timed_index(cfg: DictConfig, data: CifarArrays, steps: int) -> torch.Tensor:
 def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.device,
                 capture: bool) -> tuple[float, float]:
     """Milliseconds per optimizer step of the preset's seeds packed (the step loop alone), over a
-    timed epoch of `steps` steps after an untimed one (loop_timing.normexp_rate), and the seconds of
+    timed epoch of `steps` steps after an untimed one (normexp.train.timing.normexp_rate), and the seconds of
     that epoch's augmentation fill scaled to the full training set."""
     members = len(seeds(cfg))
     ms = 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, timed_index(cfg, data, steps), members,
@@ -69,7 +67,7 @@ def evaluation_seconds(cfg: DictConfig, data: CifarArrays, device: torch.device)
     """Seconds of one evaluation of the test set by each of the cell's seeds (normexp.train.engine.
     evaluate, each seed as a single model, as training evaluates packed runs), timed after one
     untimed pass; the model is untrained (the time does not depend on the weights)."""
-    model = seeded_model(member_config(cfg, seeds(cfg)[0]))
+    model = seeded_model(run_config(cfg, seeds(cfg)[0]))
     fmt = harness.prepare_model(model, cfg, device)
     test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
     batches = EvalBatches(test_x.to(device), test_y.to(device), cfg.runtime.eval_batch_size, data.mean, data.std,
@@ -174,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(base.runtime.threads or 1)
     device = runtime.pick_device(base.runtime.device)
     data = load_cifar10(base.data.source, base.paths, base.runtime.download)
-    flops = flops_per_image(seeded_model(member_config(base, 0)))
+    flops = flops_per_image(seeded_model(run_config(base, 0)))
     rows, cells = [], []
     for name, batch in itertools.product(args.norms or swept.get("norm") or [base.norm.name],
                                          args.batch_sizes or [int(b) for b in swept.get("data.batch_size", [])]):

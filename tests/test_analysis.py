@@ -25,7 +25,8 @@ from normexp.criteria import load_criteria
 
 
 def write_run(root: Path, norm: dict, batch: int, seed: int, accs: list[float], status: str = "finished",
-              epochs: int | None = None, digest: str = "cifar", precision: str | None = None) -> Path:
+              epochs: int | None = None, digest: str = "cifar", precision: str | None = None,
+              numerics: int | None = None) -> Path:
     """A run record written through normexp.record, as the conductor writes it, with the given
     per-epoch test accuracies."""
     ident = {"data": {"source": "folder", "batch_size": batch, "devices": 1, "crop_padding": 4, "flip": True},
@@ -34,6 +35,8 @@ def write_run(root: Path, norm: dict, batch: int, seed: int, accs: list[float], 
              "data_digest": digest}
     if precision is not None:  # null settings are left out of an identity
         ident["trainer"]["precision"] = precision
+    if numerics is not None:  # runs recorded before the numerics version existed have none
+        ident["numerics"] = numerics
     directory = root / record.run_name(ident)
     record.write_start(directory, ident, "verdict: null\n")
     (directory / record.LOG).write_text("log\n")
@@ -287,6 +290,21 @@ def test_runs_recorded_before_and_after_a_criterion_changed_are_analysed_togethe
                                         "alpha": 0.05, "max_gn_loss": 2.7}
     with pytest.raises(ValueError, match="different verdict criteria"):
         recorded_criteria(pd.DataFrame({"criteria": [old, {**new, "alpha": 0.01}]}))
+    differing = pd.DataFrame({"criteria": [old, {**new, "alpha": 0.01}]})  # --set alpha=... fixes that one
+    assert recorded_criteria(differing, overridden={"alpha"}) == {"bn": "bn", "gn": "gn8", "reference_batch": 32,
+                                                                  "gn_loss_margin": 3.5, "max_gn_loss": 2.7}
+
+
+def test_two_axes_one_with_mixed_values_are_drawn_each_with_the_other_apart(tmp_path, capsys):
+    """Budgets recorded before a field existed (unset) pooled with later ones (2): the figure along
+    epochs keeps the two apart, the one along the field draws its values as categories."""
+    for epochs, numerics in ((2, None), (4, 2)):
+        for seed in range(3):
+            for norm, batch, acc in ((BN, 2, 50.0), (GN, 2, 60.0), (BN, 32, 72.0), (GN, 32, 70.0)):
+                write_run(tmp_path, norm, batch, seed, [acc + seed * 0.2 + epochs] * epochs, numerics=numerics)
+    assert analyze([str(tmp_path), "--vary", "trainer.epochs", "--vary", "numerics"]) == 0
+    for axis in ("epochs", "numerics"):
+        assert (tmp_path / "figures" / f"accuracy_vs_{axis}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):

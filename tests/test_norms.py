@@ -134,10 +134,10 @@ def test_norm_tags():
 
 def test_a_whole_number_typed_for_a_float_setting_is_the_same_run():
     from normexp.record import identity
-    from normexp.train.conductor import member_config
+    from normexp.train.conductor import run_config
 
     def run_identity(*overrides):
-        return identity(member_config(compose(list(overrides)), 0), "data")
+        return identity(run_config(compose(list(overrides)), 0), "data")
 
     assert run_identity("norm=brn", "norm.rmax=3") == run_identity("norm=brn")  # the YAML says 3.0
     assert run_identity("norm=brn", "norm.rmax=3")["norm"]["rmax"] == 3.0

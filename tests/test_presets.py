@@ -10,7 +10,7 @@ import pytest
 from normexp import record
 from normexp.compose import CONF_DIR, compose, sweep_grid
 from normexp.config import ConfigError, seeds, step_batch, validate
-from normexp.train.conductor import member_config, seeded_model
+from normexp.train.conductor import run_config, seeded_model
 from normexp.train.optim import scaled_lr
 from normexp.train.runtime import default_threads, registered_job
 
@@ -31,8 +31,8 @@ def test_every_grid_point_is_a_distinct_valid_run_in_an_ignored_folder(experimen
     for point in _grid(experiment):
         cfg = _compose(f"experiment={experiment}", *point)
         validate(cfg)
-        seeded_model(member_config(cfg, 0))  # group counts fit the model's widths
-        names += [record.run_name(record.identity(member_config(cfg, seed), "data")) for seed in seeds(cfg)]
+        seeded_model(run_config(cfg, 0))  # group counts fit the model's widths
+        names += [record.run_name(record.identity(run_config(cfg, seed), "data")) for seed in seeds(cfg)]
         assert Path(cfg.paths.results_root).parts[0] == "runs"  # never into tracked results/ by default
     assert len(set(names)) == len(names)
 
@@ -73,7 +73,7 @@ def test_parity_gpu_is_claim_gpu_at_the_reference_batch_judged_on_parity_alone()
     assert sorted(grid) == [["norm=bn", "data.batch_size=32"], ["norm=gn", "data.batch_size=32"]]
     cfg = _compose("experiment=parity_gpu", "norm=gn", "data.batch_size=32")
     gpu = _compose("experiment=claim_gpu", "norm=gn", "data.batch_size=32")
-    assert record.identity(member_config(cfg, 0), "d") == record.identity(member_config(gpu, 0), "d")  # same runs
+    assert record.identity(run_config(cfg, 0), "d") == record.identity(run_config(gpu, 0), "d")  # same runs
     assert (cfg.verdict.require_small_batch, cfg.verdict.require_parity,
             cfg.verdict.max_parity_gap) == (False, True, 1.0)
 
@@ -165,6 +165,9 @@ def test_normexp_plan_lists_a_presets_jobs_and_runs(capsys):
     assert "job 1: bn_b2x8_s0 bn_b2x8_s1 bn_b2x8_s2 x 1 epochs  (norm=bn data.batch_size=2)" in out
     assert plan(["experiment=first_look", "data.batch_size=0"]) == 2
     assert "data.batch_size=0 is invalid" in capsys.readouterr().err
+    assert plan(["experiment=first_look", "hydra/launcher=gpu"]) == 2  # a group option that does not exist
+    assert capsys.readouterr().err.startswith("normexp-plan: hydra/launcher=gpu is invalid: no "
+                                              "conf/hydra/launcher/gpu.yaml; allowed: basic, joblib")
 
 
 def test_the_plan_estimates_only_from_runs_on_the_kind_of_device_the_jobs_will_use(tmp_path, capsys):

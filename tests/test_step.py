@@ -213,7 +213,7 @@ def test_on_cuda_frozen_bn_recaptures_at_its_switch_and_trains_as_eager(determin
 @pytest.mark.gpu
 @CUDA
 def test_on_cuda_two_threads_capture_and_replay_at_once_as_each_would_alone(deterministic_cuda):
-    """hydra/launcher=gpu's case: jobs as threads, each on its own stream, capturing and replaying
+    """hydra/launcher=threads's case: jobs as threads, each on its own stream, capturing and replaying
     side by side; each trains as it does alone."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -44,7 +44,7 @@ def expected(directory: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def members(cfg) -> list[Path]:
-    return sorted(record.run_dir(conductor.member_config(cfg, seed), conductor.load_data(cfg).digest)
+    return sorted(record.run_dir(conductor.run_config(cfg, seed), conductor.load_data(cfg).digest)
                   for seed in cfg.seed)
 
 

@@ -123,7 +123,7 @@ def decomposition(runs: pd.DataFrame, bn: str, frozen: str | None, reference: in
             if len(shared):
                 row[f"{name} recovers"] = _ci(remedy.loc[shared] - population.loc[shared], alpha)
                 means[name] = remedy.mean()
-        best = max(means, key=means.get)
+        best = max(means, key=means.get)  # type: ignore[arg-type]  # dict.get's overloads
         row["best at this batch"] = best
         against = best if len(accuracy(best, reference)) else "population"  # a remedy not run at the reference
         row["remains"] = _welch(accuracy(against, reference), accuracy(best, batch), alpha)

@@ -69,7 +69,7 @@ def _walk(root: Path) -> list[Path]:
 def _run_folders(roots: tuple[Path, ...]) -> list[Path]:
     """Every folder holding identity.json below any of `roots` (symbolic links followed), skipping
     hidden folders, and those that a root's shared-runs list names (record.SHARED), each once."""
-    folders = {}
+    folders: dict[Path, Path] = {}
     for root in map(Path, roots):
         for folder in _walk(root):
             if (folder / record.IDENTITY).is_file():

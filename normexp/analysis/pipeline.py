@@ -9,10 +9,10 @@ STATISTICS declare when they apply to a run set; adding one touches this wing on
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import pandas as pd
 import yaml
@@ -98,17 +98,18 @@ def _statistics_tables(runs: RunSet) -> Tables:
     and, where BN has the reference batch and smaller ones, the decomposition of its small-batch loss."""
     finished, criteria = runs.finished, runs.criteria
     bd.evaluated_alike(finished)
-    tables = {"bn_statistics": (bd.statistics_table(finished), bd.statistics_table.__doc__.split("\n\n")[0])}
+    tables = {"bn_statistics": (bd.statistics_table(finished),
+                                cast(str, bd.statistics_table.__doc__).split("\n\n")[0])}
     by_epoch = bd.precise_by_epoch(runs.epochs, criteria.bn, criteria.alpha)
     if not by_epoch.empty:
-        tables["precise_by_epoch"] = (by_epoch, bd.precise_by_epoch.__doc__.split("\n\n")[0])
+        tables["precise_by_epoch"] = (by_epoch, cast(str, bd.precise_by_epoch.__doc__).split("\n\n")[0])
     bn_batches = set(finished.loc[finished["norm"] == criteria.bn, "batch_size"])
     if criteria.reference_batch in bn_batches and min(bn_batches) < criteria.reference_batch:
         frozen = sorted(n for n in finished["norm"].unique() if n.startswith(f"{criteria.bn}-frozen"))
         tables["bn_decomposition"] = (
             bd.decomposition(finished, criteria.bn, frozen[0] if len(frozen) == 1 else None,
                              criteria.reference_batch, criteria.alpha),
-            bd.decomposition.__doc__.split("\n\n")[0])
+            cast(str, bd.decomposition.__doc__).split("\n\n")[0])
     return tables
 
 
@@ -161,12 +162,13 @@ def unknown_field(fields: Sequence[str], runs: pd.DataFrame) -> Optional[str]:
     return None
 
 
-def recorded_criteria(runs: pd.DataFrame) -> Optional[dict[str, Any]]:
-    """The verdict criteria the runs' configs recorded; they must agree. Runs recorded before a
-    criterion existed or after one was retired (criteria.RETIRED) agree when the rest does: each set
-    is compared with today's defaults filled in and the retired keys left out."""
+def recorded_criteria(runs: pd.DataFrame, overridden: Collection[str] = ()) -> Optional[dict[str, Any]]:
+    """The verdict criteria the runs' configs recorded; they must agree, except in the `overridden`
+    keys (--set fixes those). Runs recorded before a criterion existed or after one was retired
+    (criteria.RETIRED) agree when the rest does: each set is compared with today's defaults filled
+    in and the retired keys left out."""
     defaults = yaml.safe_load(DEFAULTS.read_text())
-    recorded = [c for c in runs["criteria"] if c]
+    recorded = [{k: v for k, v in c.items() if k not in overridden} for c in runs["criteria"] if c]
     current = {yaml.safe_dump({**defaults, **{k: v for k, v in c.items() if k not in RETIRED}}, sort_keys=True)
                for c in recorded}
     if len(current) > 1:
@@ -191,14 +193,14 @@ def notes(tables: RunTables) -> list[str]:
     return notes
 
 
-def prepare(tables: RunTables, request: Request) -> tuple[RunSet, str]:
+def prepare(tables: RunTables, request: Request) -> tuple[RunSet, dict[str, str]]:
     """The finished runs with their axes, checked poolable, and the criteria with their provenance;
     AnalysisError if they cannot be pooled, the criteria disagree, or a --versus norm is absent."""
     axes = request.axes
     try:
         finished = tag_norm_settings(with_axes(tables.finished, axes))
         check_poolable(finished, SWEPT + tuple(request.vary), cell=("norm", "batch_size", *axes))
-        criteria, provenance = load_criteria(request.overrides, recorded_criteria(finished))
+        criteria, provenance = load_criteria(request.overrides, recorded_criteria(finished, request.overrides))
     except (PoolingError, ValueError) as error:
         raise AnalysisError(str(error)) from error
     if unknown := sorted(set(request.versus) - set(finished["norm"])):
@@ -260,12 +262,14 @@ def analyze(tables: RunTables, request: Request) -> Outcome:
 
 
 def _figures(runs: RunSet, train_loss: pd.DataFrame, figure_dir: Path) -> list[Path]:
-    """Error against batch size, accuracy by epoch, accuracy along each axis and the training loss."""
+    """Error against batch size, accuracy by epoch, accuracy along each axis (the other axes' values
+    apart) and the training loss."""
     labelled = plots.with_axis_labels(runs.finished, runs.axes)
     figures = [plots.error_vs_batch(labelled, figure_dir / "error_vs_batch.png"),
                plots.accuracy_curves(runs.epochs, figure_dir / "accuracy_by_epoch.png")]
-    figures += [plots.accuracy_vs_axis(runs.finished, axis, figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png")
-                for axis in runs.axes]
+    for axis in runs.axes:  # a line per value of the other axes
+        apart = plots.with_axis_labels(runs.finished, [other for other in runs.axes if other != axis])
+        figures.append(plots.accuracy_vs_axis(apart, axis, figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png"))
     if not train_loss.empty:
         by_run = labelled.set_index("run")["norm"]
         losses = train_loss[train_loss["run"].isin(set(runs.finished["run"]))]

@@ -89,7 +89,8 @@ def _axis_scale(ax: plt.Axes, values: Sequence[float], label: str) -> None:
 def colour(norm: str) -> str:
     if norm in COLOURS:
         return COLOURS[norm]
-    free = [h for h in map(matplotlib.colors.to_hex, plt.get_cmap("tab20").colors) if h not in COLOURS.values()]
+    tab20 = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # a ListedColormap's
+    free = [h for h in map(matplotlib.colors.to_hex, tab20) if h not in COLOURS.values()]
     return free[sum(map(ord, norm)) % len(free)]
 
 
@@ -224,7 +225,10 @@ def with_axis_labels(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
 
 def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
     """Final test accuracy against a further swept setting (e.g. trainer.epochs), one line per norm
-    and batch size, mean +- std over seeds."""
+    and batch size, mean +- std over seeds; a setting with values other than numbers (e.g. unset and
+    2) is drawn as categories."""
+    if not pd.api.types.is_numeric_dtype(runs[axis]):
+        runs = runs.assign(**{axis: runs[axis].astype(str)})
     fig, ax = plt.subplots(figsize=(5.5, 4))
     shown = looks([f"{norm}, {batch} per device" for norm, batch in zip(runs["norm"], runs["batch_size"])])
     for (norm, batch), rows in runs.groupby(["norm", "batch_size"]):

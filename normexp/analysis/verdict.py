@@ -223,10 +223,10 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
         if not required:  # reported, not assessed: no check of this part holds or fails
             for name in set(names) & set(result["checks"]):
                 result["checks"][name]["holds"] = None
-    required = [p for p in result["parts"].values() if p["required"]]
-    result["undecided"] = any(p["undecided"] for p in required)
-    result["holds"] = not result["undecided"] and all(p["holds"] for p in required)
-    result["reason"] = "; ".join(p["reason"] for p in required if p["undecided"]) or None
+    required_parts = [p for p in result["parts"].values() if p["required"]]
+    result["undecided"] = any(p["undecided"] for p in required_parts)
+    result["holds"] = not result["undecided"] and all(p["holds"] for p in required_parts)
+    result["reason"] = "; ".join(p["reason"] for p in required_parts if p["undecided"]) or None
     return _plain(result)
 
 

@@ -10,14 +10,14 @@ from normexp.sweep.plan import describe, sweep_plan
 
 def main(argv: Optional[list[str]] = None) -> int:
     """`normexp-plan OVERRIDES`: print what `normexp-train -m OVERRIDES` would train."""
-    from normexp.compose import check, sweep_grid
+    from normexp.compose import check, checked_sweep_grid
 
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print("usage: normexp-plan [OVERRIDE ...]  (the overrides of `normexp-train -m`, e.g. experiment=claim)")
         return 0
-    points = sweep_grid(args)
-    configs, problem = check(points)
+    points, problem = checked_sweep_grid(args)
+    configs, problem = check(points) if problem is None else ([], problem)
     if problem:
         print(f"normexp-plan: {problem}", file=sys.stderr)
         return 2

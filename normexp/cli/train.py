@@ -40,7 +40,7 @@ def app(cfg: DictConfig) -> None:
             others = running if "SLURM_JOB_ID" not in os.environ else 1
             threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), others)
             on_epoch, position = _sweep_progress() if multirun else None, _bar_position(multirun)
-            with hydra_released():  # hydra/launcher=gpu: the sweep's other jobs in this process go on
+            with hydra_released():  # hydra/launcher=threads: the sweep's other jobs in this process go on
                 summaries = train_job(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
     except (ConfigError, DataError) as error:
         log.error("%s", error)
@@ -90,22 +90,17 @@ def _check_command_line(argv: list[str]) -> tuple[Optional[str], list[str]]:
     (normexp.sweep.plan) and hands its run-epochs to the progress lines. Help and information
     requests are left to Hydra."""
     from hydra._internal.utils import get_args_parser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     from normexp.cli.preflight import launcher_problem, torchvision_problem
-    from normexp.compose import check, compose, model_problem, one_line, sweep_grid
+    from normexp.compose import check, checked_sweep_grid, compose, model_problem
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
             or args.config_dir or getattr(args, "experimental_rerun", None):
         return None, []
-    try:
-        points = sweep_grid(args.overrides) if args.multirun else [args.overrides]
-    except (HydraException, OmegaConfBaseException) as error:  # in a setting the sweep does not vary
-        return one_line(error, args.overrides), []
-    except Exception as error:  # a malformed override: the parser's message, on one line
-        return " ".join(str(error).split()), []
+    points, problem = checked_sweep_grid(args.overrides) if args.multirun else ([args.overrides], None)
+    if problem:
+        return problem, []
     configs, problem = check(points)
     if problem is None and not args.cfg:
         problem = torchvision_problem() or (launcher_problem(compose(points[0], hydra=True).hydra)

@@ -16,7 +16,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -220,7 +220,7 @@ def _read_cache(cache: Path) -> dict[str, object] | None:
     return None
 
 
-def _load_or_build(cache: Path, build: Callable[[], dict[str, Tensor]]) -> dict[str, object]:
+def _load_or_build(cache: Path, build: Callable[[], dict[str, Tensor]]) -> dict[str, Any]:
     arrays = _read_cache(cache)
     if arrays is not None:
         return arrays

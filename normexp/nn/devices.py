@@ -14,6 +14,7 @@ with 1/devices of its variance. The state dict is plain BatchNorm2d's (BatchReno
 from __future__ import annotations
 
 import copy
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,16 +54,17 @@ class PerDeviceBatchNorm2d(nn.BatchNorm2d):
                          for i, chunk in enumerate(x.chunk(d))])
         if self.track_running_stats:
             with torch.no_grad():  # the average of the devices' own running updates
-                self.running_mean.copy_(running[0].mean(0))
-                self.running_var.copy_(running[1].mean(0))
+                cast(Tensor, self.running_mean).copy_(cast(Tensor, running[0]).mean(0))
+                cast(Tensor, self.running_var).copy_(cast(Tensor, running[1]).mean(0))
         return out
 
     def _momentum(self) -> float:
         """BatchNorm2d's update rate, counting this step (momentum None: the cumulative average)."""
         if not self.track_running_stats:
             return 0.0
-        self.num_batches_tracked.add_(1)
-        return self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        tracked = cast(Tensor, self.num_batches_tracked)  # kept with the running statistics
+        tracked.add_(1)
+        return self.momentum if self.momentum is not None else 1.0 / float(tracked)
 
 
 def batch_dependent(module: nn.Module) -> bool:
@@ -80,7 +82,7 @@ def split_batch_statistics(model: nn.Module, devices: int) -> nn.Module:
     the protocol without a word."""
     for name, child in model.named_children():
         if hasattr(child, "per_device"):
-            replacement = child.per_device(devices)
+            replacement = cast(Any, child).per_device(devices)  # the layer's own method (duck-typed)
             traits_of(replacement)  # the layer that takes its place declares its traits too
             setattr(model, name, replacement)
         elif type(child) is nn.BatchNorm2d:

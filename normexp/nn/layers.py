@@ -12,6 +12,8 @@ BatchNorm2d's) and, if it normalizes over the batch, how it splits per virtual d
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -23,11 +25,12 @@ from normexp.nn.traits import NormTraits
 def update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
     """BatchNorm2d's running update from D devices' batch statistics `mean`, `var` (D, C), each
     device's biased variance over `count` values; the devices' updates are averaged."""
-    bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    tracked = cast(Tensor, bn.num_batches_tracked)  # its buffers: a BatchNorm2d that tracks running statistics
+    tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
     unbiased = var * (count / max(1, count - 1))
-    bn.running_mean.lerp_(mean.mean(0), momentum)
-    bn.running_var.lerp_(unbiased.mean(0), momentum)
+    cast(Tensor, bn.running_mean).lerp_(mean.mean(0), momentum)
+    cast(Tensor, bn.running_var).lerp_(unbiased.mean(0), momentum)
 
 
 def renorm_limits(images: Tensor, rmax: float, dmax: float, warmup_images: int) -> tuple[Tensor, Tensor]:
@@ -80,7 +83,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
     # its statistics are tensor ops in the input's dtype: fp32 input under bf16
     norm_traits = NormTraits(batch_dependent=True, running_statistics=True, corrects_statistics=True)
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rmax: float = 3.0,
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, rmax: float = 3.0,
                  dmax: float = 5.0, warmup_images: int = 6250, devices: int = 1) -> None:
         super().__init__(num_features, eps, momentum)
         self.rmax, self.dmax, self.warmup_images, self.devices = rmax, dmax, warmup_images, devices
@@ -173,7 +176,7 @@ class FilterResponseNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         nu2 = x.square().mean(dim=(2, 3), keepdim=True)
         y = x * torch.rsqrt(nu2 + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return torch.maximum(y, self.tau.view(1, -1, 1, 1)) if self.tlu else y
+        return torch.maximum(y, cast(Tensor, self.tau).view(1, -1, 1, 1)) if self.tlu else y  # tau: with the TLU
 
 
 class EvoNormS02d(nn.Module):

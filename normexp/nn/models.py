@@ -7,7 +7,7 @@ every convolution's weight standardized.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from torch import Tensor, nn
 
@@ -100,7 +100,7 @@ class CifarResNet(nn.Module):
         if zero_init_residual:
             for module in self.modules():
                 if isinstance(module, BasicBlock) and getattr(module.norm2, "weight", None) is not None:
-                    nn.init.zeros_(module.norm2.weight)
+                    nn.init.zeros_(cast(Tensor, module.norm2.weight))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, cast
 
 from torch import nn
 
@@ -221,7 +221,7 @@ def canonical_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """`spec` with each whole number given to a float argument of its builder as a float, so that a
     run's identity does not depend on how a number was typed (norm.rmax=3 and the YAML's 3.0 are the
     same run). Unknown norms and settings pass through unchanged for `build_norm` to refuse."""
-    builder = NORMS.get(spec.get("name"))
+    builder = NORMS.get(cast(str, spec.get("name")))  # None (no name): no builder
     hints = typing.get_type_hints(builder) if builder else {}
     return {key: float(value) if _takes_float(hints.get(key)) and type(value) is int else value
             for key, value in spec.items()}

@@ -19,7 +19,7 @@ the feature dimension (`Pack.losses`), state and optimizer state concatenated al
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,8 @@ def _widened_linear(module: nn.Linear, k: int) -> PackedLinear:
 
 # torch's layers, by exact type (a subclass may compute otherwise); normexp's own layers declare
 # their widening themselves (a `packed(members)` method, normexp.nn.layers)
-TORCH_LAYERS = {nn.BatchNorm2d: _widened_batch_norm, nn.GroupNorm: _widened_group_norm, nn.Linear: _widened_linear}
+TORCH_LAYERS: dict[type[nn.Module], Callable[[Any, int], nn.Module]] = {
+    nn.BatchNorm2d: _widened_batch_norm, nn.GroupNorm: _widened_group_norm, nn.Linear: _widened_linear}
 
 
 def _widened(module: nn.Module, k: int) -> nn.Module:
@@ -84,7 +85,7 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
     if type(module) is nn.Conv2d:
         return _widened_conv(module, k)
     if hasattr(module, "packed"):
-        widened = module.packed(k)
+        widened = cast(Any, module).packed(k)  # the layer's own method (duck-typed)
         if norm_traits(module) is not None:
             traits_of(widened)  # a norm's wider layer declares its traits too
         return widened
@@ -103,26 +104,26 @@ def _widened(module: nn.Module, k: int) -> nn.Module:
 
 
 def _widened_conv(module: nn.Conv2d, k: int) -> nn.Conv2d:
-    return nn.Conv2d(module.in_channels * k, module.out_channels * k, module.kernel_size, module.stride,
-                     module.padding, module.dilation, module.groups * k, module.bias is not None,
-                     module.padding_mode)
+    return nn.Conv2d(module.in_channels * k, module.out_channels * k,  # torch types the sizes as n-D tuples:
+                     module.kernel_size, module.stride, module.padding, module.dilation,  # type: ignore[arg-type]
+                     module.groups * k, module.bias is not None, module.padding_mode)
 
 
 def _widened_parametrized(module: nn.Module, k: int) -> nn.Module:
     """A parametrized Conv2d widened with the same parametrizations, if each acts on each output
     row of its tensor alone (as each member's rows then stay apart)."""
     base = type(module).__bases__[0]  # parametrize makes the class Parametrized<base>(base)
-    for name, chain in module.parametrizations.items():
-        for p in chain:
+    for name, chain in cast(nn.ModuleDict, module.parametrizations).items():
+        for p in cast(nn.ModuleList, chain):
             if base is not nn.Conv2d or not isinstance(p, ROW_LOCAL_PARAMETRIZATIONS):
                 raise PackingError(
                     f"cannot pack a {base.__name__} layer with a {type(p).__name__} parametrization of its {name} "
                     f"(packing knows Conv2d with {', '.join(t.__name__ for t in ROW_LOCAL_PARAMETRIZATIONS)}); "
                     f"train one seed per job (seed=<int>)"
                 )
-    widened = _widened_conv(module, k)
-    for name, chain in module.parametrizations.items():
-        for p in chain:
+    widened = _widened_conv(cast(nn.Conv2d, module), k)
+    for name, chain in cast(nn.ModuleDict, module.parametrizations).items():
+        for p in cast(nn.ModuleList, chain):
             parametrize.register_parametrization(widened, name, p)
     return widened
 
@@ -137,7 +138,7 @@ def pack_tensors(tensors: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
     first = tensors[0]
     if first is None:
         return None
-    return torch.cat(list(tensors)) if first.ndim else first.clone()
+    return torch.cat(list(cast(Sequence[Tensor], tensors))) if first.ndim else first.clone()  # none is None
 
 
 def member_tensor(packed: Optional[Tensor], members: int, index: int) -> Optional[Tensor]:
@@ -157,11 +158,11 @@ def pack(models: Sequence[nn.Module]) -> nn.Module:
 
 
 def pack_state(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {key: pack_tensors([s[key] for s in states]) for key in states[0]}
+    return {key: cast(Tensor, pack_tensors([s[key] for s in states])) for key in states[0]}
 
 
 def member_state(packed: dict[str, Tensor], members: int, index: int) -> dict[str, Tensor]:
-    return {key: member_tensor(value, members, index) for key, value in packed.items()}
+    return {key: cast(Tensor, member_tensor(value, members, index)) for key, value in packed.items()}
 
 
 def pack_optimizer_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,12 +37,12 @@ def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
 def _observing(model: nn.Module, layers: list[nn.Module], accumulate: Accumulate) -> Iterator[None]:
     """Train mode without running updates (momentum 0), `accumulate(layer, its input)` on every call;
     modes, momentum and step counters restored afterwards."""
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
+    saved = [(m.momentum, cast(Tensor, m.num_batches_tracked).clone()) for m in layers]
     modes = [(m, m.training) for m in model.modules()]
     hooks = [m.register_forward_pre_hook(lambda module, inputs: accumulate(module, inputs[0])) for m in layers]
     try:
         for m in layers:
-            m.momentum = 0.0
+            cast(Any, m).momentum = 0.0  # a float: nn.Module types its attributes as tensors and modules
         model.train()
         yield
     finally:
@@ -50,7 +50,7 @@ def _observing(model: nn.Module, layers: list[nn.Module], accumulate: Accumulate
             hook.remove()
         for m, (momentum, tracked) in zip(layers, saved):
             m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+            cast(Tensor, m.num_batches_tracked).copy_(tracked)
         for m, training in modes:
             m.training = training
 
@@ -86,8 +86,8 @@ def population_statistics(model: nn.Module, batches: Iterable[Tensor], num_batch
     for m, (total, squares, count) in sums.items():
         mean = total / count
         var = (squares / count - mean.square()).clamp(min=0.0) * (count / (count - 1))
-        m.running_mean.copy_(mean)
-        m.running_var.copy_(var)
+        cast(Tensor, m.running_mean).copy_(mean)
+        cast(Tensor, m.running_var).copy_(var)
 
 
 @torch.no_grad()
@@ -112,5 +112,5 @@ def recompute_batchnorm_statistics(model: nn.Module, batches: Iterable[Tensor], 
     with _observing(model, layers, accumulate):
         _feed(model, batches, num_batches)
     for m, (mean_sum, var_sum, calls) in sums.items():
-        m.running_mean.copy_(mean_sum / calls)
-        m.running_var.copy_(var_sum / calls)
+        cast(Tensor, m.running_mean).copy_(mean_sum / calls)
+        cast(Tensor, m.running_var).copy_(var_sum / calls)

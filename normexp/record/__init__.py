@@ -18,7 +18,7 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -96,14 +96,14 @@ def setting_changes(directory: Path, cfg: DictConfig) -> list[str]:
     are not in the identity but change what it records (config.RECORDED_AS_STARTED), e.g.
     ["evaluation.precise_images 4096 -> 2048"]; a group the record lacks (older code) is not compared."""
     try:
-        recorded = OmegaConf.load(directory / CONFIG)
+        recorded = cast(DictConfig, OmegaConf.load(directory / CONFIG))
     except OSError:
         return []
     changes = []
     for group in RECORDED_AS_STARTED:
         if group not in recorded:
             continue
-        old, new = (OmegaConf.to_container(c[group], resolve=True) for c in (recorded, cfg))
+        old, new = (cast("dict[str, Any]", OmegaConf.to_container(c[group], resolve=True)) for c in (recorded, cfg))
         changes += [f"{group}.{key} {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
                     if old.get(key) != new.get(key)]
     return changes
@@ -175,7 +175,7 @@ def is_claimed(directory: Path) -> bool:
 @contextmanager
 def run_logger(directory: Path) -> Iterator[logging.Logger]:
     """A logger for one run: its lines, and the job's shared lines (logger `normexp`, from this
-    thread: hydra/launcher=gpu trains other jobs in other threads), go to the run's `train.log`."""
+    thread: hydra/launcher=threads trains other jobs in other threads), go to the run's `train.log`."""
     shared = logging.getLogger("normexp")
     name = f"normexp.run.{directory.name}"
     handler = logging.FileHandler(directory / LOG)

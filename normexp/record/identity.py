@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,7 +56,7 @@ def identity(cfg: DictConfig, data_digest: str, numerics: int = NUMERICS) -> dic
     data it trains on, and the version of the code's numerics (`numerics`, left out for version 1).
     Null settings are left out so that a setting added later, null (off) by default, leaves the
     names of existing runs unchanged."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(container, dict)
     ident = {key: _without_nulls(value) for key, value in container.items() if key not in NOT_IDENTITY}
     ident["data_digest"] = data_digest

@@ -1,4 +1,4 @@
-"""One process runs a whole sweep (`hydra/launcher=gpu`): the jobs train in threads of this process,
+"""One process runs a whole sweep (`hydra/launcher=threads`): the jobs train in threads of this process,
 each on its own CUDA stream, so that kernels of the small-batch chains run beside the large-batch
 jobs' (kernels of different processes never overlap on one GPU without MPS). On CPU it runs the
 jobs one after another, as Hydra's basic launcher does.
@@ -13,9 +13,8 @@ per-job file (each line names its logger, so a run's lines name the run), and ea
 Each run keeps its folder, lock, checkpoint and record as under any launcher; a failing job does
 not stop the others (the app notes it for the sweep's report); Ctrl-C or a kill ends every job,
 each losing at most the epoch it had in flight. Every job holds its data and epoch buffer on the
-GPU: the buffer is 0.6 GB per packed seed of CIFAR-10 (50,000 fp32 images), filled one seed at a
-time (about 0.9 GB of temporaries: scripts/fill_memory.py), so `claim_gpu`'s 12 jobs of 5 seeds
-need about 50 GB before activations; `n_jobs` bounds it.
+GPU, one training set of fp32 images per packed seed, filled one seed at a time (the sizes: the
+main README, "Speed"; scripts/probes/fill_memory.py); `n_jobs` bounds the total.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,7 +37,7 @@ def run_epochs(jobs: Sequence[Job]) -> int:
 def job_of(overrides: Sequence[str], cfg: DictConfig) -> Job:
     from normexp.config import seeds
 
-    norm = OmegaConf.to_container(cfg.norm, resolve=True)
+    norm = cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True))
     tag, d = record.norm_tag(norm), cfg.data
     devices = f"x{d.devices}" if d.devices != 1 else ""
     labels = tuple(f"{tag}_b{d.batch_size}{devices}_s{seed}" for seed in seeds(cfg))

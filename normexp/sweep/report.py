@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from normexp.files import atomic
 from normexp.record import DIVERGED, FINISHED, read_json
 from normexp.sweep.progress import PROGRESS
+
+if TYPE_CHECKING:
+    from normexp.analysis.collect import RunTables
 
 log = logging.getLogger("normexp")
 
@@ -55,7 +59,7 @@ def _report_runs(root: Path, sweep_dir: Path) -> int:
         log.warning("sweep ended with no run records of its own under %s", root)
         return 0
     counts = runs["status"].value_counts().to_dict()
-    others = len(tables.runs) - len(runs)
+    others = len(cast("RunTables", tables).runs) - len(runs)  # runs come from tables
     log.info("sweep ended; its %d run(s): %s%s", len(runs), ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
              f" ({others} other run(s) under {root} are from earlier commands)" if others else "")
     for _, run in runs[runs["status"] != FINISHED].iterrows():

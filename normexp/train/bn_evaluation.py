@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,9 +62,9 @@ def evaluate_batch_statistics(model: nn.Module, batches: EvalBatches, per_device
     start, whose repeated predictions are not counted; `model` is untouched."""
     model = copy.deepcopy(model)
     for layer in batch_norm_layers(model):
-        layer.momentum = 0.0  # running statistics unchanged
+        cast(Any, layer).momentum = 0.0  # running statistics unchanged
         if traits_of(layer).corrects_statistics:  # its own batch statistics, not renormalized
-            layer.batch_statistics_only()
+            cast(Any, layer).batch_statistics_only()  # the layer's own method (duck-typed)
     model.train()
     n, device = batches.images, batches.x.device
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)

@@ -13,7 +13,7 @@ import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -40,7 +40,7 @@ log = logging.getLogger("normexp")
 
 
 @dataclass
-class Member:
+class RunState:
     """One run of a job, with what it has done so far."""
 
     cfg: DictConfig
@@ -56,19 +56,19 @@ class Member:
     summary: Optional[dict[str, Any]] = None
 
 
-def member_config(cfg: DictConfig, seed: int) -> DictConfig:
+def run_config(cfg: DictConfig, seed: int) -> DictConfig:
     """The config of the single run with this seed (what its identity and record hold), its norm
     settings in canonical types (norms.canonical_spec)."""
     run = copy.deepcopy(cfg)
     run.seed = seed
-    run.norm = canonical_spec(OmegaConf.to_container(cfg.norm, resolve=True))
+    run.norm = canonical_spec(cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True)))
     return run
 
 
 def seeded_model(cfg: DictConfig) -> nn.Module:
     with GLOBAL_RNG:
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
+        return build_model(cfg.model, cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True)))
 
 
 def load_data(cfg: DictConfig) -> CifarArrays:
@@ -91,8 +91,8 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     validate(cfg)
     trackers.require(cfg)
     torch.set_num_threads(cfg.runtime.threads or auto_threads or torch.get_num_threads())
-    runs = [member_config(cfg, seed) for seed in seeds(cfg)]
-    models = [seeded_model(run) for run in runs]
+    configs = [run_config(cfg, seed) for seed in seeds(cfg)]
+    models = [seeded_model(config) for config in configs]
     device = runtime.pick_device(cfg.runtime.device)
     runtime.warn_slow_precision(cfg.trainer.precision, device)
     check_capturable(cfg.norm, captures(cfg.runtime.capture, device) and device.type == "cuda")
@@ -106,9 +106,9 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     data = load_data(cfg)
     summaries: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        members = []
-        for run, model in zip(runs, models):
-            directory = record.run_dir(run, data.digest)
+        runs = []
+        for config, model in zip(configs, models):
+            directory = record.run_dir(config, data.digest)
             if not stack.enter_context(record.claim(directory)):
                 log.info("%s is being trained by another process; skipping it", directory)
                 continue
@@ -121,10 +121,10 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
                     on_epoch(directory.name, summary["epochs_done"], False)
                 continue
             run_log = stack.enter_context(record.run_logger(directory))
-            tracker = stack.enter_context(trackers.open_run(run, directory, run_log))
-            members.append(Member(run, directory, run_log, model, tracker))
-        if members:
-            resumed = [m.directory for m in members if (m.directory / record.CHECKPOINT).is_file()]
+            tracker = stack.enter_context(trackers.open_run(config, directory, run_log))
+            runs.append(RunState(config, directory, run_log, model, tracker))
+        if runs:
+            resumed = [r.directory for r in runs if (r.directory / record.CHECKPOINT).is_file()]
             if cfg.runtime.threads is None:
                 runtime.keep_recorded_threads(resumed)
             fmt = runtime.memory_format(cfg.runtime.channels_last, models[0], device)
@@ -136,34 +136,34 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
                                       "resuming would mix two kinds of records under one name; "
                                       "resume it as it started")
             try:
-                _train(cfg, members, data, device, on_epoch or (lambda *_: None), bar_position, fmt)
+                _train(cfg, runs, data, device, on_epoch or (lambda *_: None), bar_position, fmt)
             except Exception as error:
-                for member in members:
-                    if member.summary is None:
-                        record.write_error(member.directory, type(error).__name__, str(error), traceback.format_exc())
+                for run in runs:
+                    if run.summary is None:
+                        record.write_error(run.directory, type(error).__name__, str(error), traceback.format_exc())
                 raise
-            summaries += [m.summary for m in members]
+            summaries += [cast("dict[str, Any]", r.summary) for r in runs]  # each written by _train
     return summaries
 
 
-def _start(member: Member, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
+def _start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
     """Write the run's identity, config and this start (with any environment change), and load
     its checkpoint if it has one."""
-    path = member.directory / record.CHECKPOINT
+    path = run.directory / record.CHECKPOINT
     state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
-    environment = runtime.environment(device, captures(member.cfg.runtime.capture, device), fmt)
-    changed = record.environment_change(record.last_start(member.directory), environment) if state else []
+    environment = runtime.environment(device, captures(run.cfg.runtime.capture, device), fmt)
+    changed = record.environment_change(record.last_start(run.directory), environment) if state else []
     start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(state["metrics"]) if state else 0,
              **environment, **runtime.code_version(), **({"environment_change": changed} if changed else {})}
-    record.write_start(member.directory, record.identity(member.cfg, digest),
-                       OmegaConf.to_yaml(member.cfg, resolve=True), start)
+    record.write_start(run.directory, record.identity(run.cfg, digest),
+                       OmegaConf.to_yaml(run.cfg, resolve=True), start)
     if state is not None:
-        member.model.load_state_dict(state["model"])
-        member.checkpoint = state
-        member.metrics, member.loss_log = state["metrics"], state["train_loss"]
-        member.compute_seconds = state["compute_seconds"]
-        member.log.info("resuming %s after epoch %d", member.directory.name, len(member.metrics))
-    member.tracker.start(member.metrics, member.loss_log)
+        run.model.load_state_dict(state["model"])
+        run.checkpoint = state
+        run.metrics, run.loss_log = state["metrics"], state["train_loss"]
+        run.compute_seconds = state["compute_seconds"]
+        run.log.info("resuming %s after epoch %d", run.directory.name, len(run.metrics))
+    run.tracker.start(run.metrics, run.loss_log)
 
 
 def pack_limit(cfg: DictConfig, device: torch.device) -> int:
@@ -174,24 +174,24 @@ def pack_limit(cfg: DictConfig, device: torch.device) -> int:
     return step_batch(cfg) if device.type == "cuda" else 4
 
 
-def _packs(cfg: DictConfig, members: list[Member], device: torch.device) -> list[list[Member]]:
-    """Members train packed if a step is small enough for packing to pay, grouped by the epoch
+def _packs(cfg: DictConfig, runs: list[RunState], device: torch.device) -> list[list[RunState]]:
+    """Runs train packed if a step is small enough for packing to pay, grouped by the epoch
     they resume from, the most advanced first (a half-trained run resumes before fresh seeds start)."""
-    by_start: dict[int, list[Member]] = {}
-    for member in members:
-        by_start.setdefault(len(member.metrics), []).append(member)
+    by_start: dict[int, list[RunState]] = {}
+    for run in runs:
+        by_start.setdefault(len(run.metrics), []).append(run)
     groups = [group for _, group in sorted(by_start.items(), reverse=True)]
     if step_batch(cfg) > pack_limit(cfg, device):
-        groups = [[member] for group in groups for member in group]
+        groups = [[run] for group in groups for run in group]
     return groups
 
 
-def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: torch.device, on_epoch: EpochHook,
+def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, device: torch.device, on_epoch: EpochHook,
            bar_position: int, fmt: torch.memory_format) -> None:
-    for member in members:
-        _start(member, data.digest, device, fmt)
-        on_epoch(member.directory.name, len(member.metrics), False)
-    groups = _packs(cfg, members, device)
+    for run in runs:
+        _start(run, data.digest, device, fmt)
+        on_epoch(run.directory.name, len(run.metrics), False)
+    groups = _packs(cfg, runs, device)
     train_x, train_y = maybe_subset(data.train_images, data.train_labels, cfg.data.train_subset, cfg.model.num_classes)
     test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
     train_x, train_y = train_x.to(device), train_y.to(device)
@@ -201,8 +201,8 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
         with GLOBAL_RNG:
             pack = Pack([m.model for m in group])
         harness.prepare_model(pack.model, cfg, device)
-        for member in group:
-            member.model.to(device, memory_format=fmt)
+        for run in group:
+            run.model.to(device, memory_format=fmt)  # type: ignore[call-overload]  # torch's overloads lack it
         train = harness.train_batches(cfg, train_x, train_y, data.mean, data.std, [m.cfg.seed for m in group], fmt)
         progress = StepProgress(label=" ".join(m.directory.name for m in group), bar=cfg.runtime.progress,
                                 position=bar_position)
@@ -210,17 +210,17 @@ def _train(cfg: DictConfig, members: list[Member], data: CifarArrays, device: to
             _train_pack(cfg, group, pack, train, test, device, data.source, on_epoch, progress)
 
 
-def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBatches, test: EvalBatches,
+def _train_pack(cfg: DictConfig, group: list[RunState], pack: Pack, train: TrainBatches, test: EvalBatches,
                 device: torch.device, source: str, on_epoch: EpochHook, progress: StepProgress) -> None:
     epochs = cfg.trainer.epochs
     resume = None
     if group[0].checkpoint is not None:
-        resume = ([m.checkpoint["optimizer"] for m in group], group[0].checkpoint["scheduler"])
+        resume = ([cast("dict[str, Any]", m.checkpoint)["optimizer"] for m in group], group[0].checkpoint["scheduler"])
     else:
-        for member in group:
-            member.log.info(
+        for run in group:
+            run.log.info(
                 "starting %s on %s%s: %d train / %d test images, %d steps per epoch of %d images (%d device(s) x %d)",
-                member.directory.name, device, f", packed with {pack.size - 1} other seed(s)" if pack.size > 1 else "",
+                run.directory.name, device, f", packed with {pack.size - 1} other seed(s)" if pack.size > 1 else "",
                 len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
 
     trainer = harness.build(cfg, pack, train, device, epochs, resume=resume)
@@ -246,47 +246,47 @@ def _train_pack(cfg: DictConfig, group: list[Member], pack: Pack, train: TrainBa
                   if due else [untested] * pack.size)
         eval_seconds = time.perf_counter() - eval_start
         active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
-        for i, member in active:
-            _record_epoch(member, record.epoch_row(result.records[i], tested[i] if result.diverged[i] is None
+        for i, run in active:
+            _record_epoch(run, record.epoch_row(result.records[i], tested[i] if result.diverged[i] is None
                                                    else untested, eval_seconds, pack.size,
                                                    frozen if frozen_from else None), result.losses[i], epochs)
             if result.diverged[i] is not None:
-                member.diverged = result.diverged[i]
-                member.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
-                                   epoch, result.diverged[i]["step"])
+                run.diverged = result.diverged[i]
+                run.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
+                                   epoch, cast("dict[str, int]", result.diverged[i])["step"])
         share = (time.perf_counter() - epoch_start) / pack.size  # the job's wall time, split over its runs
         states = pack.member_states(trainer.optimizer)
-        for i, member in active:
-            member.compute_seconds += share
-            if member.diverged is None:
-                checkpoint = record.checkpoint_state(*states[i], trainer.scheduler.state_dict(), member.metrics,
-                                                     member.loss_log, member.compute_seconds)
-                atomic.atomic_write(member.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
-        for _, member in active:
-            on_epoch(member.directory.name, len(member.metrics), True)
+        for i, run in active:
+            run.compute_seconds += share
+            if run.diverged is None:
+                checkpoint = record.checkpoint_state(*states[i], trainer.scheduler.state_dict(), run.metrics,
+                                                     run.loss_log, run.compute_seconds)
+                atomic.atomic_write(run.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
+        for _, run in active:
+            on_epoch(run.directory.name, len(run.metrics), True)
         if all(m.diverged is not None for m in group):
             break
 
-    for member in group:
-        member.summary = atomic.finite(record.summary(
-            member.directory.name, member.metrics, member.diverged, member.compute_seconds,
-            pack_size=member.metrics[-1]["pack_size"],
+    for run in group:
+        run.summary = atomic.finite(record.summary(
+            run.directory.name, run.metrics, run.diverged, run.compute_seconds,
+            pack_size=run.metrics[-1]["pack_size"],
             lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source,
-            **runtime.provenance(device, record.last_start(member.directory), trainer.captured)))
-        record.write_summary(member.directory, member.summary)
-        member.tracker.finish(member.summary)
+            **runtime.provenance(device, record.last_start(run.directory), trainer.captured)))
+        record.write_summary(run.directory, run.summary)
+        run.tracker.finish(run.summary)
 
 
 def _fmt(value: Optional[float], pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def _record_epoch(member: Member, row: dict[str, Any], losses: list[dict[str, Any]], epochs: int) -> None:
-    member.metrics.append(row)
-    member.loss_log.extend(losses)
-    member.log.info(
+def _record_epoch(run: RunState, row: dict[str, Any], losses: list[dict[str, Any]], epochs: int) -> None:
+    run.metrics.append(row)
+    run.loss_log.extend(losses)
+    run.log.info(
         "epoch %d/%d | train loss %.4f acc %.2f%% | test loss %s acc %s | lr %.5f | %.1f s | %.0f img/s",
         row["epoch"], epochs, row["train_loss"], row["train_acc"], _fmt(row["test_loss"], "{:.4f}"),
         _fmt(row["test_acc"], "{:.2f}%"), row["lr"], row["seconds"], row["images_per_s"])
-    record.write_progress(member.directory, member.metrics, member.loss_log)
-    member.tracker.log_epoch(row, losses)
+    record.write_progress(run.directory, run.metrics, run.loss_log)
+    run.tracker.log_epoch(row, losses)

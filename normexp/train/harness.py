@@ -1,6 +1,6 @@
 """One training harness: what every training loop builds around a pack of seeds, in one place.
 The conductor's runs (normexp.train.conductor, which keeps a run's lifecycle) and the benches
-(scripts/loop_timing.py) train through it, so a bench times the step that training runs.
+(normexp.train.timing) train through it, so a bench times the step that training runs.
 
 `prepare_model` sets the pack's model up (virtual devices, each norm's precision, device and
 layout); `train_batches` gives its augmented epochs; `build` its optimizer, schedule, forward
@@ -11,7 +11,7 @@ given; `Harness.epoch` trains one epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import torch
 from omegaconf import DictConfig
@@ -37,7 +37,7 @@ def prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device) -> to
     if cfg.trainer.precision is not None:
         set_norm_precision(model)
     fmt = runtime.memory_format(cfg.runtime.channels_last, model, device)
-    model.to(device, memory_format=fmt)
+    model.to(device, memory_format=fmt)  # type: ignore[call-overload]  # torch's overloads lack it
     return fmt
 
 
@@ -85,7 +85,7 @@ def build(cfg: DictConfig, pack: Pack, train: TrainBatches, device: torch.device
     if compile_mode == "config":
         forward = runtime.maybe_compiled(cfg.runtime.compile, pack.model, device, captured)
     else:
-        forward = pack.model if compile_mode is None else torch.compile(
-            pack.model, mode=None if compile_mode == "default" else compile_mode)
+        forward = pack.model if compile_mode is None else cast(nn.Module, torch.compile(
+            pack.model, mode=None if compile_mode == "default" else compile_mode))
     step = build_step(pack, forward, optimizer, train, device, capture, cfg.norm.name, cfg.trainer.precision)
     return Harness(pack, train, optimizer, scheduler, step, captured, epochs)

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, cast
 
 import torch
 from torch import nn
@@ -89,12 +89,13 @@ def maybe_compiled(flag: Optional[bool], model: nn.Module, device: torch.device,
     """The model, or with `runtime.compile` (null = on a GPU when the step is not `captured`)
     `torch.compile`d; on a GPU outside a captured step with torch's CUDA graphs ("reduce-overhead"),
     which removes most of the per-step launch overhead that dominates small batches there
-    (results/bench); inside a captured step (its own graph) in the default mode. On 2 CPU cores
-    compiling did not pay for its compile time in a one-off probe (about +10% at batch 2 for 40 s,
-    slower at 64)."""
+    (results/bench); inside a captured step (its own graph) in the default mode. Off by default on
+    CPU, where compiling has not been shown to pay for its compile time (`scripts/cpu_bench.py
+    --compile` measures it)."""
     if not (flag if flag is not None else device.type == "cuda" and not captured):
         return model
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" and not captured else None)
+    return cast(nn.Module, torch.compile(  # compiling a module gives a module (typed as a callable)
+        model, mode="reduce-overhead" if device.type == "cuda" and not captured else None))
 
 
 def code_version() -> dict[str, Any]:

@@ -106,7 +106,7 @@ class DeviceSGD:
     def step(self) -> None:
         for group, rate in zip(self.optimizer.param_groups, self.rates):
             params = group["params"]
-            grads = [p.grad for p in params]
+            grads: list[Tensor] | tuple[Tensor, ...] = [p.grad for p in params]
             if group["weight_decay"]:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             if group["momentum"]:

@@ -20,12 +20,15 @@ import re
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import ConfigError
 from normexp.files import locks
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard.writer import FileWriter
 
 Row = Mapping[str, Any]
 MODULES = {"tensorboard": "torch.utils.tensorboard", "mlflow": "mlflow.tracking", "wandb": "wandb"}  # what each imports
@@ -78,12 +81,12 @@ class Tracker:
             self.log.warning("logger=%s failed to %s (%s: %s); the run goes on without it, its record is "
                              "complete", self.cfg.logger.name, what, type(error).__name__, error)
 
-    def start(self, metrics: list[Row], losses: list[Row]) -> None:
+    def start(self, metrics: Sequence[Row], losses: Sequence[Row]) -> None:
         """Open the tracker run, resuming after the epochs (and their logged losses) already done."""
         self.step = losses[-1]["step"] if metrics and losses else 0
         self._guard("start", lambda: self._start(bool(metrics)))
 
-    def log_epoch(self, row: Row, losses: list[Row]) -> None:
+    def log_epoch(self, row: Row, losses: Sequence[Row]) -> None:
         """An epoch's record (as written to metrics.jsonl) and its logged training losses."""
         self.step = losses[-1]["step"] if losses else self.step
         steps = [(e["step"], e["loss"]) for e in losses if math.isfinite(e["loss"])]  # the record keeps no NaN
@@ -123,7 +126,7 @@ class TensorBoardTracker(Tracker):
         self.params = self.hyperparameters()
         folder = Path(self.cfg.logger.log_dir).expanduser() / self.name
         self.writer = SummaryWriter(str(folder), purge_step=self.step + 1 if resumed else 0)
-        self.writer.file_writer.add_summary(hparams(self.params, {})[1])
+        cast("FileWriter", self.writer.file_writer).add_summary(hparams(self.params, {})[1])  # made by the writer
 
     def _log_epoch(self, values: dict[str, float], steps: list[tuple[int, float]]) -> None:
         for step, loss in steps:
@@ -139,8 +142,8 @@ class TensorBoardTracker(Tracker):
         experiment, _, end = hparams(self.params, final)
         for key, value in final.items():
             self.writer.add_scalar(key, value, self.step)
-        self.writer.file_writer.add_summary(experiment)
-        self.writer.file_writer.add_summary(end)
+        cast("FileWriter", self.writer.file_writer).add_summary(experiment)
+        cast("FileWriter", self.writer.file_writer).add_summary(end)
         self.writer.flush()
 
     def _close(self, status: str) -> None:

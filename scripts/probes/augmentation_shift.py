@@ -7,7 +7,7 @@ augmentation (zero-padded random crop and flip), and the training images the run
 running averages carry zero-padded crops, a test batch's statistics do not), it shrinks on
 augmented images.
 
-Run:  python scripts/augmentation_shift.py RUN_DIR [RUN_DIR ...] --out results/augmentation_shift
+Run:  python scripts/probes/augmentation_shift.py RUN_DIR [RUN_DIR ...] --out results/augmentation_shift
 """
 
 from __future__ import annotations

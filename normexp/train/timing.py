@@ -1,7 +1,6 @@
 """normexp's training loop timed: `normexp_loop` builds a preset config's seeds packed as one model
 with its step (normexp.train.step) and returns a function that trains one epoch and gives its
-images/s; `normexp_rate` takes the second of two epochs. Shared by the benches beside this file
-(bench.py, step_bench.py, compile_probe.py)."""
+images/s; `normexp_rate` takes the second of two epochs. Shared by the benches in scripts/."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from normexp.data import CifarArrays
 from normexp.nn.packing import Pack
 from normexp.train import harness
-from normexp.train.conductor import member_config, seeded_model
+from normexp.train.conductor import run_config, seeded_model
 from normexp.train.engine import EpochResult
 
 
@@ -53,7 +52,7 @@ def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
     length) and returns its result. `compile_mode`: "config"
     (runtime.compile decides), None (eager), or a torch.compile mode ("default", "reduce-overhead");
     `capture`: the step (normexp.train.step; None: as `runtime.capture` decides)."""
-    pack = Pack([seeded_model(member_config(cfg, seed)) for seed in range(pack_size)])
+    pack = Pack([seeded_model(run_config(cfg, seed)) for seed in range(pack_size)])
     fmt = harness.prepare_model(pack.model, cfg, device)
     train = harness.train_batches(cfg, data.train_images[index].to(device), data.train_labels[index].to(device),
                                   data.mean, data.std, range(pack_size), fmt)
@@ -71,9 +70,9 @@ def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_s
     loop = normexp_loop(cfg, data, index, pack_size, device, compile_mode, capture)
     start = time.perf_counter()
     loop(1)
-    normexp_rate.first_seconds = time.perf_counter() - start
+    normexp_rate.first_seconds = time.perf_counter() - start  # type: ignore[attr-defined]
     record = loop(2).records[0]
-    normexp_rate.fill_seconds = record["fill_seconds"]
+    normexp_rate.fill_seconds = record["fill_seconds"]  # type: ignore[attr-defined]
     images = record["images_per_s"] * record["train_seconds"]  # a seed's images this epoch (no capture in it)
     rate = pack_size * images / (record["loop_seconds"] if loop_only else record["train_seconds"])
     torch._dynamo.reset()  # a next cell's model must not count against this one's compile cache

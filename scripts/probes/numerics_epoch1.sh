@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Epoch 1 of claim's bn_b16x8_s0 (BN, 16 images per device on 8 devices, seed 0) trained by the code
 # at COMMIT, in a worktree of its own; prints that epoch's metrics row and stops the run.
-# Usage: bash scripts/numerics_epoch1.sh COMMIT   (CIFAR-10 at ../shared/data/cifar10-jpeg or
+# Usage: bash scripts/probes/numerics_epoch1.sh COMMIT   (CIFAR-10 at ../shared/data/cifar10-jpeg or
 #        $NORMEXP_CIFAR10_FOLDER; about 3-6 minutes on one core)
 set -euo pipefail
-commit=${1:?usage: bash scripts/numerics_epoch1.sh COMMIT}
+commit=${1:?usage: bash scripts/probes/numerics_epoch1.sh COMMIT}
 root=$(git rev-parse --show-toplevel)
 work=$(mktemp -d)
 trap 'git -C "$root" worktree remove --force "$work/code" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT

@@ -2,7 +2,7 @@
 peak of the temporaries beside it, as the peak resident set size grows, on CPU with random images
 of CIFAR-10's training split's size. On a GPU a job holds the same tensors in device memory.
 
-Usage: python scripts/fill_memory.py [--seeds 5] [--images 50000]
+Usage: python scripts/probes/fill_memory.py [--seeds 5] [--images 50000]
 """
 
 from __future__ import annotations

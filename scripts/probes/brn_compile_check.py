@@ -7,7 +7,7 @@ rounding-level differences grow by themselves in this training, the yardstick fo
 Besides, the gradients of compiled and eager on one identical state and batch, at step 0 and after
 the trajectory (past BRN's warm-up, where r and d clip). Prints a Markdown table.
 
-Run:  python scripts/brn_compile_check.py [STEPS]   (about 15 min of one CPU core at 300 steps)
+Run:  python scripts/probes/brn_compile_check.py [STEPS]   (about 15 min of one CPU core at 300 steps)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from normexp.config import step_batch
 from normexp.data import TrainBatches
 from normexp.nn.devices import split_batch_statistics
 from normexp.nn.packing import Pack
-from normexp.train.conductor import load_data, member_config, seeded_model
+from normexp.train.conductor import load_data, run_config, seeded_model
 from normexp.train.optim import build_optimizer, build_scheduler
 
 
@@ -62,7 +62,7 @@ def gradient_gap(cfg, model, x, y) -> float:
 
 def main(steps: int) -> None:
     torch.set_num_threads(1)
-    cfg = member_config(compose(["experiment=fixes", "norm=brn", "data.batch_size=32", "seed=0"]), 0)
+    cfg = run_config(compose(["experiment=fixes", "norm=brn", "data.batch_size=32", "seed=0"]), 0)
     data = load_data(cfg)
     model = split_batch_statistics(seeded_model(cfg), cfg.data.devices)
     batches = TrainBatches(data.train_images, data.train_labels, step_batch(cfg), data.mean, data.std, seeds=[0])

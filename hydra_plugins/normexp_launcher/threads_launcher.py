@@ -1,4 +1,4 @@
-"""`hydra/launcher=gpu`: every job of a sweep in this one process (normexp.sweep.launcher).
+"""`hydra/launcher=threads`: every job of a sweep in this one process (normexp.sweep.launcher).
 
 Hydra finds launchers in the `hydra_plugins` package only; the work is in normexp.sweep.launcher.
 """
@@ -14,17 +14,17 @@ from omegaconf import DictConfig
 
 
 @dataclass
-class GpuLauncherConf:
-    _target_: str = "hydra_plugins.normexp_launcher.gpu_launcher.GpuLauncher"
+class ThreadsLauncherConf:
+    _target_: str = "hydra_plugins.normexp_launcher.threads_launcher.ThreadsLauncher"
     # jobs training at once, each in a thread with its own CUDA stream; null = every job of the
     # sweep on a GPU, one after another on CPU (where parallel jobs belong in processes: joblib)
     n_jobs: Optional[int] = None
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="gpu", node=GpuLauncherConf, provider="normexp")
+ConfigStore.instance().store(group="hydra/launcher", name="threads", node=ThreadsLauncherConf, provider="normexp")
 
 
-class GpuLauncher(Launcher):
+class ThreadsLauncher(Launcher):
     def __init__(self, n_jobs: Optional[int] = None) -> None:
         self.n_jobs = n_jobs
         self.config: Optional[DictConfig] = None

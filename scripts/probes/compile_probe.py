@@ -1,7 +1,7 @@
 """GPU probe: eager vs torch.compile (default, reduce-overhead) in normexp's training loop, through
-the benches' harness (scripts/loop_timing.py's `normexp_rate`).
+the benches' harness (normexp.train.timing's `normexp_rate`).
 
-Usage: python scripts/compile_probe.py [DEPTH] [HYDRA_OVERRIDE ...]
+Usage: python scripts/probes/compile_probe.py [DEPTH] [HYDRA_OVERRIDE ...]
 The config is composed from conf/ (`normexp-train`'s defaults, BN) with `model.depth=DEPTH` (default
 8) and the overrides; the images are random. "batch" is images per step (data.devices x data.batch_size).
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 
 import torch
-from loop_timing import normexp_rate  # scripts/loop_timing.py, beside this file
 
 from normexp.compose import compose
 from normexp.config import step_batch, validate
 from normexp.data import CifarArrays
+from normexp.train.timing import normexp_rate
 
 MODES = (None, "default", "reduce-overhead")
 

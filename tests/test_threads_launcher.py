@@ -1,4 +1,4 @@
-"""`hydra/launcher=gpu` (normexp.sweep.launcher): a sweep's jobs in one process, on CPU one after
+"""`hydra/launcher=threads` (normexp.sweep.launcher): a sweep's jobs in one process, on CPU one after
 another or, with n_jobs, in threads as on a GPU; the records are the basic launcher's, exactly."""
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ def test_the_console_of_jobs_at_once_is_the_job_logging_without_its_files():
 @pytest.mark.slow
 @pytest.mark.parametrize("n_jobs", ["null", "2"])
 def test_one_process_sweep_records_what_the_basic_launcher_records(image_folder, tmp_path, n_jobs):
-    ours = _sweep(image_folder, tmp_path, tmp_path / "gpu", "hydra/launcher=gpu", f"hydra.launcher.n_jobs={n_jobs}")
+    ours = _sweep(image_folder, tmp_path, tmp_path / "threads", "hydra/launcher=threads",
+                  f"hydra.launcher.n_jobs={n_jobs}")
     assert ours.returncode == 0, ours.stdout + ours.stderr
     out = ours.stdout + ours.stderr
     assert "in this process" in out and "4 finished" in out and "sweep progress:" in out  # launch line, report
     basic = _sweep(image_folder, tmp_path, tmp_path / "basic")
     assert basic.returncode == 0, basic.stdout + basic.stderr
-    assert [d.name for d in _runs(tmp_path / "gpu")] == [d.name for d in _runs(tmp_path / "basic")]
-    for directory in _runs(tmp_path / "gpu"):
+    assert [d.name for d in _runs(tmp_path / "threads")] == [d.name for d in _runs(tmp_path / "basic")]
+    for directory in _runs(tmp_path / "threads"):
         assert record_numbers(directory) == record_numbers(tmp_path / "basic" / directory.name), directory.name
-        other_job = [d.name for d in _runs(tmp_path / "gpu") if ("x2_" in d.name) != ("x2_" in directory.name)]
+        other_job = [d.name for d in _runs(tmp_path / "threads") if ("x2_" in d.name) != ("x2_" in directory.name)]
         log = (directory / record.LOG).read_text()
         assert not any(name in log for name in other_job)  # each run's log: its own job's lines only
         assert f"[normexp.run.{directory.name}][INFO] - epoch 3/3" in out  # the console names the run
@@ -62,7 +63,7 @@ def test_one_process_sweep_records_what_the_basic_launcher_records(image_folder,
 @pytest.mark.slow
 def test_one_process_sweep_killed_mid_training_resumes_to_the_same_records(image_folder, tmp_path):
     root = tmp_path / "runs"
-    args = ["-m", "hydra/launcher=gpu", "hydra.launcher.n_jobs=2", *tiny_run(image_folder, tmp_path, root), *SWEEP]
+    args = ["-m", "hydra/launcher=threads", "hydra.launcher.n_jobs=2", *tiny_run(image_folder, tmp_path, root), *SWEEP]
     # 90 steps per job (30 per epoch); both jobs step in turn: the kill lands in both jobs' epoch 2 or 3
     assert train_with_fault(args, "step", 130, "SIGKILL", tmp_path) == -9
     assert not all((d / record.SUMMARY).exists() for d in _runs(root))
