@@ -94,6 +94,27 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     configs = [run_config(cfg, seed) for seed in seeds(cfg)]
     models = [seeded_model(config) for config in configs]
     device = runtime.pick_device(cfg.runtime.device)
+    _check_before_data(cfg, models, device)
+    data = load_data(cfg)
+    hook = on_epoch or (lambda *_: None)
+    with ExitStack() as stack:
+        runs, summaries = _open_runs(stack, configs, models, data.digest, hook)
+        if runs:
+            fmt = runtime.memory_format(cfg.runtime.channels_last, models[0], device)
+            _check_resumable(cfg, runs, device, fmt)
+            try:
+                _train(cfg, runs, data, device, hook, bar_position, fmt)
+            except Exception as error:
+                for run in runs:
+                    if run.summary is None:
+                        record.write_error(run.directory, type(error).__name__, str(error), traceback.format_exc())
+                raise
+            summaries += [cast("dict[str, Any]", r.summary) for r in runs]  # each written by _train
+    return summaries
+
+
+def _check_before_data(cfg: DictConfig, models: list[nn.Module], device: torch.device) -> None:
+    """What the job's settings and models allow, checked before any data is decoded (ConfigError)."""
     runtime.warn_slow_precision(cfg.trainer.precision, device)
     check_capturable(cfg.norm, captures(cfg.runtime.capture, device) and device.type == "cuda")
     if len(models) > 1 and step_batch(cfg) <= pack_limit(cfg, device):
@@ -103,47 +124,44 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     problem = unwritable(cfg.paths.results_root)
     if problem:
         raise ConfigError(problem)
-    data = load_data(cfg)
+
+
+def _open_runs(stack: ExitStack, configs: list[DictConfig], models: list[nn.Module], digest: str,
+               on_epoch: EpochHook) -> tuple[list[RunState], list[dict[str, Any]]]:
+    """The runs this job trains, each claimed with its log and tracker open on `stack`, and the
+    summaries of those already done; a run another process holds is left out."""
+    runs: list[RunState] = []
     summaries: list[dict[str, Any]] = []
-    with ExitStack() as stack:
-        runs = []
-        for config, model in zip(configs, models):
-            directory = record.run_dir(config, data.digest)
-            if not stack.enter_context(record.claim(directory)):
-                log.info("%s is being trained by another process; skipping it", directory)
-                continue
-            record.remove_stale_temps(directory)
-            summary = record.read_json(directory / record.SUMMARY)
-            if summary is not None:
-                log.info("%s already done (%s); skipping it", directory.name, summary["status"])
-                summaries.append(summary)
-                if on_epoch:
-                    on_epoch(directory.name, summary["epochs_done"], False)
-                continue
-            run_log = stack.enter_context(record.run_logger(directory))
-            tracker = stack.enter_context(trackers.open_run(config, directory, run_log))
-            runs.append(RunState(config, directory, run_log, model, tracker))
-        if runs:
-            resumed = [r.directory for r in runs if (r.directory / record.CHECKPOINT).is_file()]
-            if cfg.runtime.threads is None:
-                runtime.keep_recorded_threads(resumed)
-            fmt = runtime.memory_format(cfg.runtime.channels_last, models[0], device)
-            runtime.refuse_environment_change(resumed, device, captures(cfg.runtime.capture, device),
-                                              cfg.runtime.allow_env_change, fmt)
-            for directory in resumed:
-                if changes := record.setting_changes(directory, cfg):
-                    raise ConfigError(f"{directory.name} started with other settings ({', '.join(changes)}): "
-                                      "resuming would mix two kinds of records under one name; "
-                                      "resume it as it started")
-            try:
-                _train(cfg, runs, data, device, on_epoch or (lambda *_: None), bar_position, fmt)
-            except Exception as error:
-                for run in runs:
-                    if run.summary is None:
-                        record.write_error(run.directory, type(error).__name__, str(error), traceback.format_exc())
-                raise
-            summaries += [cast("dict[str, Any]", r.summary) for r in runs]  # each written by _train
-    return summaries
+    for config, model in zip(configs, models):
+        directory = record.run_dir(config, digest)
+        if not stack.enter_context(record.claim(directory)):
+            log.info("%s is being trained by another process; skipping it", directory)
+            continue
+        record.remove_stale_temps(directory)
+        summary = record.read_json(directory / record.SUMMARY)
+        if summary is not None:
+            log.info("%s already done (%s); skipping it", directory.name, summary["status"])
+            summaries.append(summary)
+            on_epoch(directory.name, summary["epochs_done"], False)
+            continue
+        run_log = stack.enter_context(record.run_logger(directory))
+        tracker = stack.enter_context(trackers.open_run(config, directory, run_log))
+        runs.append(RunState(config, directory, run_log, model, tracker))
+    return runs, summaries
+
+
+def _check_resumable(cfg: DictConfig, runs: list[RunState], device: torch.device, fmt: torch.memory_format) -> None:
+    """Runs with a checkpoint resume with the threads, environment and settings they started with
+    (ConfigError for a changed setting or environment)."""
+    resumed = [r.directory for r in runs if (r.directory / record.CHECKPOINT).is_file()]
+    if cfg.runtime.threads is None:
+        runtime.keep_recorded_threads(resumed)
+    runtime.refuse_environment_change(resumed, device, captures(cfg.runtime.capture, device),
+                                      cfg.runtime.allow_env_change, fmt)
+    for directory in resumed:
+        if changes := record.setting_changes(directory, cfg):
+            raise ConfigError(f"{directory.name} started with other settings ({', '.join(changes)}): "
+                              "resuming would mix two kinds of records under one name; resume it as it started")
 
 
 def _start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
