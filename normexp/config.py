@@ -195,6 +195,19 @@ def first_frozen_epoch(freeze_after: Optional[float], epochs: int) -> Optional[i
 
 def validate(cfg: DictConfig) -> None:
     """Check ranges and combinations; raise ConfigError naming the first bad field."""
+    _check_resolvable(cfg)
+    _require(_positive_int(cfg.trainer.epochs), "trainer.epochs", cfg.trainer.epochs, "must be an integer >= 1")
+    _check_data(cfg)
+    _check_model(cfg.model)
+    _check_optim(cfg.optim, cfg.trainer.epochs)
+    _check_trainer_evaluation_runtime(cfg)
+    seeds(cfg)
+    _check_norm(cfg)
+    _check_verdict(cfg)
+
+
+def _check_resolvable(cfg: DictConfig) -> None:
+    """Every interpolation resolves; a ConfigError raised while resolving one is raised as itself."""
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as error:  # e.g. a preset's ${images_per:...} that does not fit
@@ -204,8 +217,10 @@ def validate(cfg: DictConfig) -> None:
         if cause is None:
             raise
         raise ConfigError(str(cause)) from None
-    d, m, o, t, r = cfg.data, cfg.model, cfg.optim, cfg.trainer, cfg.runtime
-    _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "must be an integer >= 1")
+
+
+def _check_data(cfg: DictConfig) -> None:
+    d = cfg.data
     _require(d.source in DATA_SOURCES, "data.source", d.source, f"allowed: {', '.join(DATA_SOURCES)}")
     _require(_positive_int(d.batch_size), "data.batch_size", d.batch_size, "must be an integer >= 1")
     _require(_positive_int(d.devices), "data.devices", d.devices, "must be an integer >= 1")
@@ -218,10 +233,16 @@ def validate(cfg: DictConfig) -> None:
                  f"x data.devices={d.devices} must be <= data.train_subset={d.train_subset} "
                  f"(drop-last would leave no batch)")
     _require(0 <= d.crop_padding <= 16, "data.crop_padding", d.crop_padding, "allowed: 0..16")
+
+
+def _check_model(m: DictConfig) -> None:
     _require(m.depth >= 8 and (m.depth - 2) % 6 == 0, "model.depth", m.depth,
              "CIFAR ResNet depth is 6n+2: 8, 14, 20, 32, 44, 56, 110, ...")
     _require(_positive_int(m.base_width), "model.base_width", m.base_width, "must be an integer >= 1")
     _require(_positive_int(m.num_classes), "model.num_classes", m.num_classes, "must be an integer >= 1")
+
+
+def _check_optim(o: DictConfig, epochs: int) -> None:
     _require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _require(_positive_int(o.ref_batch_size), "optim.ref_batch_size", o.ref_batch_size,
              "must be an integer >= 1")
@@ -230,13 +251,17 @@ def validate(cfg: DictConfig) -> None:
              "Nesterov needs optim.momentum > 0")
     _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _require(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"allowed: {', '.join(SCHEDULES)}")
-    _require(0 <= o.warmup_epochs < t.epochs, "optim.warmup_epochs", o.warmup_epochs,
-             f"allowed: 0 <= warmup_epochs < trainer.epochs={t.epochs}")
+    _require(0 <= o.warmup_epochs < epochs, "optim.warmup_epochs", o.warmup_epochs,
+             f"allowed: 0 <= warmup_epochs < trainer.epochs={epochs}")
     _require(all(_positive_int(x) for x in o.milestones) and list(o.milestones) == sorted(o.milestones),
              "optim.milestones", list(o.milestones), "must be increasing epoch numbers >= 1")
     _require(o.schedule != "step" or len(o.milestones) > 0, "optim.milestones", list(o.milestones),
              "optim.schedule=step needs at least one milestone epoch")
     _require(0 < o.gamma <= 1, "optim.gamma", o.gamma, "allowed: 0 < gamma <= 1")
+
+
+def _check_trainer_evaluation_runtime(cfg: DictConfig) -> None:
+    t, r = cfg.trainer, cfg.runtime
     _require(_positive_int(t.eval_every), "trainer.eval_every", t.eval_every,
              "must be an integer >= 1 (the last epoch is always evaluated)")
     _require(_positive_int(t.log_every), "trainer.log_every", t.log_every, "must be an integer >= 1")
@@ -251,13 +276,19 @@ def validate(cfg: DictConfig) -> None:
     _require(r.device in DEVICES, "runtime.device", r.device, f"allowed: {', '.join(DEVICES)}")
     _require(r.threads is None or _positive_int(r.threads), "runtime.threads", r.threads,
              "must be null (auto) or an integer >= 1")
-    seeds(cfg)
-    freeze_after = cfg.norm.get("freeze_after")
-    frozen_from = first_frozen_epoch(freeze_after, t.epochs) if isinstance(freeze_after, float) else None
-    _require(frozen_from is None or frozen_from <= t.epochs, "norm.freeze_after", cfg.norm.get("freeze_after"),
-             f"freezes no epoch of trainer.epochs={t.epochs}: FrozenBN starts at an epoch boundary")
+
+
+def _check_norm(cfg: DictConfig) -> None:
+    freeze_after, epochs = cfg.norm.get("freeze_after"), cfg.trainer.epochs
+    frozen_from = first_frozen_epoch(freeze_after, epochs) if isinstance(freeze_after, float) else None
+    _require(frozen_from is None or frozen_from <= epochs, "norm.freeze_after", freeze_after,
+             f"freezes no epoch of trainer.epochs={epochs}: FrozenBN starts at an epoch boundary")
     _require("name" in cfg.norm, "norm.name", None, "pick a norm with norm=<name> (see conf/norm/)")
-    from normexp.criteria import load_criteria  # the criteria are fixed now: a bad one must not wait for analysis
+
+
+def _check_verdict(cfg: DictConfig) -> None:
+    """The verdict criteria are fixed when a run starts: a bad one must not wait for the analysis."""
+    from normexp.criteria import load_criteria
 
     try:
         load_criteria(recorded=cast("dict[str, Any]", OmegaConf.to_container(cfg.verdict, resolve=True)))
