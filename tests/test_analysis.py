@@ -296,9 +296,9 @@ def test_runs_recorded_before_and_after_a_criterion_changed_are_analysed_togethe
 
 
 def test_two_axes_one_with_mixed_values_are_drawn_each_with_the_other_apart(tmp_path, capsys):
-    """Budgets recorded before a field existed (unset) pooled with later ones (2): the figure along
+    """Runs recorded before a field existed (unset) pooled with later ones (2): the figure along
     epochs keeps the two apart, the one along the field draws its values as categories."""
-    for epochs, numerics in ((2, None), (4, 2)):
+    for epochs, numerics in ((2, None), (2, 2), (4, 2)):
         for seed in range(3):
             for norm, batch, acc in ((BN, 2, 50.0), (GN, 2, 60.0), (BN, 32, 72.0), (GN, 32, 70.0)):
                 write_run(tmp_path, norm, batch, seed, [acc + seed * 0.2 + epochs] * epochs, numerics=numerics)

@@ -77,6 +77,7 @@ def test_the_milestones_are_set_only_for_a_step_schedule():
 @pytest.mark.parametrize("override, problem", [
     ("trainer.epochs=5,10", "the fit chooses trainer.epochs itself: do not sweep them"),
     ("norm=zz", "norm=zz is invalid: no conf/norm/zz.yaml; allowed: bn, "),
+    ("data.batch_size=0", "data.batch_size=0 is invalid: must be an integer >= 1"),  # before any probe trains
 ])
 def test_bad_input_is_refused_in_one_line_with_exit_2(capsys, override, problem):
     assert fit_cli.main(["--seconds", "60", "--out", "/nonexistent", override]) == 2

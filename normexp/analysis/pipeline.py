@@ -262,13 +262,15 @@ def analyze(tables: RunTables, request: Request) -> Outcome:
 
 
 def _figures(runs: RunSet, train_loss: pd.DataFrame, figure_dir: Path) -> list[Path]:
-    """Error against batch size, accuracy by epoch, accuracy along each axis (the other axes' values
-    apart) and the training loss."""
+    """Error against batch size, accuracy by epoch, accuracy along each axis where a line
+    has two points (the other axes' values apart) and the training loss."""
     labelled = plots.with_axis_labels(runs.finished, runs.axes)
     figures = [plots.error_vs_batch(labelled, figure_dir / "error_vs_batch.png"),
                plots.accuracy_curves(runs.epochs, figure_dir / "accuracy_by_epoch.png")]
-    for axis in runs.axes:  # a line per value of the other axes
+    for axis in runs.axes:  # a line per value of the other axes, if one has two points
         apart = plots.with_axis_labels(runs.finished, [other for other in runs.axes if other != axis])
+        if apart.groupby(["norm", "batch_size"])[axis].nunique().max() < 2:
+            continue
         figures.append(plots.accuracy_vs_axis(apart, axis, figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png"))
     if not train_loss.empty:
         by_run = labelled.set_index("run")["norm"]

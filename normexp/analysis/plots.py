@@ -226,9 +226,11 @@ def with_axis_labels(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
 def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
     """Final test accuracy against a further swept setting (e.g. trainer.epochs), one line per norm
     and batch size, mean +- std over seeds; a setting with values other than numbers (e.g. unset and
-    2) is drawn as categories."""
+    2) is drawn as categories in natural order (numbers first)."""
+    categories: list[str] = []
     if not pd.api.types.is_numeric_dtype(runs[axis]):
-        runs = runs.assign(**{axis: runs[axis].astype(str)})
+        categories = sorted(runs[axis].astype(str).unique(), key=natural)
+        runs = runs.assign(**{axis: runs[axis].astype(str).map({c: i for i, c in enumerate(categories)})})
     fig, ax = plt.subplots(figsize=(5.5, 4))
     shown = looks([f"{norm}, {batch} per device" for norm, batch in zip(runs["norm"], runs["batch_size"])])
     for (norm, batch), rows in runs.groupby(["norm", "batch_size"]):
@@ -237,6 +239,8 @@ def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
                     label=f"{norm}, {batch} per device ({_seeds(curve['count'])})",
                     **shown[f"{norm}, {batch} per device"])
     _axis_scale(ax, list(runs[axis]), axis)
+    if categories:
+        ax.set_xticks(range(len(categories)), categories)
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"Accuracy by {axis}")
     ax.grid(alpha=0.3)

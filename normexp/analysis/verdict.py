@@ -226,7 +226,7 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     required_parts = [p for p in result["parts"].values() if p["required"]]
     result["undecided"] = any(p["undecided"] for p in required_parts)
     result["holds"] = not result["undecided"] and all(p["holds"] for p in required_parts)
-    result["reason"] = "; ".join(p["reason"] for p in required_parts if p["undecided"]) or None
+    result["reason"] = "; ".join(dict.fromkeys(p["reason"] for p in required_parts if p["undecided"])) or None
     return _plain(result)
 
 

@@ -1,5 +1,7 @@
-"""`normexp-fit --seconds S --out OUT [OVERRIDE ...]`: a preset's sweep (claim_gpu by default) at the
-longest budget that fits S seconds on this machine, probe included (normexp.sweep.fit).
+"""`normexp-fit --seconds S --out OUT [OVERRIDE ...]`: a preset's sweep at the longest budget that fits.
+
+The preset is claim_gpu by default; the budget is the longest that fits S seconds on this machine,
+probe included (normexp.sweep.fit).
 
 The choice and its evidence (each probe job's epochs) go to OUT/budget.json before the sweep
 starts; the sweep trains into OUT/runs; at the allowance's end it is stopped, finished runs stay,
@@ -31,14 +33,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="train the sweep on a stratified subset of this many images (tests)")
     parser.add_argument("--parallel", type=int, default=12, help="jobs at once (the launcher's n_jobs)")
     parser.add_argument("--launcher", choices=["joblib", "threads"], default="joblib",
-                        help="joblib: a process per job; gpu: every job in one process, each on its own CUDA "
-                             "stream (hydra/launcher=gpu); default %(default)s")
+                        help="joblib: a process per job; threads: every job in one process (on a GPU each on "
+                             "its own CUDA stream; hydra/launcher=threads); default %(default)s")
     parser.add_argument("--margin", type=float, default=1.2, help="factor on the probe's time per epoch")
     parser.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the analysis")
     return parser.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
     sweep = Sweep(args.experiment, args.launcher)
     try:
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normexp-fit: {error}", file=sys.stderr)
         return 2
     record = {"experiment": args.experiment, "allowance_s": args.seconds, "margin": args.margin, **timing,
-              **chosen, "overrides": overrides, "command": " ".join(["normexp-fit", *sys.argv[1:]])}
+              **chosen, "overrides": overrides, "command": " ".join(["normexp-fit", *argv])}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(args.out / "budget.json", record)
     print("budget:", json.dumps({k: v for k, v in record.items() if k != "probe_runs"}), flush=True)

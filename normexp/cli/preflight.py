@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 TORCHVISION_MINOR_OFFSET = 15  # torchvision 0.(m + 15) is built for torch 2.m
-# what a training run, the GPU launcher and the analysis import (a module of each package)
+# what a training run, the threads launcher and the analysis import (a module of each package)
 MODULES = ("torch", "torchvision", "hydra", "omegaconf", "antlr4", "hydra_plugins.hydra_joblib_launcher",
            "pandas", "scipy", "matplotlib", "tqdm", "yaml", "tabulate", "PIL")
 

@@ -74,9 +74,13 @@ def preset(experiment: str, overrides: list[str]) -> dict[str, Any]:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from normexp.compose import axes, compose, one_line
+    from normexp.compose import axes, check, checked_sweep_grid, compose, one_line
     from normexp.config import seeds
 
+    points, problem = checked_sweep_grid([f"experiment={experiment}", "hydra/launcher=joblib", *overrides])
+    _, problem = check(points) if problem is None else ([], problem)
+    if problem:  # a bad setting in one line, before any probe trains
+        raise FitError(problem)
     try:
         given = OverridesParser.create().parse_overrides(overrides)
         fitted = sorted({o.key_or_group for o in given if o.is_sweep_override()} & FITTED)
