@@ -11,8 +11,6 @@ import logging
 import time
 import traceback
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional, cast
 
 import torch
@@ -29,31 +27,15 @@ from normexp.nn.models import build_model
 from normexp.nn.norms import canonical_spec
 from normexp.nn.packing import Pack, check_packable
 from normexp.threads import GLOBAL_RNG
-from normexp.train import harness, runtime, trackers
+from normexp.train import harness, run_state, runtime, trackers
 from normexp.train.bn_evaluation import StatisticsDraw, legacy_precise_batches
 from normexp.train.engine import ExtraEvaluations, evaluate_members
 from normexp.train.optim import scaled_lr
 from normexp.train.progress import StepProgress
+from normexp.train.run_state import RunState
 from normexp.train.step import captures, check_capturable
 
 log = logging.getLogger("normexp")
-
-
-@dataclass
-class RunState:
-    """One run of a job, with what it has done so far."""
-
-    cfg: DictConfig
-    directory: Path
-    log: logging.Logger
-    model: nn.Module
-    tracker: trackers.Tracker
-    checkpoint: Optional[dict[str, Any]] = None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    loss_log: list[dict[str, Any]] = field(default_factory=list)
-    compute_seconds: float = 0.0
-    diverged: Optional[dict[str, int]] = None
-    summary: Optional[dict[str, Any]] = None
 
 
 def run_config(cfg: DictConfig, seed: int) -> DictConfig:
@@ -164,26 +146,6 @@ def _check_resumable(cfg: DictConfig, runs: list[RunState], device: torch.device
                               "resuming would mix two kinds of records under one name; resume it as it started")
 
 
-def _start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
-    """Write the run's identity, config and this start (with any environment change), and load
-    its checkpoint if it has one."""
-    path = run.directory / record.CHECKPOINT
-    state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
-    environment = runtime.environment(device, captures(run.cfg.runtime.capture, device), fmt)
-    changed = record.environment_change(record.last_start(run.directory), environment) if state else []
-    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(state["metrics"]) if state else 0,
-             **environment, **runtime.code_version(), **({"environment_change": changed} if changed else {})}
-    record.write_start(run.directory, record.identity(run.cfg, digest),
-                       OmegaConf.to_yaml(run.cfg, resolve=True), start)
-    if state is not None:
-        run.model.load_state_dict(state["model"])
-        run.checkpoint = state
-        run.metrics, run.loss_log = state["metrics"], state["train_loss"]
-        run.compute_seconds = state["compute_seconds"]
-        run.log.info("resuming %s after epoch %d", run.directory.name, len(run.metrics))
-    run.tracker.start(run.metrics, run.loss_log)
-
-
 def pack_limit(cfg: DictConfig, device: torch.device) -> int:
     """The most images per step at which seeds train packed: `runtime.pack_max_batch`, or where
     packing wins (results/bench): at every batch size on a GPU, up to 4 images per step on CPU."""
@@ -207,7 +169,7 @@ def _packs(cfg: DictConfig, runs: list[RunState], device: torch.device) -> list[
 def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, device: torch.device, on_epoch: EpochHook,
            bar_position: int, fmt: torch.memory_format) -> None:
     for run in runs:
-        _start(run, data.digest, device, fmt)
+        run_state.start(run, data.digest, device, fmt)
         on_epoch(run.directory.name, len(run.metrics), False)
     groups = _packs(cfg, runs, device)
     train_x, train_y = maybe_subset(data.train_images, data.train_labels, cfg.data.train_subset, cfg.model.num_classes)
@@ -233,19 +195,14 @@ def _train_pack(cfg: DictConfig, group: list[RunState], pack: Pack, train: Train
     epochs = cfg.trainer.epochs
     resume = None
     if group[0].checkpoint is not None:
-        resume = ([cast("dict[str, Any]", m.checkpoint)["optimizer"] for m in group], group[0].checkpoint["scheduler"])
+        resume = ([cast("dict[str, Any]", r.checkpoint)["optimizer"] for r in group], group[0].checkpoint["scheduler"])
     else:
-        for run in group:
-            run.log.info(
-                "starting %s on %s%s: %d train / %d test images, %d steps per epoch of %d images (%d device(s) x %d)",
-                run.directory.name, device, f", packed with {pack.size - 1} other seed(s)" if pack.size > 1 else "",
-                len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
-
+        run_state.log_start(cfg, group, pack, train, test, device)
     trainer = harness.build(cfg, pack, train, device, epochs, resume=resume)
     legacy_precise = legacy_precise_batches(cfg.norm, train)
     extra = ExtraEvaluations(
         StatisticsDraw.of(train, cfg.evaluation.precise_images) if cfg.evaluation.precise_images else None,
-        cfg.data.batch_size if cfg.evaluation.batch_statistics else None, [m.cfg.seed for m in group])
+        cfg.data.batch_size if cfg.evaluation.batch_statistics else None, [r.cfg.seed for r in group])
     frozen_from = first_frozen_epoch(cfg.norm.get("freeze_after"), epochs)
     for epoch in range(len(group[0].metrics) + 1, epochs + 1):
         epoch_start = time.perf_counter()
@@ -255,56 +212,25 @@ def _train_pack(cfg: DictConfig, group: list[RunState], pack: Pack, train: Train
         frozen = frozen_from is not None and epoch >= frozen_from
         result = trainer.epoch(epoch, cfg.trainer.log_every, progress, frozen)
         eval_start = time.perf_counter()
-        alive = [m.diverged is None and d is None for m, d in zip(group, result.diverged)]
+        alive = [r.diverged is None and d is None for r, d in zip(group, result.diverged)]
         due = (epoch % cfg.trainer.eval_every == 0 or epoch == epochs) and any(alive)  # never NaN weights alone
-        untested = {"test_loss": None, "test_acc": None}
-        tested = (evaluate_members(pack, [m.model for m in group], test, epochs + epoch,  # draws past training
+        tested = (evaluate_members(pack, [r.model for r in group], test, epochs + epoch,  # draws past training
                                    (legacy_precise, cfg.norm.precise_bn_batches) if legacy_precise else None, extra,
                                    frozen)
-                  if due else [untested] * pack.size)
-        eval_seconds = time.perf_counter() - eval_start
-        active = [(i, m) for i, m in enumerate(group) if m.diverged is None]
-        for i, run in active:
-            _record_epoch(run, record.epoch_row(result.records[i], tested[i] if result.diverged[i] is None
-                                                   else untested, eval_seconds, pack.size,
-                                                   frozen if frozen_from else None), result.losses[i], epochs)
-            if result.diverged[i] is not None:
-                run.diverged = result.diverged[i]
-                run.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
-                                   epoch, cast("dict[str, int]", result.diverged[i])["step"])
-        share = (time.perf_counter() - epoch_start) / pack.size  # the job's wall time, split over its runs
-        states = pack.member_states(trainer.optimizer)
-        for i, run in active:
-            run.compute_seconds += share
-            if run.diverged is None:
-                checkpoint = record.checkpoint_state(*states[i], trainer.scheduler.state_dict(), run.metrics,
-                                                     run.loss_log, run.compute_seconds)
-                atomic.atomic_write(run.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
+                  if due else [run_state.UNTESTED] * pack.size)
+        active = [(i, r) for i, r in enumerate(group) if r.diverged is None]
+        run_state.record_epochs(active, result, tested, time.perf_counter() - eval_start, pack.size,
+                       frozen if frozen_from else None, epochs)
+        run_state.checkpoint(active, pack.member_states(trainer.optimizer), trainer.scheduler.state_dict(),
+                    (time.perf_counter() - epoch_start) / pack.size)  # the job's wall time, split over its runs
         for _, run in active:
             on_epoch(run.directory.name, len(run.metrics), True)
-        if all(m.diverged is not None for m in group):
+        if all(r.diverged is not None for r in group):
             break
-
     for run in group:
         run.summary = atomic.finite(record.summary(
             run.directory.name, run.metrics, run.diverged, run.compute_seconds,
-            pack_size=run.metrics[-1]["pack_size"],
-            lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source,
+            pack_size=run.metrics[-1]["pack_size"], lr=scaled_lr(cfg.optim, step_batch(cfg)), data_source=source,
             **runtime.provenance(device, record.last_start(run.directory), trainer.captured)))
         record.write_summary(run.directory, run.summary)
         run.tracker.finish(run.summary)
-
-
-def _fmt(value: Optional[float], pattern: str) -> str:
-    return "n/a" if value is None else pattern.format(value)
-
-
-def _record_epoch(run: RunState, row: dict[str, Any], losses: list[dict[str, Any]], epochs: int) -> None:
-    run.metrics.append(row)
-    run.loss_log.extend(losses)
-    run.log.info(
-        "epoch %d/%d | train loss %.4f acc %.2f%% | test loss %s acc %s | lr %.5f | %.1f s | %.0f img/s",
-        row["epoch"], epochs, row["train_loss"], row["train_acc"], _fmt(row["test_loss"], "{:.4f}"),
-        _fmt(row["test_acc"], "{:.2f}%"), row["lr"], row["seconds"], row["images_per_s"])
-    record.write_progress(run.directory, run.metrics, run.loss_log)
-    run.tracker.log_epoch(row, losses)

@@ -1,0 +1,113 @@
+"""One run's state while its job trains: started or resumed from its checkpoint, each epoch
+recorded (metrics, losses, log, tracker), checkpointed, and marked when its loss diverges."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from normexp import record
+from normexp.data import EvalBatches, TrainBatches
+from normexp.files import atomic
+from normexp.nn.packing import Pack
+from normexp.train import runtime, trackers
+from normexp.train.engine import EpochResult
+from normexp.train.step import captures
+
+
+@dataclass
+class RunState:
+    """One run of a job, with what it has done so far."""
+
+    cfg: DictConfig
+    directory: Path
+    log: logging.Logger
+    model: nn.Module
+    tracker: trackers.Tracker
+    checkpoint: Optional[dict[str, Any]] = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    loss_log: list[dict[str, Any]] = field(default_factory=list)
+    compute_seconds: float = 0.0
+    diverged: Optional[dict[str, int]] = None
+    summary: Optional[dict[str, Any]] = None
+
+
+def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
+    """Write the run's identity, config and this start (with any environment change), and load
+    its checkpoint if it has one."""
+    path = run.directory / record.CHECKPOINT
+    state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
+    environment = runtime.environment(device, captures(run.cfg.runtime.capture, device), fmt)
+    changed = record.environment_change(record.last_start(run.directory), environment) if state else []
+    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(state["metrics"]) if state else 0,
+             **environment, **runtime.code_version(), **({"environment_change": changed} if changed else {})}
+    record.write_start(run.directory, record.identity(run.cfg, digest),
+                       OmegaConf.to_yaml(run.cfg, resolve=True), start)
+    if state is not None:
+        run.model.load_state_dict(state["model"])
+        run.checkpoint = state
+        run.metrics, run.loss_log = state["metrics"], state["train_loss"]
+        run.compute_seconds = state["compute_seconds"]
+        run.log.info("resuming %s after epoch %d", run.directory.name, len(run.metrics))
+    run.tracker.start(run.metrics, run.loss_log)
+
+
+UNTESTED = {"test_loss": None, "test_acc": None}  # an epoch without a test evaluation
+
+
+def log_start(cfg: DictConfig, group: list[RunState], pack: Pack, train: TrainBatches, test: EvalBatches,
+               device: torch.device) -> None:
+    for run in group:
+        run.log.info(
+            "starting %s on %s%s: %d train / %d test images, %d steps per epoch of %d images (%d device(s) x %d)",
+            run.directory.name, device, f", packed with {pack.size - 1} other seed(s)" if pack.size > 1 else "",
+            len(train.labels), test.images, train.steps, train.batch_size, cfg.data.devices, cfg.data.batch_size)
+
+
+def record_epochs(active: list[tuple[int, RunState]], result: EpochResult, tested: list[dict[str, Any]],
+                   eval_seconds: float, pack_size: int, frozen: Optional[bool], epochs: int) -> None:
+    """Each active run's epoch row and losses recorded; a run whose loss turned non-finite is marked
+    diverged (its row has no test evaluation)."""
+    for i, run in active:
+        diverged = result.diverged[i]
+        row = record.epoch_row(result.records[i], tested[i] if diverged is None else UNTESTED, eval_seconds,
+                               pack_size, frozen)
+        _record_epoch(run, row, result.losses[i], epochs)
+        if diverged is not None:
+            run.diverged = diverged
+            run.log.warning("training diverged at epoch %d step %d (non-finite loss); stopping",
+                            row["epoch"], diverged["step"])
+
+
+def checkpoint(active: list[tuple[int, RunState]], states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]],
+                scheduler: dict[str, Any], share: float) -> None:
+    """Each active run's compute time grows by its `share` of the epoch; each that has not diverged
+    is checkpointed (model and optimizer from the pack's `states`, the shared schedule)."""
+    for i, run in active:
+        run.compute_seconds += share
+        if run.diverged is None:
+            checkpoint = record.checkpoint_state(*states[i], scheduler, run.metrics, run.loss_log,
+                                                 run.compute_seconds)
+            atomic.atomic_write(run.directory / record.CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def _fmt(value: Optional[float], pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def _record_epoch(run: RunState, row: dict[str, Any], losses: list[dict[str, Any]], epochs: int) -> None:
+    run.metrics.append(row)
+    run.loss_log.extend(losses)
+    run.log.info(
+        "epoch %d/%d | train loss %.4f acc %.2f%% | test loss %s acc %s | lr %.5f | %.1f s | %.0f img/s",
+        row["epoch"], epochs, row["train_loss"], row["train_acc"], _fmt(row["test_loss"], "{:.4f}"),
+        _fmt(row["test_acc"], "{:.2f}%"), row["lr"], row["seconds"], row["images_per_s"])
+    record.write_progress(run.directory, run.metrics, run.loss_log)
+    run.tracker.log_epoch(row, losses)
