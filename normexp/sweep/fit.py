@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 CIFAR10_TRAIN = 50_000  # the sweep trains on the whole training split unless told otherwise
 FITTED = {"trainer.epochs", "optim.milestones", "verdict.require_parity"}  # what the fit sets for the sweep
@@ -72,29 +72,25 @@ def preset(experiment: str, overrides: list[str]) -> dict[str, Any]:
     command-line value of a swept key replaces the preset's values, as Hydra's sweeper does)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
-    from normexp.compose import axes, check, checked_sweep_grid, compose, one_line
+    from normexp.compose import check, checked_sweep_grid, one_line
     from normexp.config import seeds
 
-    points, problem = checked_sweep_grid([f"experiment={experiment}", "hydra/launcher=joblib", *overrides])
-    _, problem = check(points) if problem is None else ([], problem)
-    if problem:  # a bad setting in one line, before any probe trains
-        raise FitError(problem)
     try:
         given = OverridesParser.create().parse_overrides(overrides)
-        fitted = sorted({o.key_or_group for o in given if o.is_sweep_override()} & FITTED)
-        if fitted:
-            raise FitError(f"the fit chooses {', '.join(fitted)} itself: do not sweep them")
-        cfg = compose([f"experiment={experiment}", "hydra/launcher=joblib",
-                       *(cast(str, o.input_line) for o in given if not o.is_sweep_override())], hydra=True)
-        params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-        grid = axes(cast("dict[str, Any]", params) if isinstance(params, dict) else {}, overrides)
     except HydraException as error:
         raise FitError(one_line(error, overrides)) from error
+    fitted = sorted({o.key_or_group for o in given if o.is_sweep_override()} & FITTED)
+    if fitted:
+        raise FitError(f"the fit chooses {', '.join(fitted)} itself: do not sweep them")
+    points, problem = checked_sweep_grid([f"experiment={experiment}", "hydra/launcher=joblib", *overrides])
+    configs, problem = check(points) if problem is None else ([], problem)
+    if problem:  # a bad setting in one line, before any probe trains
+        raise FitError(problem)
+    cfg = configs[0]  # the fitted settings are not swept: every job has the same
     return {"epochs": cfg.trainer.epochs, "milestones": list(cfg.optim.milestones),
             "step_schedule": cfg.optim.schedule == "step", "require_parity": bool(cfg.verdict.require_parity),
-            "runs": math.prod(len(values) for values in grid.values()) * len(seeds(cfg))}
+            "runs": sum(len(seeds(job)) for job in configs)}
 
 
 def finished_runs(root: Path) -> int:
