@@ -129,6 +129,19 @@ def test_parity_is_reported_and_only_required_when_asked():
                                                "small-batch half: HOLDS")
 
 
+def test_a_failed_required_part_decides_while_the_other_is_undecided():
+    """Parity fails at the reference batch before any small batch has run (the converged preset's
+    first seeds): both parts are required, so the claim already does not hold; an undecided part
+    cannot rescue it. At parity the same runs leave the verdict undecided."""
+    both, _ = load_criteria({"require_parity": True, "max_parity_gap": 1.0})
+    for gap, undecided in ((3.5, False), (0.0, True)):
+        result = verdict(sweep(lambda b: 84.0, lambda b: 84.0 - gap, batches=(32,), sd=0.2), both)
+        assert result["parts"]["small_batch"]["undecided"] and result["parts"]["parity"]["undecided"] is False
+        assert result["undecided"] is undecided and result["holds"] is False
+    assert describe_verdict(verdict(sweep(lambda b: 84.0, lambda b: 80.5, batches=(32,), sd=0.2), both)).startswith(
+        "claim verdict: DOES NOT HOLD (5-epoch budget) - small-batch half: UNDECIDED (required); parity at 32: NO")
+
+
 def test_a_parity_only_preset_is_judged_on_parity_alone():
     """A sweep of BN and GN at the reference batch only (the converged parity test): the small-batch
     half is undecided and not required, so the verdict is parity's."""

@@ -190,7 +190,7 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     Parity: BN - GN at the reference batch. A required part holds, fails or is undecided (too few
     seeds, runs too short, batch sizes missing); a part the criteria do not require is not assessed
     (its `holds` is None; its checks' statistics are still reported). The overall verdict holds when
-    every required part holds, and is undecided while one is."""
+    every required part holds, fails when one fails, and is undecided otherwise while one is."""
     c = criteria
     by_group = runs.groupby(["norm", "batch_size"])[METRICS[c.metric]]
     groups = {(str(n), int(b)): g.to_numpy(float) for (n, b), g in by_group}
@@ -224,8 +224,9 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
             for name in set(names) & set(result["checks"]):
                 result["checks"][name]["holds"] = None
     required_parts = [p for p in result["parts"].values() if p["required"]]
-    result["undecided"] = any(p["undecided"] for p in required_parts)
-    result["holds"] = not result["undecided"] and all(p["holds"] for p in required_parts)
+    failed = any(not p["undecided"] and not p["holds"] for p in required_parts)
+    result["undecided"] = not failed and any(p["undecided"] for p in required_parts)
+    result["holds"] = not failed and not result["undecided"]
     result["reason"] = "; ".join(dict.fromkeys(p["reason"] for p in required_parts if p["undecided"])) or None
     return _plain(result)
 
