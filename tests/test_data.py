@@ -87,6 +87,17 @@ def test_random_crop_flip_shifts_and_mirrors_each_sample():
         assert torch.equal(out[i], expected)
 
 
+def test_random_crop_can_mirror_the_border_instead_of_zero_padding():
+    images = torch.arange(1, 1 + 3 * 8 * 8, dtype=torch.uint8).view(1, 3, 8, 8)
+    zeros = random_crop_flip(images, 2, False, torch.Generator().manual_seed(3))
+    mirrored = random_crop_flip(images, 2, False, torch.Generator().manual_seed(3), padding_mode="reflect")
+    replay = torch.Generator().manual_seed(3)
+    dy, dx = (int(torch.randint(0, 5, (1,), generator=replay)) for _ in range(2))
+    assert (dy, dx) != (2, 2) and (zeros == 0).any() and not (mirrored == 0).any()
+    expected = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")[0, :, dy : dy + 8, dx : dx + 8]
+    assert torch.equal(mirrored[0], expected)
+
+
 def test_train_batches_are_seeded_drop_last_and_normalized():
     torch.manual_seed(0)
     images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)

@@ -42,12 +42,14 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return images.float().mul_(scale).sub_(shift)
 
 
-def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Per-sample random crop (zero padding) and horizontal flip of a whole uint8 batch."""
+def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator,
+                     padding_mode: str = "constant") -> Tensor:
+    """Per-sample random crop and horizontal flip of a whole uint8 batch; the crop pads with zeros
+    (torch's "constant" mode, what training uses) or mirrors the border ("reflect")."""
     n, _, h, w = images.shape
     out = images
     if padding:
-        padded = F.pad(images, (padding,) * 4)
+        padded = F.pad(images, (padding,) * 4, mode=padding_mode)
         dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
         dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
         rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]

@@ -1,0 +1,96 @@
+"""Is GN's test-minus-train deficit a generalization gap? A run's recorded train accuracy is the
+running accuracy of its last epoch: train mode (BN normalizes with each device's batch statistics)
+on augmented images (a random crop of the image zero-padded by 4 pixels, and a random horizontal
+flip). Its test accuracy is eval mode (running averages) on plain images. So "test - train" mixes
+BN's batch-versus-population statistics, the augmentation, and generalization. This probe
+evaluates each finished run's final weights (its checkpoint) in eval mode on every training image
+and every test image, plain and with each part of the augmentation drawn once (seeded); the plain
+test accuracy must match the run's recorded final one. Test minus train under the same transform
+is generalization alone; plain against augmented shows what the augmentation's images do to each
+norm; and crops whose border mirrors the image instead of being black separate the shift itself
+from the zero padding (GN normalizes each image over its own pixels, black border included).
+
+Run:  python scripts/probes/fit_in_eval_mode.py RUN_DIR [RUN_DIR ...] --out results/converged/fit_eval_mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from normexp import record
+from normexp.data import EvalBatches, load_cifar10
+from normexp.data.loader import random_crop_flip
+from normexp.files import atomic
+from normexp.nn.models import build_model
+from normexp.record.identity import norm_tag
+from normexp.train.engine import evaluate
+from normexp.train.harness import prepare_model
+
+SEED = 0  # the one augmentation draw's seed
+TEST_TOLERANCE = 0.05  # points: the checkpoint's test accuracy against the recorded final one
+
+
+def transforms(cfg: DictConfig) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The image transforms evaluated: none, the training augmentation's parts (its crop pads with
+    zeros), and the same crops padded by mirroring the border instead, each drawn with SEED."""
+    def draw(padding: int, flip: bool, mode: str = "constant") -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda images: random_crop_flip(images, padding, flip, torch.Generator().manual_seed(SEED), mode)
+    pad = cfg.data.crop_padding
+    return {"plain": lambda images: images, "flip": draw(0, True), "crop": draw(pad, False),
+            "crop, mirrored border": draw(pad, False, "reflect"), "crop+flip": draw(pad, cfg.data.flip)}
+
+
+def fit_row(directory: Path) -> dict[str, object]:
+    """One run's accuracies (%): recorded (train mode on augmented images), and in eval mode on each
+    split under each transform."""
+    cfg = OmegaConf.load(directory / record.CONFIG)
+    summary = json.loads((directory / "summary.json").read_text())
+    last = json.loads((directory / "metrics.jsonl").read_text().splitlines()[-1])  # the final epoch's record
+    model = build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
+    model.load_state_dict(torch.load(directory / record.CHECKPOINT, map_location="cpu", weights_only=False)["model"])
+    fmt = prepare_model(model, cfg, torch.device("cpu"))
+    data = load_cifar10(cfg.data.source, cfg.paths, False)
+    row: dict[str, object] = {
+        "run": directory.name, "norm": norm_tag(OmegaConf.to_container(cfg.norm, resolve=True)),
+        "images/device": cfg.data.batch_size, "seed": cfg.seed, "epochs": summary["epochs_done"],
+        "train, crop+flip (recorded, train mode)": last["train_acc"]}
+    for split, images, labels in (("train", data.train_images, data.train_labels),
+                                  ("test", data.test_images, data.test_labels)):
+        for name, transform in transforms(cfg).items():
+            batches = EvalBatches(transform(images), labels, 1000, data.mean, data.std, memory_format=fmt)
+            row[f"{split}, {name}"] = evaluate(model, batches)[1]
+    if abs(row["test, plain"] - summary["final_test_acc"]) > TEST_TOLERANCE:  # type: ignore[operator]
+        raise SystemExit(f"{directory.name}: its checkpoint scores {row['test, plain']:.2f} on the test set, the run "
+                         f"recorded {summary['final_test_acc']:.2f}; the checkpoint is not the run's final model")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run folders that kept checkpoint.pt")
+    parser.add_argument("--out", type=Path, help="folder for fit.csv and fit.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    table = pd.DataFrame([fit_row(directory) for directory in args.runs])
+    means = table.groupby(["norm", "images/device", "epochs"]).mean(numeric_only=True).drop(columns="seed")
+    text = (f"Command: `python {' '.join(map(shlex.quote, sys.argv))}`\n\n"
+            f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds:\n\n"
+            f"{means.reset_index().to_markdown(index=False, floatfmt='.2f')}\n")
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(args.out / "fit.md", text)
+        atomic.write_text(args.out / "fit.csv", table.to_csv(index=False, float_format="%.4f"))
+
+
+if __name__ == "__main__":
+    main()
