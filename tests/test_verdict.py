@@ -137,6 +137,7 @@ def test_a_failed_required_part_decides_while_the_other_is_undecided():
     for gap, undecided in ((3.5, False), (0.0, True)):
         result = verdict(sweep(lambda b: 84.0, lambda b: 84.0 - gap, batches=(32,), sd=0.2), both)
         assert result["parts"]["small_batch"]["undecided"] and result["parts"]["parity"]["undecided"] is False
+        assert "no batch size below reference batch 32" in result["parts"]["small_batch"]["reason"]
         assert result["undecided"] is undecided and result["holds"] is False
     assert describe_verdict(verdict(sweep(lambda b: 84.0, lambda b: 80.5, batches=(32,), sd=0.2), both)).startswith(
         "claim verdict: DOES NOT HOLD (5-epoch budget) - small-batch half: UNDECIDED (required); parity at 32: NO")
@@ -153,6 +154,12 @@ def test_a_parity_only_preset_is_judged_on_parity_alone():
         assert "small-batch half: not assessed (not required by this preset)" in describe_verdict(result)
     with pytest.raises(ValueError, match="must require at least one part"):
         load_criteria({"require_small_batch": False})
+
+
+def test_the_small_batch_half_names_every_missing_cell_at_once():
+    """Two seeds at the reference batch and no small batch yet: both gaps are named."""
+    reason = verdict(sweep(bn_drops, lambda b: 70.0, batches=(32,), seeds=2), CRITERIA)["reason"]
+    assert "only 2 finished bn run(s) at batch 32" in reason and "no batch size below reference batch 32" in reason
 
 
 @pytest.mark.parametrize("runs, reason", [
