@@ -63,9 +63,8 @@ def _batches_run(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -> d
 
 def _missing_small_batch(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria, shared: list[int]) -> list[str]:
     """What the data lack for the small-batch half, as sentences; empty when it can be judged."""
-    problems = _missing_parity(groups, c)
-    if not [b for b in shared if b < c.reference_batch]:  # named even while the reference batch lacks seeds
-        have = _batches_run(groups, c)
+    problems, have = _missing_parity(groups, c), _batches_run(groups, c)
+    if all(have.values()) and not [b for b in shared if b < c.reference_batch]:  # also while 32 lacks seeds
         problems.append(f"no batch size below reference batch {c.reference_batch} run with both {c.bn} and {c.gn}; "
                         f"have {c.bn} {have[c.bn]}, {c.gn} {have[c.gn]}")
     if not problems:  # BN is compared at the smallest batch, GN at every batch below the reference
