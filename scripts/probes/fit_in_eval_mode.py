@@ -10,7 +10,7 @@ is generalization alone; plain against augmented shows what the augmentation's i
 norm; and crops whose border mirrors the image instead of being black separate the shift itself
 from the zero padding (GN normalizes each image over its own pixels, black border included).
 
-Run:  python scripts/probes/fit_in_eval_mode.py RUN_DIR [RUN_DIR ...] --out results/converged/fit_eval_mode
+Run:  python scripts/probes/fit_in_eval_mode.py RUN_DIR [RUN_DIR ...] --out results/converged/fit_eval_mode [--jobs 2]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import shlex
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -74,17 +75,30 @@ def fit_row(directory: Path) -> dict[str, object]:
     return row
 
 
+def by_norm(table: pd.DataFrame) -> pd.DataFrame:
+    """Each image set's mean accuracy per norm over seeds, one column per norm, and with two norms
+    their difference (the first minus the second)."""
+    if len(table.groupby(["images/device", "epochs"])) > 1:
+        raise SystemExit("give runs of one batch size and one budget: the means pool seeds only")
+    means = table.groupby("norm").mean(numeric_only=True).drop(columns=["images/device", "seed", "epochs"]).T
+    if len(means.columns) == 2:
+        first, second = means.columns
+        means[f"{first} - {second}"] = means[first] - means[second]
+    return means.rename_axis("accuracy % on")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders that kept checkpoint.pt")
     parser.add_argument("--out", type=Path, help="folder for fit.csv and fit.md")
+    parser.add_argument("--jobs", type=int, default=1, help="runs evaluated at once, one torch thread each")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    table = pd.DataFrame([fit_row(directory) for directory in args.runs])
-    means = table.groupby(["norm", "images/device", "epochs"]).mean(numeric_only=True).drop(columns="seed")
+    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        table = pd.DataFrame(list(pool.map(fit_row, args.runs)))
     text = (f"Command: `python {' '.join(map(shlex.quote, sys.argv))}`\n\n"
-            f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds:\n\n"
-            f"{means.reset_index().to_markdown(index=False, floatfmt='.2f')}\n")
+            f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds ({len(table)} runs):\n\n"
+            f"{by_norm(table).to_markdown(floatfmt='.2f')}\n")
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
