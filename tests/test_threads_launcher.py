@@ -74,8 +74,8 @@ def test_one_process_sweep_killed_mid_training_resumes_to_the_same_records(image
     assert any("resuming" in (d / record.LOG).read_text() for d in _runs(root))
     reference = _sweep(image_folder, tmp_path, tmp_path / "reference")
     assert reference.returncode == 0
-    for directory in _runs(root):
-        assert record_numbers(directory) == record_numbers(tmp_path / "reference" / directory.name), directory.name
+    for directory in _runs(root):  # a kill can leave the seeds at different epochs, which resume unpacked
+        assert _unpacked(directory) == _unpacked(tmp_path / "reference" / directory.name), directory.name
 
 
 def test_at_most_16_jobs_share_a_gpu_so_no_two_share_a_pooled_stream():
@@ -94,3 +94,8 @@ def test_16_jobs_of_two_streams_each_get_32_distinct_streams():
 
     streams = [torch.cuda.Stream() for _ in range(2 * MAX_CUDA_JOBS)]  # as MAX_CUDA_JOBS jobs take them
     assert len({s.cuda_stream for s in streams}) == 2 * MAX_CUDA_JOBS
+
+
+def _unpacked(directory: Path) -> list[dict]:
+    """A run's reproducible epoch records without `pack_size`: how it trained, not what it computed."""
+    return [{k: v for k, v in row.items() if k != "pack_size"} for row in record_numbers(directory)]
