@@ -13,18 +13,16 @@ Run:  python scripts/probes/augmentation_shift.py RUN_DIR [RUN_DIR ...] --out re
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
+from probe_output import publish  # a sibling: probes run as `python scripts/probes/NAME.py`
 
 from normexp import record
 from normexp.data import EvalBatches, load_cifar10, stratified_subset
 from normexp.data.loader import random_crop_flip
-from normexp.files import atomic
 from normexp.nn.models import build_model
 from normexp.train.bn_evaluation import evaluate_batch_statistics
 from normexp.train.engine import evaluate
@@ -72,13 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = pd.concat([shift_table(directory) for directory in args.runs], ignore_index=True)
-    text = (f"Command: `python {' '.join(map(shlex.quote, sys.argv))}`\n\n"
-            f"{table.to_markdown(index=False, floatfmt='.2f')}\n")
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(args.out / "shift.md", text)
-        atomic.write_text(args.out / "shift.csv", table.to_csv(index=False, float_format="%.4f"))
+    publish(f"{table.to_markdown(index=False, floatfmt='.2f')}\n", table, args.out, "shift")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -26,11 +24,11 @@ from typing import Callable
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from probe_output import publish  # a sibling: probes run as `python scripts/probes/NAME.py`
 
 from normexp import record
 from normexp.data import EvalBatches, load_cifar10
 from normexp.data.loader import random_crop_flip
-from normexp.files import atomic
 from normexp.nn.models import build_model
 from normexp.record.identity import norm_tag
 from normexp.train.engine import evaluate
@@ -96,14 +94,8 @@ def main() -> None:
     torch.set_num_threads(1)
     with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         table = pd.DataFrame(list(pool.map(fit_row, args.runs)))
-    text = (f"Command: `python {' '.join(map(shlex.quote, sys.argv))}`\n\n"
-            f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds ({len(table)} runs):\n\n"
-            f"{by_norm(table).to_markdown(floatfmt='.2f')}\n")
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(args.out / "fit.md", text)
-        atomic.write_text(args.out / "fit.csv", table.to_csv(index=False, float_format="%.4f"))
+    publish(f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds ({len(table)} runs):\n\n"
+            f"{by_norm(table).to_markdown(floatfmt='.2f')}\n", table, args.out, "fit")
 
 
 if __name__ == "__main__":
