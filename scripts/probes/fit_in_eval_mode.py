@@ -48,28 +48,42 @@ def transforms(cfg: DictConfig) -> dict[str, Callable[[torch.Tensor], torch.Tens
             "crop, mirrored border": draw(pad, False, "reflect"), "crop+flip": draw(pad, cfg.data.flip)}
 
 
+def final_model(directory: Path) -> tuple[DictConfig, torch.nn.Module, torch.memory_format, dict]:
+    """A finished run's config, its final weights in a model laid out as training had it, the memory
+    format its inputs take, and its summary."""
+    cfg = OmegaConf.load(directory / record.CONFIG)
+    summary = json.loads((directory / "summary.json").read_text())
+    model = build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
+    model.load_state_dict(torch.load(directory / record.CHECKPOINT, map_location="cpu", weights_only=False)["model"])
+    return cfg, model, prepare_model(model, cfg, torch.device("cpu")), summary
+
+
+def check_final(directory: Path, test_plain: float, summary: dict) -> None:
+    """Refuse a checkpoint whose plain test accuracy is not the run's recorded final one."""
+    if abs(test_plain - summary["final_test_acc"]) > TEST_TOLERANCE:
+        raise SystemExit(f"{directory.name}: its checkpoint scores {test_plain:.2f} on the test set, the run "
+                         f"recorded {summary['final_test_acc']:.2f}; the checkpoint is not the run's final model")
+
+
+def run_columns(directory: Path, cfg: DictConfig, summary: dict) -> dict[str, object]:
+    """The columns that name a run in a probe's table."""
+    return {"run": directory.name, "norm": norm_tag(OmegaConf.to_container(cfg.norm, resolve=True)),
+            "images/device": cfg.data.batch_size, "seed": cfg.seed, "epochs": summary["epochs_done"]}
+
+
 def fit_row(directory: Path) -> dict[str, object]:
     """One run's accuracies (%): recorded (train mode on augmented images), and in eval mode on each
     split under each transform."""
-    cfg = OmegaConf.load(directory / record.CONFIG)
-    summary = json.loads((directory / "summary.json").read_text())
+    cfg, model, fmt, summary = final_model(directory)
     last = json.loads((directory / "metrics.jsonl").read_text().splitlines()[-1])  # the final epoch's record
-    model = build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
-    model.load_state_dict(torch.load(directory / record.CHECKPOINT, map_location="cpu", weights_only=False)["model"])
-    fmt = prepare_model(model, cfg, torch.device("cpu"))
     data = load_cifar10(cfg.data.source, cfg.paths, False)
-    row: dict[str, object] = {
-        "run": directory.name, "norm": norm_tag(OmegaConf.to_container(cfg.norm, resolve=True)),
-        "images/device": cfg.data.batch_size, "seed": cfg.seed, "epochs": summary["epochs_done"],
-        "train, crop+flip (recorded, train mode)": last["train_acc"]}
+    row = run_columns(directory, cfg, summary) | {"train, crop+flip (recorded, train mode)": last["train_acc"]}
     for split, images, labels in (("train", data.train_images, data.train_labels),
                                   ("test", data.test_images, data.test_labels)):
         for name, transform in transforms(cfg).items():
             batches = EvalBatches(transform(images), labels, 1000, data.mean, data.std, memory_format=fmt)
             row[f"{split}, {name}"] = evaluate(model, batches)[1]
-    if abs(row["test, plain"] - summary["final_test_acc"]) > TEST_TOLERANCE:  # type: ignore[operator]
-        raise SystemExit(f"{directory.name}: its checkpoint scores {row['test, plain']:.2f} on the test set, the run "
-                         f"recorded {summary['final_test_acc']:.2f}; the checkpoint is not the run's final model")
+    check_final(directory, row["test, plain"], summary)  # type: ignore[arg-type]
     return row
 
 

@@ -1,0 +1,82 @@
+"""Is GN's gain on cropped test images the crop's black border, or its shift? `fit_in_eval_mode.py`
+found that GN's final weights score about 1.6 points higher on test images cropped as in training
+(zero-padded by 4 pixels, then a random 32x32 crop) than on the plain ones, and BN's do not; a crop
+both shifts the image and gives it a black border. This probe evaluates each finished run's final
+weights in eval mode on the test images under transforms that separate the two, all drawn with the
+same seed, so the same rows and columns are border in each:
+
+- plain; crop, black border (the training crop; its numbers repeat fit_in_eval_mode's "test, crop");
+- black border, no shift: the plain image with those border pixels blackened where they are;
+- crop, mean-colour border / mean-colour border, no shift: the border filled with the training set's
+  mean colour, which normalizes to zero, instead of black.
+
+Expectation, written before the first run: if the gain comes from the border's pixels (GN normalizes
+each image over its own pixels, and trained on images that nearly all had a black border), "black
+border, no shift" keeps most of it and the mean-colour border loses most of it; if it comes from the
+shift, the reverse.
+
+Run:  python scripts/probes/border_or_shift.py RUN_DIR [RUN_DIR ...] --out results/converged/border_or_shift [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from fit_in_eval_mode import SEED, by_norm, check_final, final_model, run_columns
+from probe_output import publish  # a sibling: probes run as `python scripts/probes/NAME.py`
+
+from normexp.data import EvalBatches, load_cifar10
+from normexp.data.loader import random_crop_flip
+from normexp.train.engine import evaluate
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def border_transforms(padding: int, mean_colour: torch.Tensor) -> dict[str, Transform]:
+    """The transforms of the module's docstring on uint8 images; `mean_colour` is (1, 3, 1, 1) uint8."""
+    def crop(images: torch.Tensor) -> torch.Tensor:
+        return random_crop_flip(images, padding, False, torch.Generator().manual_seed(SEED))
+
+    def border(images: torch.Tensor) -> torch.Tensor:  # True where the crop shows padding
+        return crop(torch.ones_like(images[:, :1])) == 0
+
+    return {"plain": lambda images: images, "crop, black border": crop,
+            "black border, no shift": lambda images: images.masked_fill(border(images), 0),
+            "crop, mean-colour border": lambda images: torch.where(border(images), mean_colour, crop(images)),
+            "mean-colour border, no shift": lambda images: torch.where(border(images), mean_colour, images)}
+
+
+def border_row(directory: Path) -> dict[str, object]:
+    """One run's test accuracy (%) in eval mode under each transform."""
+    cfg, model, fmt, summary = final_model(directory)
+    data = load_cifar10(cfg.data.source, cfg.paths, False)
+    mean_colour = (data.mean * 255).round().to(torch.uint8).view(1, 3, 1, 1)
+    row = run_columns(directory, cfg, summary)
+    for name, transform in border_transforms(cfg.data.crop_padding, mean_colour).items():
+        batches = EvalBatches(transform(data.test_images), data.test_labels, 1000, data.mean, data.std,
+                              memory_format=fmt)
+        row[f"test, {name}"] = evaluate(model, batches)[1]
+    check_final(directory, row["test, plain"], summary)  # type: ignore[arg-type]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run folders that kept checkpoint.pt")
+    parser.add_argument("--out", type=Path, help="folder for border.csv and border.md")
+    parser.add_argument("--jobs", type=int, default=1, help="runs evaluated at once, one torch thread each")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        table = pd.DataFrame(list(pool.map(border_row, args.runs)))
+    publish(f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds ({len(table)} runs):\n\n"
+            f"{by_norm(table).to_markdown(floatfmt='.2f')}\n", table, args.out, "border")
+
+
+if __name__ == "__main__":
+    main()
