@@ -6,29 +6,26 @@ weights in eval mode on the test images under transforms that separate the two, 
 same seed, so the same rows and columns are border in each:
 
 - plain; crop, black border (the training crop; its numbers repeat fit_in_eval_mode's "test, crop");
-- black border, no shift: the plain image with those border pixels blackened where they are;
-- crop, mean-colour border / mean-colour border, no shift: the border filled with the training set's
-  mean colour, which normalizes to zero, instead of black.
+- black border in place: the plain image, unshifted, with those border pixels blackened (so it
+  occludes content at the border's side, where the crop loses the opposite side's);
+- crop, mean-colour border / mean-colour border in place: the border filled with the training
+  set's mean colour (about zero after normalization) instead of black.
 
 Expectation, written before the first run: if the gain comes from the border's pixels (GN normalizes
 each image over its own pixels, and trained on images that nearly all had a black border), "black
 border, no shift" keeps most of it and the mean-colour border loses most of it; if it comes from the
-shift, the reverse.
+shift, the reverse. (Since renamed "black border in place"; the expectation is as first committed.)
 
 Run:  python scripts/probes/border_or_shift.py RUN_DIR [RUN_DIR ...] --out results/converged/border_or_shift [--jobs 2]
 """
 
 from __future__ import annotations
 
-import argparse
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import torch
-from fit_in_eval_mode import SEED, by_norm, check_final, final_model, run_columns
-from probe_output import publish  # a sibling: probes run as `python scripts/probes/NAME.py`
+from final_weights import SEED, check_final, final_model, probe_runs, run_columns  # a sibling
 
 from normexp.data import EvalBatches, load_cifar10
 from normexp.data.loader import random_crop_flip
@@ -37,8 +34,11 @@ from normexp.train.engine import evaluate
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def border_transforms(padding: int, mean_colour: torch.Tensor) -> dict[str, Transform]:
-    """The transforms of the module's docstring on uint8 images; `mean_colour` is (1, 3, 1, 1) uint8."""
+def border_transforms(padding: int, mean: torch.Tensor) -> dict[str, Transform]:
+    """The transforms of the module's docstring on uint8 images; `mean` is the per-channel mean colour
+    on a 0..1 scale."""
+    mean_colour = (mean * 255).round().to(torch.uint8).view(1, 3, 1, 1)
+
     def crop(images: torch.Tensor) -> torch.Tensor:
         return random_crop_flip(images, padding, False, torch.Generator().manual_seed(SEED))
 
@@ -46,18 +46,17 @@ def border_transforms(padding: int, mean_colour: torch.Tensor) -> dict[str, Tran
         return crop(torch.ones_like(images[:, :1])) == 0
 
     return {"plain": lambda images: images, "crop, black border": crop,
-            "black border, no shift": lambda images: images.masked_fill(border(images), 0),
+            "black border in place": lambda images: images.masked_fill(border(images), 0),
             "crop, mean-colour border": lambda images: torch.where(border(images), mean_colour, crop(images)),
-            "mean-colour border, no shift": lambda images: torch.where(border(images), mean_colour, images)}
+            "mean-colour border in place": lambda images: torch.where(border(images), mean_colour, images)}
 
 
 def border_row(directory: Path) -> dict[str, object]:
     """One run's test accuracy (%) in eval mode under each transform."""
     cfg, model, fmt, summary = final_model(directory)
     data = load_cifar10(cfg.data.source, cfg.paths, False)
-    mean_colour = (data.mean * 255).round().to(torch.uint8).view(1, 3, 1, 1)
     row = run_columns(directory, cfg, summary)
-    for name, transform in border_transforms(cfg.data.crop_padding, mean_colour).items():
+    for name, transform in border_transforms(cfg.data.crop_padding, data.mean).items():
         batches = EvalBatches(transform(data.test_images), data.test_labels, 1000, data.mean, data.std,
                               memory_format=fmt)
         row[f"test, {name}"] = evaluate(model, batches)[1]
@@ -66,16 +65,7 @@ def border_row(directory: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run folders that kept checkpoint.pt")
-    parser.add_argument("--out", type=Path, help="folder for border.csv and border.md")
-    parser.add_argument("--jobs", type=int, default=1, help="runs evaluated at once, one torch thread each")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        table = pd.DataFrame(list(pool.map(border_row, args.runs)))
-    publish(f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds ({len(table)} runs):\n\n"
-            f"{by_norm(table).to_markdown(floatfmt='.2f')}\n", table, args.out, "border")
+    probe_runs(__doc__, border_row, "border")
 
 
 if __name__ == "__main__":

@@ -7,38 +7,42 @@ images: every GN layer normalizes one image (the content) with the group means a
 the same layer computed, in a first pass, on another version of it (the statistics' source):
 
 - plain content, statistics of its black-bordered version (the training crop; or the border
-  blackened in place, no shift), and the converse: bordered content, statistics of the plain image;
-- plain content with its own statistics taken by the same hooks, which must repeat the plain
-  accuracy (a check of the hooks).
+  blackened in place), and the converse: bordered content, statistics of the plain image;
+- each content with its own statistics taken by the same hooks (for plain content this must repeat
+  the recorded accuracy, and every hooked layer must repeat the layer's own output: checks of the
+  hooks).
 
 Expectation, written before the first run: if the border acts through GN's statistics, plain
 content with bordered statistics gains most of what the border gives, and bordered content with
 plain statistics loses most of it; if it acts through the pixels the convolutions see, the reverse.
+
+Added after the first run, as a control for the converse (which may only show that any mismatch of
+statistics and pixels costs): plain content with the statistics of its mean-colour-bordered version.
 
 Run:  python scripts/probes/gn_statistics_swap.py GN_RUN_DIR [...] --out results/converged/gn_statistics_swap [--jobs 2]
 """
 
 from __future__ import annotations
 
-import argparse
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import pandas as pd
 import torch
-from border_or_shift import border_transforms
-from fit_in_eval_mode import by_norm, check_final, final_model, run_columns
-from probe_output import publish  # a sibling: probes run as `python scripts/probes/NAME.py`
+from border_or_shift import border_transforms  # siblings
+from final_weights import check_final, final_model, probe_runs, run_columns
 from torch import Tensor, nn
 
 from normexp.data import EvalBatches, load_cifar10
 
-SWAPS = {  # column: (content, statistics' source), names of border_transforms
+SWAPS = {  # column: (content, statistics' source), names of border_or_shift.border_transforms
     "plain, own statistics (hooks)": ("plain", "plain"),
     "plain, statistics of the crop": ("plain", "crop, black border"),
+    "crop, own statistics (hooks)": ("crop, black border", "crop, black border"),
     "crop, statistics of plain": ("crop, black border", "plain"),
-    "plain, statistics of black border, no shift": ("plain", "black border, no shift"),
-    "black border, no shift, statistics of plain": ("black border, no shift", "plain")}
+    "plain, statistics of black border in place": ("plain", "black border in place"),
+    "black border in place, own statistics (hooks)": ("black border in place", "black border in place"),
+    "black border in place, statistics of plain": ("black border in place", "plain"),
+    "plain, statistics of mean-colour border in place": ("plain", "mean-colour border in place")}
+HOOK_TOLERANCE = 1e-4  # largest difference between a hooked layer's own normalization and its output
 
 
 class StatisticsSwap:
@@ -59,9 +63,15 @@ class StatisticsSwap:
         groups = x.reshape(x.shape[0], layer.num_groups, -1)
         if self.recording:
             self.kept[layer] = groups.mean(-1, keepdim=True), groups.var(-1, unbiased=False, keepdim=True)
+            if (self.normalize(layer, groups, x.shape) - output).abs().max() > HOOK_TOLERANCE:
+                raise SystemExit("the hooks' group normalization does not repeat GroupNorm's output")
             return None
+        return self.normalize(layer, groups, x.shape)
+
+    def normalize(self, layer: nn.GroupNorm, groups: Tensor, shape: torch.Size) -> Tensor:
+        """`groups` (images, groups, values) normalized with the kept statistics, then the layer's affine map."""
         mean, var = self.kept[layer]
-        normalized = ((groups - mean) / torch.sqrt(var + layer.eps)).reshape(x.shape)
+        normalized = ((groups - mean) / torch.sqrt(var + layer.eps)).reshape(shape)
         return normalized * layer.weight[:, None, None] + layer.bias[:, None, None]
 
 
@@ -82,10 +92,10 @@ def swap_row(directory: Path) -> dict[str, object]:
     cfg, model, fmt, summary = final_model(directory)
     model.eval()
     data = load_cifar10(cfg.data.source, cfg.paths, False)
-    mean_colour = (data.mean * 255).round().to(torch.uint8).view(1, 3, 1, 1)
+    needed = {name for pair in SWAPS.values() for name in pair}
     batches = {name: EvalBatches(transform(data.test_images), data.test_labels, 1000, data.mean, data.std,
                                  memory_format=fmt)
-               for name, transform in border_transforms(cfg.data.crop_padding, mean_colour).items()}
+               for name, transform in border_transforms(cfg.data.crop_padding, data.mean).items() if name in needed}
     row = run_columns(directory, cfg, summary)
     swap = StatisticsSwap(model)
     for column, (content, source) in SWAPS.items():
@@ -95,17 +105,7 @@ def swap_row(directory: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="finished GN run folders that kept checkpoint.pt")
-    parser.add_argument("--out", type=Path, help="folder for swap.csv and swap.md")
-    parser.add_argument("--jobs", type=int, default=1, help="runs evaluated at once, one torch thread each")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        table = pd.DataFrame(list(pool.map(swap_row, args.runs)))
-    publish(f"{table.to_markdown(index=False, floatfmt='.2f')}\n\nMean over seeds ({len(table)} runs):\n\n"
-            f"{by_norm(table).to_markdown(floatfmt='.2f')}\n", table, args.out, "swap")
-
+    probe_runs(__doc__, swap_row, "swap")
 
 if __name__ == "__main__":
     main()
