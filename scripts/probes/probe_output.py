@@ -13,13 +13,15 @@ import pandas as pd
 
 from normexp.files import atomic
 
+CODE = ["normexp", "scripts", "conf", "hydra_plugins", "pyproject.toml"]  # what a probe's numbers can depend on
+
 
 def code_version() -> str:
-    """The repository's commit, and whether tracked files differ from it."""
+    """The repository's commit, and whether tracked code (CODE; results aside) differs from it."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+        return subprocess.run(["git", *args], cwd=Path(__file__).parents[2], capture_output=True, text=True,
                               check=True).stdout.strip()
-    changed = git("status", "--porcelain", "--untracked-files=no")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", *CODE)
     return f"`{git('rev-parse', '--short', 'HEAD')}`" + (" with uncommitted changes" if changed else "")
 
 
