@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from final_weights import SEED, check_final, final_model, probe_runs, run_columns  # a sibling
+from final_weights import SEED, load_final, probe_runs  # a sibling
 
-from normexp.data import EvalBatches, load_cifar10
 from normexp.data.loader import random_crop_flip
 from normexp.train.engine import evaluate
 
@@ -53,14 +52,12 @@ def border_transforms(padding: int, mean: torch.Tensor) -> dict[str, Transform]:
 
 def border_row(directory: Path) -> dict[str, object]:
     """One run's test accuracy (%) in eval mode under each transform."""
-    cfg, model, fmt, summary = final_model(directory)
-    data = load_cifar10(cfg.data.source, cfg.paths, False)
-    row = run_columns(directory, cfg, summary)
-    for name, transform in border_transforms(cfg.data.crop_padding, data.mean).items():
-        batches = EvalBatches(transform(data.test_images), data.test_labels, 1000, data.mean, data.std,
-                              memory_format=fmt)
-        row[f"test, {name}"] = evaluate(model, batches)[1]
-    check_final(directory, row["test, plain"], summary)  # type: ignore[arg-type]
+    run = load_final(directory)
+    row = run.columns()
+    for name, transform in border_transforms(run.cfg.data.crop_padding, run.data.mean).items():
+        batches = run.batches(transform(run.data.test_images), run.data.test_labels)
+        row[f"test, {name}"] = evaluate(run.model, batches)[1]
+    run.check(row["test, plain"])  # type: ignore[arg-type]
     return row
 
 

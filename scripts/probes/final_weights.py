@@ -1,12 +1,13 @@
-"""What the probes that evaluate finished runs' final weights share: loading a run's checkpoint
-into its model (refused unless it repeats the recorded test accuracy), the columns that name a run,
-the mean over seeds per norm, and the command line that evaluates runs one per process."""
+"""What the probes that evaluate finished runs' final weights share: a run loaded with its checkpoint
+and data (refused unless it repeats the recorded test accuracy), the columns that name it, the mean
+over seeds per norm, and the command line that evaluates runs one per process."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,36 +17,55 @@ from omegaconf import DictConfig, OmegaConf
 from probe_output import publish  # a sibling: probes run as `python scripts/probes/NAME.py`
 
 from normexp import record
+from normexp.data import CifarArrays, EvalBatches, load_cifar10
 from normexp.nn.models import build_model
 from normexp.record.identity import norm_tag
 from normexp.train.harness import prepare_model
 
 SEED = 0  # the seed of every random image transform the probes draw
 TEST_TOLERANCE = 0.05  # points: the checkpoint's test accuracy against the recorded final one
+EVAL_BATCH = 1000  # images per forward pass
 
 
-def final_model(directory: Path) -> tuple[DictConfig, torch.nn.Module, torch.memory_format, dict[str, Any]]:
-    """A finished run's config, its final weights in a model laid out as training had it, the memory
-    format its inputs take, and its summary."""
+@dataclass(frozen=True)
+class FinalRun:
+    """A finished run: its folder, config, summary, final weights in a model laid out as training had
+    it (in eval mode), the memory format its inputs take, and its CIFAR-10 arrays."""
+
+    directory: Path
+    cfg: DictConfig
+    summary: dict[str, Any]
+    model: torch.nn.Module
+    memory_format: torch.memory_format
+    data: CifarArrays
+
+    def columns(self) -> dict[str, object]:
+        """The columns that name the run in a probe's table."""
+        return {"run": self.directory.name, "norm": norm_tag(OmegaConf.to_container(self.cfg.norm, resolve=True)),
+                "images/device": self.cfg.data.batch_size, "seed": self.cfg.seed,
+                "epochs": self.summary["epochs_done"]}
+
+    def batches(self, images: torch.Tensor, labels: torch.Tensor) -> EvalBatches:
+        """uint8 `images` normalized as the run's test images are, in its inputs' memory format."""
+        return EvalBatches(images, labels, EVAL_BATCH, self.data.mean, self.data.std, memory_format=self.memory_format)
+
+    def check(self, test_plain: float) -> None:
+        """Refuse a checkpoint whose plain test accuracy is not the run's recorded final one."""
+        if abs(test_plain - self.summary["final_test_acc"]) > TEST_TOLERANCE:
+            raise SystemExit(f"{self.directory.name}: its checkpoint scores {test_plain:.2f} on the test set, the "
+                             f"run recorded {self.summary['final_test_acc']:.2f}; not its final model")
+
+
+def load_final(directory: Path) -> FinalRun:
+    """The finished run in `directory`, from its config, summary and checkpoint."""
     cfg = OmegaConf.load(directory / record.CONFIG)
     assert isinstance(cfg, DictConfig)
-    summary = json.loads((directory / "summary.json").read_text())
     model = build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
     model.load_state_dict(torch.load(directory / record.CHECKPOINT, map_location="cpu", weights_only=False)["model"])
-    return cfg, model, prepare_model(model, cfg, torch.device("cpu")), summary
-
-
-def check_final(directory: Path, test_plain: float, summary: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose plain test accuracy is not the run's recorded final one."""
-    if abs(test_plain - summary["final_test_acc"]) > TEST_TOLERANCE:
-        raise SystemExit(f"{directory.name}: its checkpoint scores {test_plain:.2f} on the test set, the run "
-                         f"recorded {summary['final_test_acc']:.2f}; the checkpoint is not the run's final model")
-
-
-def run_columns(directory: Path, cfg: DictConfig, summary: dict[str, Any]) -> dict[str, object]:
-    """The columns that name a run in a probe's table."""
-    return {"run": directory.name, "norm": norm_tag(OmegaConf.to_container(cfg.norm, resolve=True)),
-            "images/device": cfg.data.batch_size, "seed": cfg.seed, "epochs": summary["epochs_done"]}
+    memory_format = prepare_model(model, cfg, torch.device("cpu"))
+    model.eval()
+    return FinalRun(directory, cfg, json.loads((directory / "summary.json").read_text()), model, memory_format,
+                    load_cifar10(cfg.data.source, cfg.paths, False))
 
 
 def by_norm(table: pd.DataFrame) -> pd.DataFrame:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from final_weights import SEED, check_final, final_model, probe_runs, run_columns  # a sibling
+from final_weights import SEED, load_final, probe_runs  # a sibling
 from omegaconf import DictConfig
 
-from normexp.data import EvalBatches, load_cifar10
 from normexp.data.loader import random_crop_flip
 from normexp.train.engine import evaluate
 
@@ -41,16 +40,14 @@ def transforms(cfg: DictConfig) -> dict[str, Callable[[torch.Tensor], torch.Tens
 def fit_row(directory: Path) -> dict[str, object]:
     """One run's accuracies (%): recorded (train mode on augmented images), and in eval mode on each
     split under each transform."""
-    cfg, model, fmt, summary = final_model(directory)
+    run = load_final(directory)
     last = json.loads((directory / "metrics.jsonl").read_text().splitlines()[-1])  # the final epoch's record
-    data = load_cifar10(cfg.data.source, cfg.paths, False)
-    row = run_columns(directory, cfg, summary) | {"train, crop+flip (recorded, train mode)": last["train_acc"]}
-    for split, images, labels in (("train", data.train_images, data.train_labels),
-                                  ("test", data.test_images, data.test_labels)):
-        for name, transform in transforms(cfg).items():
-            batches = EvalBatches(transform(images), labels, 1000, data.mean, data.std, memory_format=fmt)
-            row[f"{split}, {name}"] = evaluate(model, batches)[1]
-    check_final(directory, row["test, plain"], summary)  # type: ignore[arg-type]
+    row = run.columns() | {"train, crop+flip (recorded, train mode)": last["train_acc"]}
+    for split, images, labels in (("train", run.data.train_images, run.data.train_labels),
+                                  ("test", run.data.test_images, run.data.test_labels)):
+        for name, transform in transforms(run.cfg).items():
+            row[f"{split}, {name}"] = evaluate(run.model, run.batches(transform(images), labels))[1]
+    run.check(row["test, plain"])  # type: ignore[arg-type]
     return row
 
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 from border_or_shift import border_transforms  # siblings
-from final_weights import check_final, final_model, probe_runs, run_columns
+from final_weights import load_final, probe_runs
 from torch import Tensor, nn
 
-from normexp.data import EvalBatches, load_cifar10
+from normexp.data import EvalBatches
 
 SWAPS = {  # column: (content, statistics' source), names of border_or_shift.border_transforms
     "plain, own statistics (hooks)": ("plain", "plain"),
@@ -88,24 +88,23 @@ def swapped_accuracy(model: nn.Module, swap: StatisticsSwap, content: EvalBatche
 
 
 def swap_row(directory: Path) -> dict[str, object]:
-    """One GN run's test accuracy (%) in eval mode: plain, and under each swap of SWAPS."""
-    cfg, model, fmt, summary = final_model(directory)
-    model.eval()
-    data = load_cifar10(cfg.data.source, cfg.paths, False)
+    """One GN run's test accuracy (%) in eval mode under each swap of SWAPS."""
+    run = load_final(directory)
     needed = {name for pair in SWAPS.values() for name in pair}
-    batches = {name: EvalBatches(transform(data.test_images), data.test_labels, 1000, data.mean, data.std,
-                                 memory_format=fmt)
-               for name, transform in border_transforms(cfg.data.crop_padding, data.mean).items() if name in needed}
-    row = run_columns(directory, cfg, summary)
-    swap = StatisticsSwap(model)
+    batches = {name: run.batches(transform(run.data.test_images), run.data.test_labels)
+               for name, transform in border_transforms(run.cfg.data.crop_padding, run.data.mean).items()
+               if name in needed}
+    row = run.columns()
+    swap = StatisticsSwap(run.model)
     for column, (content, source) in SWAPS.items():
-        row[f"test, {column}"] = swapped_accuracy(model, swap, batches[content], batches[source])
-    check_final(directory, row["test, plain, own statistics (hooks)"], summary)  # type: ignore[arg-type]
+        row[f"test, {column}"] = swapped_accuracy(run.model, swap, batches[content], batches[source])
+    run.check(row["test, plain, own statistics (hooks)"])  # type: ignore[arg-type]
     return row
 
 
 def main() -> None:
     probe_runs(__doc__, swap_row, "swap")
+
 
 if __name__ == "__main__":
     main()
