@@ -9,7 +9,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import pandas as pd
 import torch
@@ -34,6 +34,7 @@ class FinalRun:
 
     directory: Path
     cfg: DictConfig
+    norm: dict[str, Any]  # the config's norm spec
     summary: dict[str, Any]
     model: torch.nn.Module
     memory_format: torch.memory_format
@@ -41,7 +42,7 @@ class FinalRun:
 
     def columns(self) -> dict[str, object]:
         """The columns that name the run in a probe's table."""
-        return {"run": self.directory.name, "norm": norm_tag(OmegaConf.to_container(self.cfg.norm, resolve=True)),
+        return {"run": self.directory.name, "norm": norm_tag(self.norm),
                 "images/device": self.cfg.data.batch_size, "seed": self.cfg.seed,
                 "epochs": self.summary["epochs_done"]}
 
@@ -60,11 +61,12 @@ def load_final(directory: Path) -> FinalRun:
     """The finished run in `directory`, from its config, summary and checkpoint."""
     cfg = OmegaConf.load(directory / record.CONFIG)
     assert isinstance(cfg, DictConfig)
-    model = build_model(cfg.model, OmegaConf.to_container(cfg.norm, resolve=True))
+    norm = cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True))
+    model = build_model(cfg.model, norm)
     model.load_state_dict(torch.load(directory / record.CHECKPOINT, map_location="cpu", weights_only=False)["model"])
     memory_format = prepare_model(model, cfg, torch.device("cpu"))
     model.eval()
-    return FinalRun(directory, cfg, json.loads((directory / "summary.json").read_text()), model, memory_format,
+    return FinalRun(directory, cfg, norm, json.loads((directory / "summary.json").read_text()), model, memory_format,
                     load_cifar10(cfg.data.source, cfg.paths, False))
 
 
