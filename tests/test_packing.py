@@ -1,5 +1,8 @@
 """Packed runs (`seed=[...]`) compute what each run computes alone, and keep single-run record."""
 
+import logging
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,6 +105,22 @@ def test_seeds_above_the_packing_batch_size_train_one_after_another(make_cfg):
     summaries = train_job(make_cfg("seed=[0,1]", "trainer.epochs=1", "runtime.pack_max_batch=4"))
     assert ([(s["run"].split("_")[2], s["pack_size"], s["status"]) for s in summaries]
             == [("s0", 1, "finished"), ("s1", 1, "finished")])
+
+
+def test_a_finished_runs_log_takes_no_lines_of_the_jobs_later_runs(make_cfg):
+    """The job's shared lines (logger `normexp`, as the launcher's sweep progress) reach the logs of
+    runs not yet finished, not that of a run that has."""
+    job_log = logging.getLogger("normexp")
+    def hook(run: str, epochs: int, trained: bool) -> None:
+        if trained:  # an epoch of `run` trained just now
+            job_log.info("job line for %s", run)
+
+    cfg = make_cfg("seed=[0,1]", "trainer.epochs=2", "runtime.pack_max_batch=4")
+    first, second = (s["run"] for s in train_job(cfg, on_epoch=hook))
+    root = Path(cfg.paths.results_root).resolve()
+    first_log, second_log = ((root / name / record.LOG).read_text() for name in (first, second))
+    assert f"job line for {first}" in first_log and f"job line for {second}" in second_log
+    assert f"job line for {second}" not in first_log
 
 
 def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monkeypatch):

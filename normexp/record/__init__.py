@@ -175,7 +175,8 @@ def is_claimed(directory: Path) -> bool:
 @contextmanager
 def run_logger(directory: Path) -> Iterator[logging.Logger]:
     """A logger for one run: its lines, and the job's shared lines (logger `normexp`, from this
-    thread: hydra/launcher=threads trains other jobs in other threads), go to the run's `train.log`."""
+    thread: hydra/launcher=threads trains other jobs in other threads), go to the run's `train.log`
+    while it is open (the conductor closes it when the run finishes)."""
     shared = logging.getLogger("normexp")
     name = f"normexp.run.{directory.name}"
     handler = logging.FileHandler(directory / LOG)

@@ -126,9 +126,10 @@ def _open_runs(stack: ExitStack, configs: list[DictConfig], models: list[nn.Modu
             summaries.append(summary)
             on_epoch(directory.name, summary["epochs_done"], False)
             continue
-        run_log = stack.enter_context(record.run_logger(directory))
-        tracker = stack.enter_context(trackers.open_run(config, directory, run_log))
-        runs.append(RunState(config, directory, run_log, model, tracker))
+        open_files = stack.enter_context(ExitStack())  # closed early when the run finishes (_train_pack)
+        run_log = open_files.enter_context(record.run_logger(directory))
+        tracker = open_files.enter_context(trackers.open_run(config, directory, run_log))
+        runs.append(RunState(config, directory, run_log, model, tracker, open_files=open_files))
     return runs, summaries
 
 
@@ -234,3 +235,4 @@ def _train_pack(cfg: DictConfig, group: list[RunState], pack: Pack, train: Train
             **runtime.provenance(device, record.last_start(run.directory), trainer.captured)))
         record.write_summary(run.directory, run.summary)
         run.tracker.finish(run.summary)
+        run.open_files.close()  # a finished run's log takes no lines of the job's later runs
