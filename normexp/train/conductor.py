@@ -110,8 +110,9 @@ def _check_before_data(cfg: DictConfig, models: list[nn.Module], device: torch.d
 
 def _open_runs(stack: ExitStack, configs: list[DictConfig], models: list[nn.Module], digest: str,
                on_epoch: EpochHook) -> tuple[list[RunState], list[dict[str, Any]]]:
-    """The runs this job trains, each claimed with its log and tracker open on `stack`, and the
-    summaries of those already done; a run another process holds is left out."""
+    """The runs this job trains, each claimed on `stack` with its log and tracker open on its own
+    `open_files` (closed when it finishes, else with `stack`), and the summaries of those already
+    done; a run another process holds is left out."""
     runs: list[RunState] = []
     summaries: list[dict[str, Any]] = []
     for config, model in zip(configs, models):
