@@ -10,7 +10,7 @@ normexp.sweep.launcher), in one place. Plain threading primitives: no torch, no 
 - HYDRA_GATE and `holding`: Hydra's per-job state (HydraConfig) is process-wide, so a job holds
   the gate while Hydra sets it up and tears it down, and lets go of it while it trains.
 - `this_thread_only`: a log filter for a run's log, which takes the job's shared lines from the
-  thread that trains it only (normexp.record.run_logger).
+  thread that trains it only (normexp.record.shared_lines).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ HYDRA_GATE = threading.Lock()
 holding = threading.local()  # holding.gate: whether this thread holds HYDRA_GATE for its job's set-up
 
 
-def this_thread_only(run_logger: str) -> Callable[[logging.LogRecord], bool]:
-    """Whether a log record belongs in the run log of `run_logger` (a logger named normexp.run.*):
-    its own lines, and the shared `normexp` lines logged from the calling thread."""
+def this_thread_only() -> Callable[[logging.LogRecord], bool]:
+    """A log filter that takes the shared `normexp` lines logged from the calling thread, and no
+    run's own lines (logger normexp.run.*: each run's own handler writes those)."""
     thread = threading.get_ident()
-    return lambda rec: rec.name == run_logger or (not rec.name.startswith("normexp.run.") and rec.thread == thread)
+    return lambda rec: rec.thread == thread and not rec.name.startswith("normexp.run.")

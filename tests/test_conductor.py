@@ -95,7 +95,8 @@ def test_a_run_records_its_code_and_every_start_and_keeps_the_config_it_began_wi
 
 def test_a_run_resumes_only_in_the_environment_it_trained_in(make_cfg, monkeypatch):
     """Threads change a run's numbers: an explicit other count is refused by name, an automatic
-    count takes the run's own, and runtime.allow_env_change resumes anyway and records it."""
+    count takes the run's own (said in its log), and runtime.allow_env_change resumes anyway and
+    records it."""
     cfg = make_cfg("trainer.epochs=3")
     with interrupted_at(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train_job(cfg)
@@ -106,6 +107,7 @@ def test_a_run_resumes_only_in_the_environment_it_trained_in(make_cfg, monkeypat
     with interrupted_at(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train_job(make_cfg("trainer.epochs=3", "runtime.threads=null"), auto_threads=2)
     assert record.read_jsonl(directory / record.STARTS)[-1]["threads"] == 1
+    assert "resuming with 1 torch thread(s)" in (directory / record.LOG).read_text()  # said in the run's log
     train_job(make_cfg("trainer.epochs=3", "runtime.threads=2", "runtime.allow_env_change=true"))
     last = record.read_jsonl(directory / record.STARTS)[-1]
     assert last["threads"] == 2 and last["environment_change"] == ["threads 1 -> 2"]

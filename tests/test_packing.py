@@ -107,9 +107,9 @@ def test_seeds_above_the_packing_batch_size_train_one_after_another(make_cfg):
             == [("s0", 1, "finished"), ("s1", 1, "finished")])
 
 
-def test_a_finished_runs_log_takes_no_lines_of_the_jobs_later_runs(make_cfg):
-    """The job's shared lines (logger `normexp`, as the launcher's sweep progress) reach the logs of
-    runs not yet finished, not that of a run that has."""
+def test_a_runs_log_takes_the_jobs_shared_lines_only_while_it_trains(make_cfg):
+    """The job's shared lines (logger `normexp`, as the launcher's sweep progress) reach the log of
+    the run training now: not that of a run that has finished, nor that of one waiting its turn."""
     job_log = logging.getLogger("normexp")
     def hook(run: str, epochs: int, trained: bool) -> None:
         if trained:  # an epoch of `run` trained just now
@@ -120,7 +120,7 @@ def test_a_finished_runs_log_takes_no_lines_of_the_jobs_later_runs(make_cfg):
     root = Path(cfg.paths.results_root).resolve()
     first_log, second_log = ((root / name / record.LOG).read_text() for name in (first, second))
     assert f"job line for {first}" in first_log and f"job line for {second}" in second_log
-    assert f"job line for {second}" not in first_log
+    assert f"job line for {second}" not in first_log and f"job line for {first}" not in second_log
 
 
 def test_packed_job_resumes_and_skips_finished_members(make_cfg, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, cast
+from typing import Any, Callable, Iterator, Mapping, Optional, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -174,21 +174,37 @@ def is_claimed(directory: Path) -> bool:
 
 @contextmanager
 def run_logger(directory: Path) -> Iterator[logging.Logger]:
-    """A logger for one run: its lines, and the job's shared lines (logger `normexp`, from this
-    thread: hydra/launcher=threads trains other jobs in other threads), go to the run's `train.log`
-    while it is open (the conductor closes it when the run finishes)."""
+    """A logger for one run, whose lines go to the run's `train.log` while it is open (the
+    conductor closes it when the run finishes); the job's shared lines join them under `shared_lines`."""
     shared = logging.getLogger("normexp")
-    name = f"normexp.run.{directory.name}"
-    handler = logging.FileHandler(directory / LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(this_thread_only(name))
-    shared.addHandler(handler)
     if shared.level == logging.NOTSET or shared.level > logging.INFO:
         shared.setLevel(logging.INFO)
+    run_log = logging.getLogger(f"normexp.run.{directory.name}")
+    with _log_file(run_log, directory):
+        yield run_log
+
+
+@contextmanager
+def shared_lines(directory: Path) -> Iterator[None]:
+    """The job's shared lines (logger `normexp`, from this thread: hydra/launcher=threads trains
+    other jobs in other threads) also go to the run's `train.log` while this is open: from when the
+    run starts training until it finishes, so they never name runs trained before or after it."""
+    with _log_file(logging.getLogger("normexp"), directory, this_thread_only()):
+        yield
+
+
+@contextmanager
+def _log_file(logger: logging.Logger, directory: Path,
+              only: Optional[Callable[[logging.LogRecord], bool]] = None) -> Iterator[None]:
+    handler = logging.FileHandler(directory / LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if only is not None:
+        handler.addFilter(only)
+    logger.addHandler(handler)
     try:
-        yield logging.getLogger(name)
+        yield
     finally:
-        shared.removeHandler(handler)
+        logger.removeHandler(handler)
         handler.close()
 
 

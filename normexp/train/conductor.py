@@ -82,8 +82,11 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
     with ExitStack() as stack:
         runs, summaries = _open_runs(stack, configs, models, data.digest, hook)
         if runs:
-            fmt = runtime.memory_format(cfg.runtime.channels_last, models[0], device)
-            _check_resumable(cfg, runs, device, fmt)
+            with ExitStack() as setup:  # the job's set-up lines (threads, layout) go to every run's log
+                for run in runs:
+                    setup.enter_context(record.shared_lines(run.directory))
+                fmt = runtime.memory_format(cfg.runtime.channels_last, models[0], device)
+                _check_resumable(cfg, runs, device, fmt)
             try:
                 _train(cfg, runs, data, device, hook, bar_position, fmt)
             except Exception as error:
@@ -188,6 +191,8 @@ def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, device: tor
         train = harness.train_batches(cfg, train_x, train_y, data.mean, data.std, [m.cfg.seed for m in group], fmt)
         progress = StepProgress(label=" ".join(m.directory.name for m in group), bar=cfg.runtime.progress,
                                 position=bar_position)
+        for run in group:  # the job's shared lines go to the logs of the runs training now
+            run.open_files.enter_context(record.shared_lines(run.directory))
         with progress.logging_above_bars():
             _train_pack(cfg, group, pack, train, test, device, data.source, on_epoch, progress)
 
