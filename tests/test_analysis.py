@@ -278,6 +278,22 @@ def test_every_line_has_its_own_style_in_its_norms_colour_family_and_legends_sor
                                     "gn8": looks(["gn8"])["gn8"]}  # one per norm: its own
 
 
+def test_points_sharing_a_value_are_dodged_apart_in_order_and_a_lone_point_stays():
+    """The accuracy-by-budget figure's lines: where two share a budget their points sit apart, the
+    first on the left, around the true value; a budget only one line has keeps its point there."""
+    from normexp.analysis.plots import dodged
+
+    for log in (True, False):
+        xs = dodged({"gn8, 2 per device": [100.0], "gn8, 32 per device": [5.0, 100.0, 200.0]}, log)
+        small, large = xs["gn8, 2 per device"][0], xs["gn8, 32 per device"][1]
+        assert small < 100 < large
+        middle = (small * large) ** 0.5 if log else (small + large) / 2
+        assert middle == pytest.approx(100)
+        assert xs["gn8, 32 per device"][0] == 5.0 and xs["gn8, 32 per device"][2] == 200.0
+    three = dodged({"a": [0, 1], "b": [1], "c": [1]}, log=False)  # categories 0..k-1, three share 1
+    assert three["a"][0] == 0 and three["a"][1] < three["b"][0] == 1 < three["c"][0]
+
+
 def test_runs_recorded_before_and_after_a_criterion_changed_are_analysed_together(tmp_path):
     """A sweep resumed under today's code holds runs that recorded the retired max_gn_loss and runs
     that recorded gn_loss_margin: with the rest equal they are one set of criteria."""

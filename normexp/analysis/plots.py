@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from normexp.analysis.tables import accuracy_table  # noqa: E402
@@ -75,11 +76,20 @@ def looks(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _numbers(values: Sequence[Any]) -> list[float]:
+    return sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def _ratio_like(values: Sequence[Any]) -> bool:
+    """Positive numbers spanning a factor of 8 or more: learning rates, budgets, batch sizes."""
+    numbers = _numbers(values)
+    return len(numbers) > 1 and numbers[0] > 0 and numbers[-1] / numbers[0] >= 8
+
+
 def _axis_scale(ax: plt.Axes, values: Sequence[float], label: str) -> None:
-    """Ratio-like settings (positive numbers spanning a factor of 8 or more: learning rates, budgets,
-    batch sizes) on a log axis with their values as ticks; others linear."""
-    numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    if len(numbers) > 1 and numbers[0] > 0 and numbers[-1] / numbers[0] >= 8:
+    """Ratio-like settings on a log axis with their values as ticks; others linear."""
+    numbers = _numbers(values)
+    if _ratio_like(values):
         ax.set_xscale("log")
         ax.set_xticks(numbers, [f"{v:g}" for v in numbers])
         ax.minorticks_off()
@@ -223,26 +233,46 @@ def with_axis_labels(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
     return labelled
 
 
+def dodged(positions: dict[str, Sequence[float]], log: bool) -> dict[str, list[float]]:
+    """Each series' x positions moved sideways where several series share a value, in the order of
+    `positions`, left to right and centred on the value, so that no point hides another (a dodge):
+    neighbours spaced by up to 15 % of the narrowest gap between values (in decades on a log axis),
+    less where more series share it. Positions are finite numbers (positive on a log axis)."""
+    scale = np.log10 if log else np.asarray
+    values = sorted({v for xs in positions.values() for v in xs})
+    gap = float(np.diff(scale(values)).min()) if len(values) > 1 else 1.0
+    sharing = {v: [label for label, xs in positions.items() if v in xs] for v in values}
+    out = {}
+    for label, xs in positions.items():
+        steps = [(sharing[v].index(label) - (len(sharing[v]) - 1) / 2) * gap * min(0.15, 0.6 / len(sharing[v]))
+                 for v in xs]
+        out[label] = [v * 10 ** step if log else v + step for v, step in zip(xs, steps)]
+    return out
+
+
 def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
     """Final test accuracy against a further swept setting (e.g. trainer.epochs), one line per norm
-    and batch size, mean +- std over seeds; a setting with values other than numbers (e.g. unset and
-    2) is drawn as categories in natural order (numbers first)."""
+    and batch size, mean +- std over seeds, the lines' points dodged sideways where they share a
+    value; a setting with values other than numbers (e.g. unset and 2) is drawn as categories in
+    natural order (numbers first)."""
     categories: list[str] = []
     if not pd.api.types.is_numeric_dtype(runs[axis]):
         categories = sorted(runs[axis].astype(str).unique(), key=natural)
         runs = runs.assign(**{axis: runs[axis].astype(str).map({c: i for i, c in enumerate(categories)})})
     fig, ax = plt.subplots(figsize=(5.5, 4))
     shown = looks([f"{norm}, {batch} per device" for norm, batch in zip(runs["norm"], runs["batch_size"])])
-    for (norm, batch), rows in runs.groupby(["norm", "batch_size"]):
-        curve = rows.groupby(axis)["final_test_acc"].agg(["mean", "std", "count"]).reset_index()
-        ax.errorbar(curve[axis], curve["mean"], yerr=curve["std"].fillna(0), capsize=2, markersize=4,
-                    label=f"{norm}, {batch} per device ({_seeds(curve['count'])})",
-                    **shown[f"{norm}, {batch} per device"])
+    curves = {f"{norm}, {batch} per device": rows.groupby(axis)["final_test_acc"].agg(["mean", "std", "count"])
+              for (norm, batch), rows in runs.groupby(["norm", "batch_size"])}
+    xs = dodged({label: list(curve.index) for label, curve in curves.items()}, _ratio_like(list(runs[axis])))
+    for label, curve in curves.items():
+        ax.errorbar(xs[label], curve["mean"], yerr=curve["std"].fillna(0), capsize=2, markersize=4,
+                    label=f"{label} ({_seeds(curve['count'])})", **shown[label])
     _axis_scale(ax, list(runs[axis]), axis)
     if categories:
         ax.set_xticks(range(len(categories)), categories)
     ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"Accuracy by {axis}")
+    positions = [x for curve in curves.values() for x in curve.index]
+    ax.set_title(f"Accuracy by {axis}" + (" (points dodged sideways)" if len(positions) > len(set(positions)) else ""))
     ax.grid(alpha=0.3)
     _legend_outside(ax)
     return _save(fig, path)
