@@ -112,6 +112,23 @@ def test_result_is_plain_json():
     assert {type(v) for v in result["checks"]["bn_degrades"].values()} <= {bool, int, float}
 
 
+def test_a_verdict_over_runs_of_two_machines_says_which_and_how_many():
+    """Seeds at 2 per device trained on another CPU than the rest (the converged preset's step 4):
+    the verdict counts the two norms' runs by machine and its description names both; runs of one
+    machine, or without a recorded device, add no line."""
+    runs = sweep(bn_drops, lambda b: 69.5, batches=(2, 32))
+    same = runs.assign(device="cpu", cpu_capability="AVX512", torch_version="2.14.1+cu130")
+    assert verdict(same, CRITERIA)["trained_on"] == {"cpu (AVX512), torch 2.14.1": 12}
+    assert "machine" not in describe_verdict(verdict(same, CRITERIA)) and verdict(runs, CRITERIA)["trained_on"] == {}
+    mixed = same.assign(cpu_capability=np.where((same["batch_size"] == 2) & (same["seed"] > 0), "AVX2", "AVX512"))
+    other_norm = mixed.iloc[:1].assign(norm="ln", cpu_capability="AVX2")  # not one of the two norms judged
+    result = verdict(pd.concat([mixed, other_norm]), CRITERIA)
+    assert result["trained_on"] == {"cpu (AVX2), torch 2.14.1": 4, "cpu (AVX512), torch 2.14.1": 8}
+    assert describe_verdict(result).splitlines()[1] == ("  runs of more than one machine, pooled and compared: "
+                                                         "cpu (AVX2), torch 2.14.1 (4 runs); "
+                                                         "cpu (AVX512), torch 2.14.1 (8 runs)")
+
+
 def test_parity_is_reported_and_only_required_when_asked():
     runs = sweep(lambda b: 50.0 if b == 2 else 70.0, lambda b: 60.0)  # GN 10 below BN at 32, 10 above at 2
     result = verdict(runs, CRITERIA)

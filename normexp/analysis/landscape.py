@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from normexp.analysis.collect import machines
 from normexp.analysis.verdict import welch_contrast
 
 EXTREMES = ("ln", "in")  # G = 1 and G = C, the ends of the group axis; the `gn` settings are the middle
@@ -33,12 +34,9 @@ def _final_acc(runs: pd.DataFrame, **where: object) -> np.ndarray:
 
 
 def trained_on(cell: pd.DataFrame) -> str:
-    """Where a cell's runs trained: each device and torch version among them (`cpu, torch 2.14.1`),
-    so a comparison across machines shows as such."""
-    if not {"device", "torch_version"} <= set(cell):
-        return ""
-    pairs = {f"{d}, torch {str(v).split('+')[0]}" for d, v in zip(cell["device"], cell["torch_version"])}
-    return "; ".join(sorted(pairs))
+    """Where a cell's runs trained: each machine among them (`cpu (AVX2), torch 2.14.1`), so a
+    comparison across machines shows as such."""
+    return "; ".join(machines(cell))
 
 
 def _two_sided(estimate: dict[str, float]) -> dict[str, float]:
@@ -62,8 +60,8 @@ def holm(p: pd.Series) -> pd.Series:
 def versus(runs: pd.DataFrame, baseline: str, alpha: float) -> pd.DataFrame:
     """Each other norm's mean accuracy minus `baseline`'s at the same batch size, with its
     two-sided (1 - alpha) Welch CI, p uncorrected, p Holm-adjusted over the comparisons at
-    that batch size, and where each side trained (device and torch: a difference across machines
-    holds float rounding that grows into seed-level noise)."""
+    that batch size, and where each side trained (device, CPU capability and torch: a difference
+    across machines holds float rounding that grows into seed-level noise)."""
     rows = []
     for (norm, batch), cell in runs.groupby(["norm", "batch_size"]):
         base = _final_acc(runs, norm=baseline, batch_size=batch)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from normexp.analysis.collect import machines
 from normexp.analysis.verdict_text import SMALL_BATCH_CHECKS
 from normexp.criteria import METRICS, Criteria
 
@@ -189,7 +190,9 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     Parity: BN - GN at the reference batch. A required part holds, fails or is undecided (too few
     seeds, runs too short, batch sizes missing); a part the criteria do not require is not assessed
     (its `holds` is None; its checks' statistics are still reported). The overall verdict holds when
-    every required part holds, fails when one fails, and is undecided otherwise while one is."""
+    every required part holds, fails when one fails, and is undecided otherwise while one is.
+    `trained_on` counts the two norms' runs by machine (collect.machine), so a verdict that pools or
+    compares machines says so."""
     c = criteria
     by_group = runs.groupby(["norm", "batch_size"])[METRICS[c.metric]]
     groups = {(str(n), int(b)): g.to_numpy(float) for (n, b), g in by_group}
@@ -197,7 +200,9 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     small = shared[0] if shared else None
     epochs = sorted({int(e) for e in runs["epochs"]}) if "epochs" in runs else []
     result: dict[str, Any] = {"criteria": asdict(c), "batch_sizes": shared, "reference_batch": c.reference_batch,
-                              "smallest_batch": small, "epochs": epochs, "checks": {}, "parts": {}}
+                              "smallest_batch": small, "epochs": epochs,
+                              "trained_on": machines(runs[runs["norm"].isin([c.bn, c.gn])]),
+                              "checks": {}, "parts": {}}
     missing = {"small_batch": _missing_small_batch(groups, c, shared), "parity": _missing_parity(groups, c)}
     ref = c.reference_batch
     if not missing["small_batch"]:

@@ -67,7 +67,8 @@ def overall(result: Mapping[str, Any]) -> str:
 
 
 def describe_verdict(result: Mapping[str, Any]) -> str:
-    """A few human lines: the headline, then each part's checks with their comparisons and outcomes."""
+    """A few human lines: the headline, the machines where the runs came from more than one, then
+    each part's checks with their comparisons and outcomes."""
     c, k = result["criteria"], result["checks"]
     level = f"{100 * (1 - c['alpha']):g}%"
 
@@ -85,6 +86,9 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
     mark = {True: "[yes]", False: "[NO]", None: "[--]"}
     parts = result["parts"]
     lines = [headline(result)]
+    if len(result.get("trained_on") or {}) > 1:
+        lines.append("  runs of more than one machine, pooled and compared: "
+                     + "; ".join(f"{name} ({n} runs)" for name, n in result["trained_on"].items()))
     if parts["small_batch"]["undecided"]:
         lines.append(f"  small-batch half {_unjudged(parts['small_batch'])}: {parts['small_batch']['reason']}")
     else:
