@@ -76,3 +76,15 @@ def test_a_comparison_names_where_each_side_trained():
     [row] = versus(runs, "bn", 0.05).to_dict("records")
     assert row["trained_on"] == "NVIDIA H200, torch 2.11.0; cpu, torch 2.14.1"
     assert row["baseline_trained_on"] == "cpu, torch 2.14.1"
+    recorded = runs.assign(cpu_capability=["AVX2", "AVX512", None, None, None, None])  # a capability, where recorded
+    [row] = versus(recorded, "bn", 0.05).to_dict("records")
+    assert row["baseline_trained_on"] == "cpu (AVX2), torch 2.14.1; cpu (AVX512), torch 2.14.1; cpu, torch 2.14.1"
+
+
+def test_a_run_that_recorded_no_device_is_named_so():
+    from normexp.analysis.machines import machines
+
+    runs = pd.DataFrame({"device": ["cpu", None], "cpu_capability": ["AVX2", None],
+                         "torch_version": ["2.14.1+cu130", None]})
+    assert machines(runs) == {"cpu (AVX2), torch 2.14.1": 1, "not recorded": 1}
+    assert machines(runs.drop(columns=["device"])) == {}

@@ -35,24 +35,6 @@ class RunTables:
         return self.runs[self.runs["status"] != record.FINISHED]
 
 
-def machine(device: object, cpu_capability: object, torch_version: object) -> str:
-    """Where a run trained, as the tables name it: `cpu (AVX2), torch 2.14.1`, `NVIDIA H200, torch
-    2.11.0` (a CPU's capability changes its float rounding, so it is named; runs that did not
-    record it are `cpu`)."""
-    capability = f" ({cpu_capability})" if device == "cpu" and isinstance(cpu_capability, str) else ""
-    return f"{device}{capability}, torch {str(torch_version).split('+')[0]}"
-
-
-def machines(runs: pd.DataFrame) -> dict[str, int]:
-    """How many of `runs` trained on each machine (`machine`), in name order; empty where the runs
-    recorded no device and torch version."""
-    if not {"device", "torch_version"} <= set(runs):
-        return {}
-    capabilities = runs["cpu_capability"] if "cpu_capability" in runs else [None] * len(runs)
-    names = [machine(*row) for row in zip(runs["device"], capabilities, runs["torch_version"])]
-    return dict(sorted(pd.Series(names, dtype=object).value_counts().items()))
-
-
 def _criteria(directory: Path) -> dict | None:
     try:
         return (yaml.safe_load((directory / record.CONFIG).read_text()) or {}).get("verdict")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from normexp.analysis.collect import machines
+from normexp.analysis.machines import machines
 from normexp.analysis.verdict import welch_contrast
 
 EXTREMES = ("ln", "in")  # G = 1 and G = C, the ends of the group axis; the `gn` settings are the middle

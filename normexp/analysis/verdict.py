@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from normexp.analysis.collect import machines
+from normexp.analysis.machines import machines
 from normexp.analysis.verdict_text import SMALL_BATCH_CHECKS
 from normexp.criteria import METRICS, Criteria
 
@@ -191,7 +191,7 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     seeds, runs too short, batch sizes missing); a part the criteria do not require is not assessed
     (its `holds` is None; its checks' statistics are still reported). The overall verdict holds when
     every required part holds, fails when one fails, and is undecided otherwise while one is.
-    `trained_on` counts the two norms' runs by machine (collect.machine), so a verdict that pools or
+    `trained_on` counts the two norms' runs by machine (normexp.analysis.machines), so a verdict that pools or
     compares machines says so."""
     c = criteria
     by_group = runs.groupby(["norm", "batch_size"])[METRICS[c.metric]]

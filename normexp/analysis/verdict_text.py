@@ -87,7 +87,7 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
     parts = result["parts"]
     lines = [headline(result)]
     if len(result.get("trained_on") or {}) > 1:
-        lines.append("  runs of more than one machine, pooled and compared: "
+        lines.append("  runs of more than one machine (as recorded), pooled and compared: "
                      + "; ".join(f"{name} ({n} runs)" for name, n in result["trained_on"].items()))
     if parts["small_batch"]["undecided"]:
         lines.append(f"  small-batch half {_unjudged(parts['small_batch'])}: {parts['small_batch']['reason']}")
@@ -149,6 +149,7 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             "budget": budget_text(result),
             "batch sizes (reference)": f"{', '.join(map(str, result['batch_sizes']))} ({result['reference_batch']})",
             "finished runs": str(result["runs"]["finished"]),
+            "trained on (runs)": "; ".join(f"{name} ({n})" for name, n in (result.get("trained_on") or {}).items()),
             "criteria": (f"{bn} drop > {c['min_bn_drop']:g}, {gn} change at every batch > -{c['gn_loss_margin']:g}, "
                          f"alpha {c['alpha']:g}, parity ±{c['max_parity_gap']:g}, {c['min_seeds']}+ seeds"),
         }
