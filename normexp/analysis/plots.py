@@ -76,20 +76,11 @@ def looks(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _numbers(values: Sequence[Any]) -> list[float]:
-    return sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
-
-
-def _ratio_like(values: Sequence[Any]) -> bool:
-    """Positive numbers spanning a factor of 8 or more: learning rates, budgets, batch sizes."""
-    numbers = _numbers(values)
-    return len(numbers) > 1 and numbers[0] > 0 and numbers[-1] / numbers[0] >= 8
-
-
 def _axis_scale(ax: plt.Axes, values: Sequence[float], label: str) -> None:
-    """Ratio-like settings on a log axis with their values as ticks; others linear."""
-    numbers = _numbers(values)
-    if _ratio_like(values):
+    """Ratio-like settings (positive numbers spanning a factor of 8 or more: learning rates, budgets,
+    batch sizes) on a log axis with their values as ticks; others linear."""
+    numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if len(numbers) > 1 and numbers[0] > 0 and numbers[-1] / numbers[0] >= 8:
         ax.set_xscale("log")
         ax.set_xticks(numbers, [f"{v:g}" for v in numbers])
         ax.minorticks_off()
@@ -263,11 +254,11 @@ def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
     shown = looks([f"{norm}, {batch} per device" for norm, batch in zip(runs["norm"], runs["batch_size"])])
     curves = {f"{norm}, {batch} per device": rows.groupby(axis)["final_test_acc"].agg(["mean", "std", "count"])
               for (norm, batch), rows in runs.groupby(["norm", "batch_size"])}
-    xs = dodged({label: list(curve.index) for label, curve in curves.items()}, _ratio_like(list(runs[axis])))
+    _axis_scale(ax, list(runs[axis]), axis)  # first: the dodge spreads points in decades on a log axis
+    xs = dodged({label: list(curve.index) for label, curve in curves.items()}, ax.get_xscale() == "log")
     for label, curve in curves.items():
         ax.errorbar(xs[label], curve["mean"], yerr=curve["std"].fillna(0), capsize=2, markersize=4,
                     label=f"{label} ({_seeds(curve['count'])})", **shown[label])
-    _axis_scale(ax, list(runs[axis]), axis)
     if categories:
         ax.set_xticks(range(len(categories)), categories)
     ax.set_ylabel("final test accuracy (%)")

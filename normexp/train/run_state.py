@@ -38,7 +38,7 @@ class RunState:
     compute_seconds: float = 0.0
     diverged: Optional[dict[str, int]] = None
     summary: Optional[dict[str, Any]] = None
-    open_files: ExitStack = field(default_factory=ExitStack)  # its log and tracker, closed when it finishes
+    open_files: ExitStack = field(default_factory=ExitStack)  # log, tracker, shared lines: closed when it finishes
 
 
 def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
