@@ -107,6 +107,23 @@ def test_seeds_above_the_packing_batch_size_train_one_after_another(make_cfg):
             == [("s0", 1, "finished"), ("s1", 1, "finished")])
 
 
+def test_a_seed_queued_behind_another_records_its_start_when_it_begins_to_train(make_cfg):
+    """starts.jsonl times a start when the run begins to train, not when its job set it up: while
+    the first seed trains, the second, waiting its turn, has no start yet."""
+    started_while_training: list[set[str]] = []
+    cfg = make_cfg("seed=[0,1]", "trainer.epochs=2", "runtime.pack_max_batch=4")
+    root = Path(cfg.paths.results_root).resolve()
+
+    def hook(run: str, epochs: int, trained: bool) -> None:
+        if trained:
+            started_while_training.append({d.name for d in root.iterdir() if record.read_jsonl(d / record.STARTS)})
+
+    first, second = (s["run"] for s in train_job(cfg, on_epoch=hook))
+    assert started_while_training[:2] == [{first}, {first}]
+    assert started_while_training[2:] == [{first, second}, {first, second}]
+    assert [len(record.read_jsonl(root / name / record.STARTS)) for name in (first, second)] == [1, 1]
+
+
 def test_a_runs_log_takes_the_jobs_shared_lines_only_while_it_trains(make_cfg):
     """The job's shared lines (logger `normexp`, as the launcher's sweep progress) reach the log of
     the run training now: not that of a run that has finished, nor that of one waiting its turn."""

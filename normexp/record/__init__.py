@@ -65,14 +65,19 @@ FINISHED, DIVERGED, FAILED, RUNNING, UNFINISHED = "finished", "diverged", "faile
 
 def write_start(directory: Path, ident: Mapping[str, Any], config_yaml: str,
                 start: Optional[Mapping[str, Any]] = None) -> None:
-    """What a run writes before training: its identity, its whole resolved config as it first
-    started (kept on later starts, so the criteria recorded are those in force when it began), and
-    `start` (time, code, environment) appended to its log of starts."""
+    """What a run writes when its job sets it up: its identity, its whole resolved config as it
+    first started (kept on later starts, so the criteria recorded are those in force when it
+    began), and `start`, if given, appended to its log of starts."""
     atomic.write_json(directory / IDENTITY, ident)
     if not (directory / CONFIG).is_file():
         atomic.write_text(directory / CONFIG, config_yaml)
     if start is not None:
-        atomic.write_jsonl(directory / STARTS, [*read_jsonl(directory / STARTS), dict(start)])
+        append_start(directory, start)
+
+
+def append_start(directory: Path, start: Mapping[str, Any]) -> None:
+    """Append `start` (time, code, environment) to the run's log of starts."""
+    atomic.write_jsonl(directory / STARTS, [*read_jsonl(directory / STARTS), dict(start)])
 
 
 def last_start(directory: Path) -> Optional[dict[str, Any]]:

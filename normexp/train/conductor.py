@@ -192,6 +192,7 @@ def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, device: tor
         progress = StepProgress(label=" ".join(m.directory.name for m in group), bar=cfg.runtime.progress,
                                 position=bar_position)
         for run in group:  # the job's shared lines go to the logs of the runs training now
+            run_state.record_start(run)
             run.open_files.enter_context(record.shared_lines(run.directory))
         with progress.logging_above_bars():
             _train_pack(cfg, group, pack, train, test, device, data.source, on_epoch, progress)

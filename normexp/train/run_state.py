@@ -39,19 +39,19 @@ class RunState:
     diverged: Optional[dict[str, int]] = None
     summary: Optional[dict[str, Any]] = None
     open_files: ExitStack = field(default_factory=ExitStack)  # log, tracker, shared lines: closed when it finishes
+    pending_start: dict[str, Any] = field(default_factory=dict)  # this start's record, logged when it trains
 
 
 def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
-    """Write the run's identity, config and this start (with any environment change), and load
-    its checkpoint if it has one."""
+    """Write the run's identity and config, load its checkpoint if it has one, and prepare this
+    start's record (code, environment, any change of it) for `record_start`."""
     path = run.directory / record.CHECKPOINT
     state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
     environment = runtime.environment(device, captures(run.cfg.runtime.capture, device), fmt)
     changed = record.environment_change(record.last_start(run.directory), environment) if state else []
-    start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(state["metrics"]) if state else 0,
-             **environment, **runtime.code_version(), **({"environment_change": changed} if changed else {})}
-    record.write_start(run.directory, record.identity(run.cfg, digest),
-                       OmegaConf.to_yaml(run.cfg, resolve=True), start)
+    run.pending_start = {"after_epoch": len(state["metrics"]) if state else 0, **environment,
+                         **runtime.code_version(), **({"environment_change": changed} if changed else {})}
+    record.write_start(run.directory, record.identity(run.cfg, digest), OmegaConf.to_yaml(run.cfg, resolve=True))
     if state is not None:
         run.model.load_state_dict(state["model"])
         run.checkpoint = state
@@ -59,6 +59,12 @@ def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_fo
         run.compute_seconds = state["compute_seconds"]
         run.log.info("resuming %s after epoch %d", run.directory.name, len(run.metrics))
     run.tracker.start(run.metrics, run.loss_log)
+
+
+def record_start(run: RunState) -> None:
+    """Append this start to the run's `starts.jsonl`, timed when the run begins to train (a seed
+    queued behind another in its job starts later than the job)."""
+    record.append_start(run.directory, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run.pending_start})
 
 
 UNTESTED = {"test_loss": None, "test_acc": None}  # an epoch without a test evaluation
