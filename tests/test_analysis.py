@@ -38,7 +38,7 @@ def write_run(root: Path, norm: dict, batch: int, seed: int, accs: list[float], 
     if numerics is not None:  # runs recorded before the numerics version existed have none
         ident["numerics"] = numerics
     directory = root / record.run_name(ident)
-    record.write_start(directory, ident, "verdict: null\n")
+    record.write_setup(directory, ident, "verdict: null\n")
     (directory / record.LOG).write_text("log\n")
     done = accs if status in ("finished", "diverged") else accs[:-1]
     metrics = [{"epoch": e + 1, "test_acc": a, "test_loss": 1.0, "train_loss": 2.0 - a / 100, "train_acc": a,

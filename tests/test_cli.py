@@ -100,7 +100,7 @@ def test_analyze_on_only_excluded_runs_names_their_states_and_writes_nothing(tmp
     directory = tmp_path / "bn_b2_s0_x"
     ident = {"data": {"batch_size": 2, "devices": 1}, "model": {"depth": 8, "base_width": 4},
              "norm": {"name": "bn"}, "trainer": {"epochs": 2}, "seed": 0, "data_digest": "d"}
-    record.write_start(directory, ident, "seed: 0\n")
+    record.write_setup(directory, ident, "seed: 0\n")
     (directory / record.LOG).write_text("")
     done = _run("normexp.cli.analyze", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 1 and "no finished runs" in done.stderr and "1 unfinished" in done.stderr

@@ -176,7 +176,7 @@ def test_the_plan_estimates_only_from_runs_on_the_kind_of_device_the_jobs_will_u
 
     cfg = _compose("experiment=debug", "runtime.device=cpu")
     directory = tmp_path / "bn_b8_s0_x"
-    record.write_start(directory, record.identity(cfg, "digest"), "seed: 0\n")
+    record.write_setup(directory, record.identity(cfg, "digest"), "seed: 0\n")
     summary = {"status": record.FINISHED, "epochs_done": 2, "compute_seconds": 60.0, "device": "NVIDIA H200"}
     record.write_summary(directory, summary)
     command = ["experiment=debug", f"paths.results_root={tmp_path}"]

@@ -63,16 +63,12 @@ EXTRA_EVALUATIONS = ("test_loss_precise", "test_acc_precise", "test_loss_batch",
 FINISHED, DIVERGED, FAILED, RUNNING, UNFINISHED = "finished", "diverged", "failed", "running", "unfinished"
 
 
-def write_start(directory: Path, ident: Mapping[str, Any], config_yaml: str,
-                start: Optional[Mapping[str, Any]] = None) -> None:
-    """What a run writes when its job sets it up: its identity, its whole resolved config as it
-    first started (kept on later starts, so the criteria recorded are those in force when it
-    began), and `start`, if given, appended to its log of starts."""
+def write_setup(directory: Path, ident: Mapping[str, Any], config_yaml: str) -> None:
+    """What a run writes when its job sets it up: its identity, and its whole resolved config as it
+    first started (kept on later starts, so the criteria recorded are those in force when it began)."""
     atomic.write_json(directory / IDENTITY, ident)
     if not (directory / CONFIG).is_file():
         atomic.write_text(directory / CONFIG, config_yaml)
-    if start is not None:
-        append_start(directory, start)
 
 
 def append_start(directory: Path, start: Mapping[str, Any]) -> None:

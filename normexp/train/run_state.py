@@ -39,7 +39,7 @@ class RunState:
     diverged: Optional[dict[str, int]] = None
     summary: Optional[dict[str, Any]] = None
     open_files: ExitStack = field(default_factory=ExitStack)  # log, tracker, shared lines: closed when it finishes
-    pending_start: dict[str, Any] = field(default_factory=dict)  # this start's record, logged when it trains
+    pending_start: Optional[dict[str, Any]] = None  # this start's record, for starts.jsonl when it trains
 
 
 def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
@@ -51,7 +51,7 @@ def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_fo
     changed = record.environment_change(record.last_start(run.directory), environment) if state else []
     run.pending_start = {"after_epoch": len(state["metrics"]) if state else 0, **environment,
                          **runtime.code_version(), **({"environment_change": changed} if changed else {})}
-    record.write_start(run.directory, record.identity(run.cfg, digest), OmegaConf.to_yaml(run.cfg, resolve=True))
+    record.write_setup(run.directory, record.identity(run.cfg, digest), OmegaConf.to_yaml(run.cfg, resolve=True))
     if state is not None:
         run.model.load_state_dict(state["model"])
         run.checkpoint = state
@@ -64,6 +64,8 @@ def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_fo
 def record_start(run: RunState) -> None:
     """Append this start to the run's `starts.jsonl`, timed when the run begins to train (a seed
     queued behind another in its job starts later than the job)."""
+    if run.pending_start is None:
+        raise RuntimeError(f"{run.directory.name} was not set up (run_state.start) before it trains")
     record.append_start(run.directory, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run.pending_start})
 
 
