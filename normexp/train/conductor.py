@@ -174,7 +174,7 @@ def _packs(cfg: DictConfig, runs: list[RunState], device: torch.device) -> list[
 def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, device: torch.device, on_epoch: EpochHook,
            bar_position: int, fmt: torch.memory_format) -> None:
     for run in runs:
-        run_state.start(run, data.digest, device, fmt)
+        run_state.start(run, data.digest, device)
         on_epoch(run.directory.name, len(run.metrics), False)
     groups = _packs(cfg, runs, device)
     train_x, train_y = maybe_subset(data.train_images, data.train_labels, cfg.data.train_subset, cfg.model.num_classes)
@@ -192,7 +192,7 @@ def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, device: tor
         progress = StepProgress(label=" ".join(m.directory.name for m in group), bar=cfg.runtime.progress,
                                 position=bar_position)
         for run in group:  # the job's shared lines go to the logs of the runs training now
-            run_state.record_start(run)
+            run_state.record_start(run, device, fmt)
             run.open_files.enter_context(record.shared_lines(run.directory))
         with progress.logging_above_bars():
             _train_pack(cfg, group, pack, train, test, device, data.source, on_epoch, progress)

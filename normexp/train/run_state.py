@@ -39,18 +39,12 @@ class RunState:
     diverged: Optional[dict[str, int]] = None
     summary: Optional[dict[str, Any]] = None
     open_files: ExitStack = field(default_factory=ExitStack)  # log, tracker, shared lines: closed when it finishes
-    pending_start: Optional[dict[str, Any]] = None  # this start's record, for starts.jsonl when it trains
 
 
-def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_format) -> None:
-    """Write the run's identity and config, load its checkpoint if it has one, and prepare this
-    start's record (code, environment, any change of it) for `record_start`."""
+def start(run: RunState, digest: str, device: torch.device) -> None:
+    """Write the run's identity and config, and load its checkpoint if it has one."""
     path = run.directory / record.CHECKPOINT
     state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
-    environment = runtime.environment(device, captures(run.cfg.runtime.capture, device), fmt)
-    changed = record.environment_change(record.last_start(run.directory), environment) if state else []
-    run.pending_start = {"after_epoch": len(state["metrics"]) if state else 0, **environment,
-                         **runtime.code_version(), **({"environment_change": changed} if changed else {})}
     record.write_setup(run.directory, record.identity(run.cfg, digest), OmegaConf.to_yaml(run.cfg, resolve=True))
     if state is not None:
         run.model.load_state_dict(state["model"])
@@ -61,12 +55,15 @@ def start(run: RunState, digest: str, device: torch.device, fmt: torch.memory_fo
     run.tracker.start(run.metrics, run.loss_log)
 
 
-def record_start(run: RunState) -> None:
-    """Append this start to the run's `starts.jsonl`, timed when the run begins to train (a seed
-    queued behind another in its job starts later than the job)."""
-    if run.pending_start is None:
-        raise RuntimeError(f"{run.directory.name} was not set up (run_state.start) before it trains")
-    record.append_start(run.directory, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run.pending_start})
+def record_start(run: RunState, device: torch.device, fmt: torch.memory_format) -> None:
+    """Append this start (time, code, environment, any change of it) to the run's `starts.jsonl`
+    when the run begins to train (a seed queued behind another in its job starts later than the job)."""
+    environment = runtime.environment(device, captures(run.cfg.runtime.capture, device), fmt)
+    resumed = run.checkpoint is not None
+    changed = record.environment_change(record.last_start(run.directory), environment) if resumed else []
+    record.append_start(run.directory, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(run.metrics),
+                                        **environment, **runtime.code_version(),
+                                        **({"environment_change": changed} if changed else {})})
 
 
 UNTESTED = {"test_loss": None, "test_acc": None}  # an epoch without a test evaluation
