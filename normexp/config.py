@@ -25,6 +25,8 @@ from normexp.errors import ConfigError  # noqa: F401 (re-exported: the CLI and t
 
 DATA_SOURCES = ("folder", "torchvision")
 SCHEDULES = ("cosine", "step", "constant")
+# data.crop_fill: a crop's padding is black (torch's constant pad), the mirrored border, or the mean colour
+CROP_FILLS = ("zeros", "reflect", "mean")
 PRECISIONS = ("bf16",)  # trainer.precision besides null (fp32)
 DEVICES = ("auto", "cpu", "cuda")
 # groups outside a run's identity; of runtime, the device, threads and torch version change the numbers by
@@ -43,6 +45,7 @@ class DataConfig:
     train_subset: Optional[int] = MISSING
     test_subset: Optional[int] = MISSING
     crop_padding: int = MISSING
+    crop_fill: str = MISSING
     flip: bool = MISSING
 
 
@@ -233,6 +236,7 @@ def _check_data(cfg: DictConfig) -> None:
                  f"x data.devices={d.devices} must be <= data.train_subset={d.train_subset} "
                  f"(drop-last would leave no batch)")
     _require(0 <= d.crop_padding <= 16, "data.crop_padding", d.crop_padding, "allowed: 0..16")
+    _require(d.crop_fill in CROP_FILLS, "data.crop_fill", d.crop_fill, f"allowed: {', '.join(CROP_FILLS)}")
 
 
 def _check_model(m: DictConfig) -> None:

@@ -24,6 +24,19 @@ def test_committed_runs_resolve_to_their_names():
         assert record.run_name(recorded) == path.parent.name
 
 
+def test_todays_preset_composes_a_committed_runs_identity():
+    """A setting added since (data.crop_fill) leaves a run at its old value under its old name, and
+    enters the identity at any other value."""
+    from normexp.compose import compose
+
+    path = RESULTS / "converged" / "runs" / "bn_b32x8_s0_0c0f7e5b" / record.IDENTITY
+    recorded = record.read_json(path)
+    overrides = ["experiment=converged", "norm=bn", "data.batch_size=32", "seed=0"]
+    assert record.identity(compose(overrides), recorded["data_digest"]) == recorded
+    reflect = record.identity(compose([*overrides, "data.crop_fill=reflect"]), recorded["data_digest"])
+    assert reflect["data"]["crop_fill"] == "reflect" and record.run_name(reflect) != path.parent.name
+
+
 def test_shared_runs_lists_name_committed_runs():
     listings = sorted(RESULTS.glob("*/" + record.SHARED))
     for listing in listings:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from normexp.data import TrainBatches, load_cifar10, stratified_subset
-from normexp.data.loader import EvalBatches, normalize, random_crop_flip
+from normexp.data.loader import EvalBatches, normalize, pad, random_crop_flip
 from normexp.data.sources import DataError
 from tests.helpers import make_image_folder
 
@@ -90,7 +90,7 @@ def test_random_crop_flip_shifts_and_mirrors_each_sample():
 def test_random_crop_can_mirror_the_border_instead_of_zero_padding():
     images = torch.arange(1, 1 + 3 * 8 * 8, dtype=torch.uint8).view(1, 3, 8, 8)
     zeros = random_crop_flip(images, 2, False, torch.Generator().manual_seed(3))
-    mirrored = random_crop_flip(images, 2, False, torch.Generator().manual_seed(3), padding_mode="reflect")
+    mirrored = random_crop_flip(images, 2, False, torch.Generator().manual_seed(3), fill="reflect")
     replay = torch.Generator().manual_seed(3)
     dy, dx = (int(torch.randint(0, 5, (1,), generator=replay)) for _ in range(2))
     assert (dy, dx) != (2, 2) and (zeros == 0).any() and not (mirrored == 0).any()
@@ -237,3 +237,15 @@ def test_two_processes_build_a_fresh_cache_once(tmp_path):
     assert sum(out.count("decoding 300 train images") for out in outputs) == 1, outputs
     assert sum(out.count("waiting for it") for out in outputs) == 1, outputs  # the lock, not luck, kept it once
     assert len({line for out in outputs for line in out.splitlines() if line.startswith("digest")}) == 1
+
+
+def test_mean_fill_pads_each_channel_with_the_mean_colour():
+    images = torch.full((2, 3, 6, 6), 200, dtype=torch.uint8)
+    mean = torch.tensor([0.5, 0.25, 0.1])
+    padded = pad(images, 2, "mean", mean)
+    assert padded.shape == (2, 3, 10, 10) and torch.equal(padded[:, :, 2:8, 2:8], images)
+    border = torch.ones(10, 10, dtype=torch.bool)
+    border[2:8, 2:8] = False
+    for channel, colour in enumerate((128, 64, 26)):
+        assert (padded[:, channel][:, border] == colour).all()
+    assert torch.equal(pad(images, 2, "zeros"), torch.nn.functional.pad(images, (2,) * 4))

@@ -1,6 +1,6 @@
 """Batches from a split held as one uint8 tensor on the run's device (airbench style).
 
-Each epoch is shuffled and augmented as a whole with tensor ops (random crop with zero padding,
+Each epoch is shuffled and augmented as a whole with tensor ops (random crop of a padded image,
 horizontal flip, normalization), then cut into batches as views: no per-sample Python and no
 DataLoader in the hot loop. Randomness comes from a generator seeded by (seed, epoch), so any
 epoch can be replayed exactly, which is what makes resuming from a checkpoint exact.
@@ -13,6 +13,8 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from normexp.config import CROP_FILLS
 
 
 def member_views(x: Tensor, y: Tensor, members: int) -> list[tuple[Tensor, Tensor]]:
@@ -42,14 +44,31 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return images.float().mul_(scale).sub_(shift)
 
 
+def pad(images: Tensor, padding: int, fill: str, mean: Optional[Tensor] = None) -> Tensor:
+    """uint8 images (N, C, H, W) padded by `padding` on every side, the border filled as `fill` says:
+    black, the mirrored border, or each channel's `mean` (0..1 scale) rounded to uint8, the colour that
+    normalization maps to about zero."""
+    if fill == "zeros":
+        return F.pad(images, (padding,) * 4)
+    if fill == "reflect":
+        return F.pad(images, (padding,) * 4, mode="reflect")
+    if fill != "mean" or mean is None:
+        raise ValueError(f"crop fill {fill!r} (allowed: {', '.join(CROP_FILLS)}; 'mean' needs the mean colour)")
+    n, c, h, w = images.shape
+    colour = (mean * 255).round().to(images.dtype, copy=False).to(images.device)
+    padded = colour.view(1, c, 1, 1).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding : padding + h, padding : padding + w] = images
+    return padded
+
+
 def random_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator,
-                     padding_mode: str = "constant") -> Tensor:
-    """Per-sample random crop and horizontal flip of a whole uint8 batch; the crop pads with zeros
-    (torch's "constant" mode, what training uses) or mirrors the border ("reflect")."""
+                     fill: str = "zeros", mean: Optional[Tensor] = None) -> Tensor:
+    """Per-sample random crop and horizontal flip of a whole uint8 batch; the crop's padding is filled
+    as `fill` says (see `pad`)."""
     n, _, h, w = images.shape
     out = images
     if padding:
-        padded = F.pad(images, (padding,) * 4, mode=padding_mode)
+        padded = pad(images, padding, fill, mean)
         dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
         dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
         rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
@@ -81,10 +100,12 @@ class TrainBatches:
         seeds: Sequence[int],
         padding: int = 4,
         flip: bool = True,
+        crop_fill: str = "zeros",
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.seeds, self.padding, self.flip = batch_size, list(seeds), padding, flip
+        self.crop_fill = crop_fill
         self.mean, self.std = mean.to(images.device), std.to(images.device)
         self.memory_format = memory_format
 
@@ -96,7 +117,7 @@ class TrainBatches:
     def _one_seed(self, seed: int, epoch: int) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(self.images.shape[0], generator=generator).to(self.images.device)
-        images = random_crop_flip(self.images[order], self.padding, self.flip, generator)
+        images = random_crop_flip(self.images[order], self.padding, self.flip, generator, self.crop_fill, self.mean)
         return normalize(images, self.mean, self.std), self.labels[order]
 
     def epoch(self, epoch: int, steps: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor]]:

@@ -20,6 +20,10 @@ from normexp.config import NOT_IDENTITY
 # (identities without `numerics`) keep theirs. Changes per version: README.md, "Numerics versions".
 NUMERICS = 2
 
+# Settings added after runs were recorded, (group, key) -> the value those runs trained with: left out
+# of an identity at that value, so the recorded runs keep their names; any other value enters it.
+ADDED_LATER = {("data", "crop_fill"): "zeros"}
+
 # The swept settings, table column -> config key: a table pools the seeds of a cell of the others,
 # and the analysis refuses runs that differ in anything else (unless told to vary it).
 SWEPT = {"norm": "norm", "batch_size": "data.batch_size", "devices": "data.devices", "seed": "seed"}
@@ -54,11 +58,14 @@ def identity(cfg: DictConfig, data_digest: str, numerics: int = NUMERICS) -> dic
     """Everything that determines a run's numbers: the resolved config without the groups that
     never change them (config.NOT_IDENTITY) and without null settings, the content digest of the
     data it trains on, and the version of the code's numerics (`numerics`, left out for version 1).
-    Null settings are left out so that a setting added later, null (off) by default, leaves the
-    names of existing runs unchanged."""
+    Null settings, and those of ADDED_LATER at their old value, are left out, so that a setting added
+    later leaves the names of existing runs unchanged."""
     container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(container, dict)
     ident = {key: _without_nulls(value) for key, value in container.items() if key not in NOT_IDENTITY}
+    for (group, key), value in ADDED_LATER.items():
+        if ident.get(group, {}).get(key) == value:
+            del ident[group][key]
     ident["data_digest"] = data_digest
     if numerics > 1:
         ident["numerics"] = numerics

@@ -96,4 +96,5 @@ def legacy_precise_batches(norm: Mapping[str, Any], train: TrainBatches) -> Opti
     if norm.get("precise_bn_batches") is None:
         return None
     return TrainBatches(train.images, train.labels, norm["precise_bn_batch_size"], train.mean, train.std,
-                        seeds=train.seeds, padding=train.padding, flip=train.flip, memory_format=train.memory_format)
+                        seeds=train.seeds, padding=train.padding, flip=train.flip, crop_fill=train.crop_fill,
+                        memory_format=train.memory_format)

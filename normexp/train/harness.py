@@ -46,7 +46,7 @@ def train_batches(cfg: DictConfig, images: Tensor, labels: Tensor, mean: Tensor,
     """The training epochs of a pack of `seeds` (images and labels already on the device): the
     run's step batch, augmented as `data` says, in layout `fmt`."""
     return TrainBatches(images, labels, step_batch(cfg), mean, std, seeds=seeds, padding=cfg.data.crop_padding,
-                        flip=cfg.data.flip, memory_format=fmt)
+                        flip=cfg.data.flip, crop_fill=cfg.data.crop_fill, memory_format=fmt)
 
 
 @dataclass

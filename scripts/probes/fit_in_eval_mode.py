@@ -30,8 +30,8 @@ from normexp.train.engine import evaluate
 def transforms(cfg: DictConfig) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The image transforms evaluated: none, the training augmentation's parts (its crop pads with
     zeros), and the same crops padded by mirroring the border instead, each drawn with SEED."""
-    def draw(padding: int, flip: bool, mode: str = "constant") -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda images: random_crop_flip(images, padding, flip, torch.Generator().manual_seed(SEED), mode)
+    def draw(padding: int, flip: bool, fill: str = "zeros") -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda images: random_crop_flip(images, padding, flip, torch.Generator().manual_seed(SEED), fill)
     pad = cfg.data.crop_padding
     return {"plain": lambda images: images, "flip": draw(0, True), "crop": draw(pad, False),
             "crop, mirrored border": draw(pad, False, "reflect"), "crop+flip": draw(pad, cfg.data.flip)}
