@@ -1,0 +1,122 @@
+"""A one-change-per-arm screen against a reference study: which change moves the BN - GN gap.
+
+Each run's arm is what its identity changes against the reference run of its norm family (BN
+against the reference's BN, any GN against its GN, same seed and batch): e.g. `data.crop_fill=reflect`
+or `norm.groups=4`. An arm's gap is its BN minus its GN in final test accuracy; an arm without a BN
+run of its own (a GN-only arm) is measured against the reference's BN. The reading follows the
+thresholds the preset fixed before its runs (conf/experiment/parity_screen.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from normexp.analysis.collect import load_runs
+from normexp.files import atomic
+
+REFERENCE = "reference"
+# What closing the reference's gap by this much reads as (parity_screen.yaml, fixed before its runs)
+CARRIES, CARRIES_PART = 1.0, 0.5
+# Identity entries that are the same setting for both families or no setting at all
+NOT_A_CHANGE = {"data_digest", "numerics"}
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def family(ident: Mapping[str, Any]) -> str:
+    """`bn` for batch norm, `gn` for any group norm (the screen pairs runs by family)."""
+    return "gn" if str(ident["norm"]["name"]).startswith("gn") else str(ident["norm"]["name"])
+
+
+def change(ident: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
+    """The settings `ident` changes against `reference`, as `key=value, ...` (REFERENCE when none)."""
+    run, base = _flat(ident), _flat(reference)
+    keys = sorted(k for k in run.keys() | base.keys() if k not in NOT_A_CHANGE and run.get(k) != base.get(k))
+    return ", ".join(f"{k}={run.get(k, 'unset')}" for k in keys) or REFERENCE
+
+
+def _reading(closed: float) -> str:
+    if closed >= CARRIES:
+        return "carries the gap"
+    return "carries part" if closed >= CARRIES_PART else "does not carry it"
+
+
+def arm_runs(screen: Path, reference: Path) -> pd.DataFrame:
+    """One row per finished run of the screen and of the reference (seed and batch of the screen's
+    runs): arm, family, final accuracy, compute hours."""
+    ref = load_runs(reference).finished
+    rows = []
+    for _, run in load_runs(screen).finished.iterrows():
+        base = ref[(ref["seed"] == run["seed"]) & (ref["batch_size"] == run["batch_size"])
+                   & (ref["identity"].map(family) == family(run["identity"]))]
+        if len(base) != 1:
+            raise ValueError(f"{run['path']}: {len(base)} reference runs of its family, seed and batch in "
+                             f"{reference}; expected 1")
+        for row, arm in ((run, change(run["identity"], base.iloc[0]["identity"])), (base.iloc[0], REFERENCE)):
+            rows.append({"arm": arm, "family": family(row["identity"]), "run": row["run"],
+                         "acc": row["final_test_acc"], "hours": row["compute_seconds"] / 3600})
+    return pd.DataFrame(rows).drop_duplicates("run")
+
+
+def screen_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm (the reference first, then by name): BN, GN, gap (BN - GN), how much of the reference's
+    gap it closes, the reading, and each run's compute hours. A GN-only arm borrows the reference's BN
+    (marked `(ref)`)."""
+    by_family = {f: runs[runs["family"] == f].set_index("arm") for f in ("bn", "gn")}
+    bn_ref = by_family["bn"].loc[REFERENCE]
+    reference_gap = bn_ref["acc"] - by_family["gn"].loc[REFERENCE, "acc"]
+    rows = []
+    for arm, gn in by_family["gn"].iterrows():
+        bn = by_family["bn"].loc[arm] if arm in by_family["bn"].index else bn_ref
+        own_bn = arm in by_family["bn"].index
+        gap = bn["acc"] - gn["acc"]
+        rows.append({"arm": arm, "BN": f"{bn['acc']:.2f}" + ("" if own_bn else " (ref)"), "GN": f"{gn['acc']:.2f}",
+                     "gap BN - GN": round(gap, 2), "closes": round(reference_gap - gap, 2),
+                     "reading": "the reference" if arm == REFERENCE else _reading(reference_gap - gap),
+                     "compute h BN / GN": (f"{bn['hours']:.1f}" if own_bn else "-") + f" / {gn['hours']:.1f}"})
+    unpaired = sorted(set(by_family["bn"].index) - set(by_family["gn"].index))
+    if unpaired:
+        raise ValueError(f"BN runs without a GN run of their arm: {', '.join(unpaired)}")
+    table = pd.DataFrame(rows)
+    arms = table[table["arm"] != REFERENCE].sort_values("arm")
+    return pd.concat([table[table["arm"] == REFERENCE], arms], ignore_index=True)
+
+
+def gap_figure(table: pd.DataFrame, path: Path) -> Path:
+    """The gap per arm as bars, the reference's gap and the parity target (1 point) as lines."""
+    import matplotlib.pyplot as plt
+
+    arms = table[table["arm"] != REFERENCE]
+    reference_gap = float(table.loc[table["arm"] == REFERENCE, "gap BN - GN"].iloc[0])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(arms) + 1.6))
+    ax.barh(arms["arm"], arms["gap BN - GN"], color="tab:orange")
+    ax.axvline(reference_gap, color="tab:blue", label=f"reference gap {reference_gap:.2f}")
+    ax.axvline(reference_gap - CARRIES, color="tab:blue", ls="--", label=f"closes {CARRIES:g} point: carries the gap")
+    ax.axvline(1.0, color="grey", ls=":", label="about parity (1 point)")
+    ax.invert_yaxis()
+    ax.set_xlabel("BN - GN, final test accuracy (points; one seed per run)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=1, frameon=False)
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def write(screen: Path, reference: Path, out: Path) -> pd.DataFrame:
+    """The screen's table (tables/screen.md and .csv) and figure (figures/gap_by_arm.png) under `out`."""
+    from normexp.analysis.pipeline import write_table
+
+    table = screen_table(arm_runs(screen, reference))
+    write_table(table, out / "tables", "screen")
+    gap_figure(table, out / "figures" / "gap_by_arm.png")
+    return table

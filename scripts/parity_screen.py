@@ -1,0 +1,27 @@
+"""The parity screen's table and figure: which change against `converged` moves the BN - GN gap.
+
+Usage: python scripts/parity_screen.py [--screen results/parity_screen] [--reference results/converged]
+                                       [--out results/parity_screen]
+Writes tables/screen.md (.csv) and figures/gap_by_arm.png under --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from normexp.analysis import screen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--screen", type=Path, default=Path("results/parity_screen"))
+    parser.add_argument("--reference", type=Path, default=Path("results/converged"))
+    parser.add_argument("--out", type=Path, default=None, help="default: --screen")
+    args = parser.parse_args()
+    table = screen.write(args.screen, args.reference, args.out or args.screen)
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The parity screen's analysis on run records written through normexp.record (no training)."""
+
+from pathlib import Path
+
+import pytest
+
+from normexp import record
+from normexp.analysis import screen
+
+
+def write_run(root: Path, norm: dict, acc: float, crop_fill: str | None = None, depth: int = 8) -> None:
+    data = {"source": "folder", "batch_size": 32, "devices": 8, "crop_padding": 4, "flip": True}
+    if crop_fill is not None:
+        data["crop_fill"] = crop_fill
+    ident = {"data": data, "model": {"depth": depth, "base_width": 16}, "norm": norm, "optim": {"lr": 0.1},
+             "trainer": {"epochs": 2}, "seed": 0, "data_digest": "cifar", "numerics": 2}
+    directory = root / record.run_name(ident)
+    record.write_setup(directory, ident, "verdict: null\n")
+    metrics = [{"epoch": e + 1, "test_acc": a, "train_acc": a, "train_loss": 1.0, "test_loss": 1.0, "lr": 0.1,
+                "seconds": 1.0, "train_seconds": 1.0, "eval_seconds": 0.0, "images_per_s": 100.0}
+               for e, a in enumerate((acc - 5, acc))]
+    record.write_progress(directory, metrics, [])
+    record.write_summary(directory, record.summary(directory.name, metrics, None, compute_seconds=7200.0))
+
+
+BN, GN8, GN4 = {"name": "bn"}, {"name": "gn", "groups": 8}, {"name": "gn", "groups": 4}
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    reference, arms = tmp_path / "converged", tmp_path / "screen"
+    write_run(reference, BN, 84.0)
+    write_run(reference, GN8, 80.5)
+    write_run(arms, BN, 84.5, crop_fill="reflect")  # gap 1.5: closes 2.0
+    write_run(arms, GN8, 83.0, crop_fill="reflect")
+    write_run(arms, GN4, 80.9)  # GN only, against the reference's BN: gap 3.1, closes 0.4
+    write_run(arms, BN, 84.0, depth=20)  # gap 3.0: closes 0.5
+    write_run(arms, GN8, 81.0, depth=20)
+    return arms, reference
+
+
+def test_each_arm_is_named_by_what_it_changes_and_read_by_the_committed_thresholds(folders):
+    table = screen.screen_table(screen.arm_runs(*folders)).set_index("arm")
+    assert list(table.index) == ["reference", "data.crop_fill=reflect", "model.depth=20", "norm.groups=4"]
+    assert table.loc["reference", "gap BN - GN"] == 3.5
+    assert table.loc["data.crop_fill=reflect", ["gap BN - GN", "closes", "reading"]].tolist() == [
+        1.5, 2.0, "carries the gap"]
+    assert table.loc["model.depth=20", "reading"] == "carries part"
+    assert table.loc["norm.groups=4", "BN"] == "84.00 (ref)"
+    assert table.loc["norm.groups=4", "reading"] == "does not carry it"
+    assert table.loc["data.crop_fill=reflect", "compute h BN / GN"] == "2.0 / 2.0"
+
+
+def test_a_bn_run_without_its_gn_pair_is_refused(folders):
+    arms, reference = folders
+    write_run(arms, BN, 84.0, crop_fill="mean")
+    with pytest.raises(ValueError, match="data.crop_fill=mean"):
+        screen.screen_table(screen.arm_runs(arms, reference))
+
+
+def test_the_table_and_figure_are_written(folders, tmp_path):
+    screen.write(*folders, tmp_path / "out")
+    assert (tmp_path / "out" / "tables" / "screen.md").read_text().count("\n") == 6
+    assert (tmp_path / "out" / "figures" / "gap_by_arm.png").stat().st_size > 0
