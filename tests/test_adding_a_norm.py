@@ -1,4 +1,4 @@
-"""Adding a norm as the README tells it: a registry entry and a YAML. A throwaway norm of each kind
+"""Adding a norm as docs/adding_a_norm.md tells it: a registry entry and a YAML. A throwaway norm of each kind
 (learned scale and shift or none; batch-dependent, of a new layer class that declares its rules)
 trains and is analysed, with no other file touched; one that declares nothing is refused."""
 

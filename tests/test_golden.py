@@ -30,4 +30,4 @@ def test_the_golden_runs_train_to_the_committed_numbers():
     pinned = pinned_numbers()
     assert {k: v for k, v in pinned.items() if k not in VERSION} == golden["cpus"][cpu_name()], (
         "the training numerics moved: bump normexp.record.identity.NUMERICS (new run names; say what changed "
-        "in README.md's numerics versions) and re-record with python -m tests.golden --record")
+        "in docs/protocol.md's numerics versions) and re-record with python -m tests.golden --record")

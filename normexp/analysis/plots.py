@@ -26,7 +26,7 @@ COLOURS = {"bn": "#1f77b4", "gn8": "#ff7f0e", "ln": "#2ca02c", "in": "#d62728", 
 # style of its own, so it stays apart from its base norm in print and for colour-blind readers.
 STYLES = {"bn-pbn": "--", "gn8-ws": "--", "brn": "-.", "frn": ":", "evonorm8": "-."}
 MARKERS = "osD^vP*Xhp<>"
-# BN's three evaluations of the same weights (normexp.train.bn_evaluation), named as in README.md
+# BN's three evaluations of the same weights (normexp.train.bn_evaluation), named as in docs/analysis.md
 EVALUATION_LOOKS = (("test_acc", "running averages", {"color": "#1f77b4", "linestyle": "-"}),
                     ("test_acc_precise", "precise population statistics", {"color": "#2ca02c", "linestyle": "--"}),
                     ("test_acc_batch", "batch statistics", {"color": "#d62728", "linestyle": ":"}))

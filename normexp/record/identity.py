@@ -17,7 +17,7 @@ from normexp.config import NOT_IDENTITY
 # The version of the training numerics: bump it with any change to the code that moves a run's losses
 # (tests/test_golden.py pins the first steps' losses and fails on such a change). It is in every
 # run's identity from version 2 on, so a new version gives new names; the runs of version 1
-# (identities without `numerics`) keep theirs. Changes per version: README.md, "Numerics versions".
+# (identities without `numerics`) keep theirs. Changes per version: docs/protocol.md, "Numerics versions".
 NUMERICS = 2
 
 # Settings added after runs were recorded, (group, key) -> the value those runs trained with: left out

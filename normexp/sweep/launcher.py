@@ -14,7 +14,7 @@ Each run keeps its folder, lock, checkpoint and record as under any launcher; a 
 not stop the others (the app notes it for the sweep's report); Ctrl-C or a kill ends every job,
 each losing at most the epoch it had in flight. Every job holds its data and epoch buffer on the
 GPU, one training set of fp32 images per packed seed, filled one seed at a time (the sizes: the
-main README, "Speed"; scripts/probes/fill_memory.py); `n_jobs` bounds the total.
+docs/speed.md; scripts/probes/fill_memory.py); `n_jobs` bounds the total.
 """
 
 from __future__ import annotations
