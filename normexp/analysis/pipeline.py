@@ -1,8 +1,8 @@
 """The analysis of a run set: which tables, figures, statistics and verdicts it gets, written below
 an output folder. `normexp-analyze` (normexp.cli.analyze) parses its arguments and calls `analyze`.
 
-Every run set gets the accuracy, fit, error-by-batch and convergence tables, the accuracy figures
-and the claim verdict (one per value of further swept settings, `axes`). The statistics in
+Every run set gets the runs, provenance, accuracy, fit, error-by-batch and convergence tables, the
+accuracy figures and the claim verdict (one per value of further swept settings, `axes`). The statistics in
 STATISTICS declare when they apply to a run set; adding one touches this wing only.
 """
 
@@ -21,6 +21,7 @@ from normexp import record
 from normexp.analysis import bn_decomposition as bd
 from normexp.analysis import landscape, plots
 from normexp.analysis.collect import RunTables
+from normexp.analysis.provenance import provenance_table
 from normexp.analysis.report import write_report
 from normexp.analysis.tables import accuracy_table, convergence_table, error_table, fit_table, thresholds_from
 from normexp.analysis.verdict import PoolingError, check_poolable, flat_settings, tag_norm_settings, verdict, with_axes
@@ -228,6 +229,7 @@ def analyze(tables: RunTables, request: Request) -> Outcome:
     internal = ["path", "identity", "criteria"] + (["evaluation"] if tables.runs.get("evaluation") is not None
                                                    and tables.runs["evaluation"].isna().all() else [])
     write_table(tables.runs.drop(columns=internal, errors="ignore"), table_dir, "runs")
+    write_table(provenance_table(tables.runs["path"]), table_dir, "provenance")
     runs, provenance = prepare(tables, request)
     finished, criteria, axes = runs.finished, runs.criteria, runs.axes
     accuracy, error = accuracy_table(finished, axes), error_table(finished, criteria, axes)
