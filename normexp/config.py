@@ -129,15 +129,15 @@ def _images_per(total: int, per: int) -> int:
     return int(total) // int(per)
 
 
-def unwritable(path: str) -> Optional[str]:
-    """Why runs cannot be written under results root `path` (one line naming the field), or None."""
+def unwritable(path: str, field: str = "paths.results_root") -> Optional[str]:
+    """Why nothing can be written under folder `path` (one line naming its `field`), or None."""
     folder = os.path.expanduser(path)
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as error:
-        return f"paths.results_root={path!r} is not writable: {error.strerror or error}"
+        return f"{field}={path!r} is not writable: {error.strerror or error}"
     return None
 
 
@@ -181,6 +181,11 @@ def seeds(cfg: DictConfig) -> list[int]:
              "must be an integer >= 0, or a list of distinct ones (seed=[0,1,2]) to train those runs packed "
              "as one model")
     return values
+
+
+def plain(node: DictConfig) -> dict[str, Any]:
+    """A config node as plain Python dicts and lists, its interpolations resolved."""
+    return cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True))
 
 
 def step_batch(cfg: DictConfig) -> int:
@@ -295,6 +300,6 @@ def _check_verdict(cfg: DictConfig) -> None:
     from normexp.criteria import load_criteria
 
     try:
-        load_criteria(recorded=cast("dict[str, Any]", OmegaConf.to_container(cfg.verdict, resolve=True)))
+        load_criteria(recorded=plain(cfg.verdict))
     except ValueError as error:
         raise ConfigError(f"verdict: {error}") from None

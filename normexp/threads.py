@@ -2,7 +2,7 @@
 normexp.sweep.launcher), in one place. Plain threading primitives: no torch, no Hydra.
 
 - GLOBAL_RNG: torch's global RNG; whatever draws from it (a seeded model's initialization, the
-  layers packing builds) holds it (normexp.train.conductor).
+  layers packing builds) holds it (normexp.train.harness).
 - CAPTURING: one CUDA graph capture at a time; entering one synchronizes the device and empties the
   allocator's cache, which another capture under way forbids (normexp.train.step).
 - SHARED_PROCESS: set while several jobs share this process; a failed capture then stops the

@@ -40,8 +40,7 @@ from normexp.data import CifarArrays, EvalBatches, load_cifar10, stratified_subs
 from normexp.files import atomic
 from normexp.nn.devices import split_batch_statistics
 from normexp.record import norm_tag
-from normexp.train import runtime
-from normexp.train.conductor import pack_limit, run_config, seeded_model
+from normexp.train import harness, runtime
 from normexp.train.engine import evaluate
 from normexp.train.optim import build_optimizer
 from normexp.train.timing import flops_per_image, normexp_rate, timed
@@ -73,20 +72,21 @@ def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def _model(cfg: DictConfig, seed: int = 0) -> nn.Module:
-    """The run's model with this seed, BN statistics split over `data.devices` as in training."""
-    return split_batch_statistics(seeded_model(run_config(cfg, seed)), cfg.data.devices)
+def _model(cfg: DictConfig) -> tuple[nn.Module, runtime.Environment]:
+    """The run's model with seed 0 set up as training sets it up (harness.prepare_model), and its environment."""
+    model = harness.seeded_model(harness.run_config(cfg, 0))
+    env = runtime.job_environment(cfg, model)
+    harness.prepare_model(model, cfg, env)
+    return model, env
 
 
-def eval_rate(cfg: DictConfig, data: CifarArrays, images: int, device: torch.device) -> float:
+def eval_rate(cfg: DictConfig, data: CifarArrays, images: int) -> float:
     """Test images/s of `engine.evaluate` on one model at `runtime.eval_batch_size`."""
-    model = _model(cfg)
-    fmt = runtime.memory_format(cfg.runtime.channels_last, model, device)
-    model.to(device, memory_format=fmt)
-    test = EvalBatches(data.test_images[:images].to(device), data.test_labels[:images].to(device),
-                       cfg.runtime.eval_batch_size, data.mean, data.std, memory_format=fmt)
+    model, env = _model(cfg)
+    test = EvalBatches(data.test_images[:images].to(env.device), data.test_labels[:images].to(env.device),
+                       cfg.runtime.eval_batch_size, data.mean, data.std, memory_format=env.layout)
     evaluate(model, test)  # warm-up
-    return test.images / timed(lambda: evaluate(model, test), device)
+    return test.images / timed(lambda: evaluate(model, test), env.device)
 
 
 def conventional_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, device: torch.device,
@@ -99,7 +99,7 @@ def conventional_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, d
     loader = DataLoader(PILDataset(data.train_images[index], data.train_labels[index], transform),
                         batch_size=step_batch(cfg), shuffle=True, drop_last=True, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    model = _model(cfg).to(device)
+    model = split_batch_statistics(harness.seeded_model(harness.run_config(cfg, 0)), cfg.data.devices).to(device)
     optimizer = build_optimizer(model, cfg.optim, step_batch(cfg))
     model.train()
 
@@ -122,24 +122,24 @@ def measure(cfg: DictConfig, data: CifarArrays, images: int, pack: int, workers:
     timed = step * max(MIN_STEPS, -(-images // step))
     index = stratified_subset(data.train_labels, timed, cfg.model.num_classes)
     conventional = conventional_rate(cfg, data, index, device, workers)
-    solo = normexp_rate(cfg, data, index, 1, device)
-    packed = solo if pack == 1 else normexp_rate(cfg, data, index, pack, device)
+    solo = normexp_rate(cfg, data, index, 1).images_per_s
+    packed = solo if pack == 1 else normexp_rate(cfg, data, index, pack).images_per_s
     return {"norm": norm_tag(cfg.norm), "images/device": cfg.data.batch_size, "devices": cfg.data.devices,
             "images/step": step, "timed steps": timed // step, "conventional img/s": conventional,
             "normexp img/s": solo, "packed img/s": packed, "speed-up": solo / conventional,
             "packed speed-up": packed / conventional, "packed % of ceiling": 100 * packed / ceiling,
-            "eval img/s": eval_rate(cfg, data, max(images, cfg.runtime.eval_batch_size), device)}
+            "eval img/s": eval_rate(cfg, data, max(images, cfg.runtime.eval_batch_size))}
 
 
 def project_sweep(table: pd.DataFrame, jobs: list[DictConfig], measured: DictConfig, pack: int,
                   data: CifarArrays, device: torch.device, project: str) -> str:
     """The preset's sweep time, training + evaluation, one job at a time, from the measured rates.
-    Like the conductor, a job trains its seeds packed if a step holds at most `pack_limit` images
-    (packed rate), else one seed after another (normexp's rate)."""
+    Like the conductor, a job trains its seeds packed if a step holds at most `harness.pack_limit`
+    images (packed rate), else one seed after another (normexp's rate)."""
     seconds, runs, packed_jobs, train_images, eval_images = 0.0, 0, 0, 0, 0
     for cfg in jobs:
         k, step, tag = len(seeds(cfg)), step_batch(cfg), norm_tag(cfg.norm)
-        packed = k > 1 and step <= pack_limit(cfg, device)
+        packed = harness.trains_packed(cfg, device, k)
         row = table[(table["norm"] == tag) & (table["images/device"] == cfg.data.batch_size)
                     & (table["devices"] == cfg.data.devices)]
         if row.empty or cfg.model != measured.model:
@@ -156,8 +156,8 @@ def project_sweep(table: pd.DataFrame, jobs: list[DictConfig], measured: DictCon
         runs, packed_jobs = runs + k, packed_jobs + packed
         train_images, eval_images = train_images + trained, eval_images + evaluated
     return (f"Projected `{project}` sweep: {len(jobs)} jobs, {runs} runs ({packed_jobs} jobs packed, where a step "
-            f"holds at most {pack_limit(jobs[0], device)} images on {device.type}), {train_images:,} training and "
-            f"{eval_images:,} test images: {seconds / 60:.1f} min one job at a time, compilation not included; "
+            f"holds at most {harness.pack_limit(jobs[0], device)} images on {device.type}), {train_images:,} training "
+            f"and {eval_images:,} test images: {seconds / 60:.1f} min one job at a time, compilation not included; "
             f"J jobs in parallel on J times the resources: about 1/J.")
 
 
@@ -209,7 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = runtime.pick_device(base.runtime.device)
     data = load_cifar10(base.data.source, base.paths, base.runtime.download)
     gflops = matmul_gflops(device)
-    flops = flops_per_image(seeded_model(run_config(base, 0)))
+    flops = flops_per_image(harness.seeded_model(harness.run_config(base, 0)))
     ceiling = gflops * 1e9 / flops
     rows = []
     for name, batch in itertools.product(norms, batches):

@@ -33,7 +33,7 @@ from normexp.config import step_batch
 from normexp.data import load_cifar10, stratified_subset
 from normexp.files import atomic
 from normexp.nn.precision import autocast
-from normexp.train.conductor import run_config, seeded_model
+from normexp.train.harness import run_config, seeded_model
 from normexp.train.optim import build_optimizer
 from normexp.train.runtime import cpu_name
 from normexp.train.timing import flops_per_image, normexp_loop
@@ -85,7 +85,7 @@ def normexp_rate(cfg, data, images: int, compile_mode: str | None = None) -> tup
     """Images/s of normexp's step over an epoch of `images` after a warm-up epoch, and the warm-up
     epoch's seconds (compilation included, with a torch.compile `compile_mode`)."""
     index = stratified_subset(data.train_labels, max(images, step_batch(cfg)), cfg.model.num_classes)
-    loop = normexp_loop(cfg, data, index, 1, torch.device("cpu"), compile_mode=compile_mode)
+    loop = normexp_loop(cfg, data, index, 1, compile_mode=compile_mode)
     start = time.perf_counter()
     loop(1)
     first = time.perf_counter() - start
@@ -108,8 +108,8 @@ def main() -> None:
     for norm, n, precision, channels_last in itertools.product(args.norms, args.batch_sizes, args.precisions,
                                                                (True, False)):
         cfg = compose([f"experiment={args.preset}", f"norm={norm}", f"data.batch_size={n}", "seed=0",
-                       f"trainer.precision={PRECISIONS[precision] or 'null'}", "runtime.threads=1",
-                       f"runtime.channels_last={str(channels_last).lower()}"])
+                       "runtime.device=cpu", f"trainer.precision={PRECISIONS[precision] or 'null'}",
+                       "runtime.threads=1", f"runtime.channels_last={str(channels_last).lower()}"])
         if not rows:
             data = load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
         flops = flops_per_image(seeded_model(run_config(cfg, 0)))

@@ -37,7 +37,6 @@ from normexp.data.loader import maybe_subset
 from normexp.files import atomic
 from normexp.record import norm_tag
 from normexp.train import harness, runtime
-from normexp.train.conductor import run_config, seeded_model
 from normexp.train.engine import evaluate
 from normexp.train.timing import flops_per_image, normexp_loop, normexp_rate, timed
 
@@ -51,29 +50,28 @@ def timed_index(cfg: DictConfig, data: CifarArrays, steps: int) -> torch.Tensor:
     return stratified_subset(data.train_labels, steps * step_batch(cfg), cfg.model.num_classes)
 
 
-def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, device: torch.device,
-                capture: bool) -> tuple[float, float]:
+def ms_per_step(cfg: DictConfig, data: CifarArrays, steps: int, capture: bool) -> tuple[float, float]:
     """Milliseconds per optimizer step of the preset's seeds packed (the step loop alone), over a
     timed epoch of `steps` steps after an untimed one (normexp.train.timing.normexp_rate), and the seconds of
     that epoch's augmentation fill scaled to the full training set."""
     members = len(seeds(cfg))
-    ms = 1000 * members * step_batch(cfg) / normexp_rate(cfg, data, timed_index(cfg, data, steps), members,
-                                                        device, capture=capture, loop_only=True)
+    rate = normexp_rate(cfg, data, timed_index(cfg, data, steps), members, capture=capture, loop_only=True)
     full = min(cfg.data.train_subset or data.train_labels.numel(), data.train_labels.numel())
-    return ms, normexp_rate.fill_seconds * full / (steps * step_batch(cfg))
+    return 1000 * members * step_batch(cfg) / rate.images_per_s, rate.fill_seconds * full / (steps * step_batch(cfg))
 
 
-def evaluation_seconds(cfg: DictConfig, data: CifarArrays, device: torch.device) -> float:
+def evaluation_seconds(cfg: DictConfig, data: CifarArrays) -> float:
     """Seconds of one evaluation of the test set by each of the cell's seeds (normexp.train.engine.
     evaluate, each seed as a single model, as training evaluates packed runs), timed after one
     untimed pass; the model is untrained (the time does not depend on the weights)."""
-    model = seeded_model(run_config(cfg, seeds(cfg)[0]))
-    fmt = harness.prepare_model(model, cfg, device)
+    model = harness.seeded_model(harness.run_config(cfg, seeds(cfg)[0]))
+    env = runtime.job_environment(cfg, model)
+    harness.prepare_model(model, cfg, env)
     test_x, test_y = maybe_subset(data.test_images, data.test_labels, cfg.data.test_subset, cfg.model.num_classes)
-    batches = EvalBatches(test_x.to(device), test_y.to(device), cfg.runtime.eval_batch_size, data.mean, data.std,
-                          memory_format=fmt)
+    batches = EvalBatches(test_x.to(env.device), test_y.to(env.device), cfg.runtime.eval_batch_size, data.mean,
+                          data.std, memory_format=env.layout)
     evaluate(model, batches)
-    return len(seeds(cfg)) * timed(lambda: evaluate(model, batches), device)
+    return len(seeds(cfg)) * timed(lambda: evaluate(model, batches), env.device)
 
 
 def side_by_side_ms(cells: list[DictConfig], data: CifarArrays, steps: int, device: torch.device,
@@ -89,8 +87,8 @@ def side_by_side_ms(cells: list[DictConfig], data: CifarArrays, steps: int, devi
     loops = []
     for cfg, stream in zip(cells, streams):
         with torch.cuda.stream(stream) if cuda else nullcontext():
-            loops.append(normexp_loop(cfg, data, timed_index(cfg, data, steps), len(seeds(cfg)), device,
-                                      capture=True, epochs=10**6))
+            loops.append(normexp_loop(cfg, data, timed_index(cfg, data, steps), len(seeds(cfg)), capture=True,
+                                      epochs=10**6))
             loops[-1](1)
     if cuda:
         torch.cuda.synchronize(device)
@@ -172,19 +170,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(base.runtime.threads or 1)
     device = runtime.pick_device(base.runtime.device)
     data = load_cifar10(base.data.source, base.paths, base.runtime.download)
-    flops = flops_per_image(seeded_model(run_config(base, 0)))
+    flops = flops_per_image(harness.seeded_model(harness.run_config(base, 0)))
     rows, cells = [], []
     for name, batch in itertools.product(args.norms or swept.get("norm") or [base.norm.name],
                                          args.batch_sizes or [int(b) for b in swept.get("data.batch_size", [])]):
         cfg = compose([common[0], f"norm={name}", f"data.batch_size={batch}", *common[1:]])
         validate(cfg)
-        (eager, _), (captured, fill) = (ms_per_step(cfg, data, args.steps, device, capture)
-                                        for capture in (False, True))
+        (eager, _), (captured, fill) = (ms_per_step(cfg, data, args.steps, capture) for capture in (False, True))
         images = step_batch(cfg) * len(seeds(cfg))
         rows.append({"norm": norm_tag(cfg.norm), "images/device": batch, "devices": cfg.data.devices,
                      "images/step (all seeds)": images, "eager ms/step": eager, "device ms/step": captured,
                      "speed-up": eager / captured, "TFLOP/s": flops * images / (min(eager, captured) / 1000) / 1e12,
-                     FILL: fill, EVAL: evaluation_seconds(cfg, data, device)})
+                     FILL: fill, EVAL: evaluation_seconds(cfg, data)})
         cells.append(cfg)
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
@@ -200,7 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    f"widen --side-by-side)" if (~timed).any() else "") + ".\n\n")
     minutes = projected_minutes(table, [compose([common[0], *job, *common[1:]]) for job in grid(params, [])], data)
     step_kind = "a CUDA graph replayed" if device.type == "cuda" else "the captured step's ops run eagerly"
-    text = (f"Machine: {runtime.environment(device)['device']}, {torch.get_num_threads()} torch thread(s), torch "
+    text = (f"Machine: {runtime.device_name(device)}, {torch.get_num_threads()} torch thread(s), torch "
             f"{torch.__version__}\n\nCommand: "
             f"`{shlex.join(['python', 'scripts/step_bench.py', *(argv or sys.argv[1:])])}`\n\n"
             f"`experiment={args.project}`, {len(seeds(base))} seed(s) packed, {args.steps} timed steps after one "

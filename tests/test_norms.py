@@ -134,7 +134,7 @@ def test_norm_tags():
 
 def test_a_whole_number_typed_for_a_float_setting_is_the_same_run():
     from normexp.record import identity
-    from normexp.train.conductor import run_config
+    from normexp.train.harness import run_config
 
     def run_identity(*overrides):
         return identity(run_config(compose(list(overrides)), 0), "data")

@@ -9,18 +9,13 @@ from typing import Callable
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from normexp import record
 from normexp.compose import compose
-from normexp.data import TrainBatches
-from normexp.nn.devices import split_batch_statistics
-from normexp.nn.models import build_model
-from normexp.nn.packing import Pack
+from normexp.train import harness, runtime
 from normexp.train.conductor import train_job
-from normexp.train.engine import train_epoch
-from normexp.train.optim import build_optimizer, build_scheduler
-from normexp.train.step import DeviceSGD, DeviceStep, EagerStep
+from normexp.train.optim import build_optimizer
+from normexp.train.step import DeviceSGD
 from tests.helpers import interrupted_at, killed_and_resumed, record_numbers, run_dir
 
 NORMS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "norm").glob("*.yaml"))
@@ -50,31 +45,31 @@ def test_device_sgd_is_torch_sgd_with_a_tensor_rate(nesterov):
     assert ours.state_dict()["state"].keys() == torchs.state_dict()["state"].keys()
 
 
+def _harness(overrides: list[str], members: int, device: str, capture: bool, layout: bool = False) -> harness.Harness:
+    """A width-16 ResNet-8 of `members` seeds packed, built through the harness on 48 random images
+    in batches of 4 per device, over 2 epochs; its step eager or the device step (`capture`)."""
+    cfg = compose([*overrides, "trainer.epochs=2", "model.base_width=16", "data.batch_size=4",
+                   f"runtime.device={device}", f"runtime.channels_last={str(layout).lower()}"])
+    pack = harness.pack([harness.seeded_model(harness.run_config(cfg, seed)) for seed in range(members)])
+    env = runtime.job_environment(cfg, pack.model, capture)
+    harness.prepare_model(pack.model, cfg, env)
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
+    train = harness.train_batches(cfg, images.to(env.device), labels.to(env.device), torch.full((3,), 0.5),
+                                  torch.full((3,), 0.25), range(members), env)
+    return harness.build(cfg, pack, train, env, 2, compile_mode=None)
+
+
 def _train_steps(norm: str, step_kind: str, members: int, devices: int, schedule: str) -> list[torch.Tensor]:
     """Two epochs of a width-16 ResNet-8 on random images by one kind of step; the final parameters
     and BN statistics, and each epoch's loss sums."""
-    cfg = compose([f"norm={norm}", f"optim.schedule={schedule}", "optim.warmup_epochs=1", "trainer.epochs=2"])
-    spec = OmegaConf.to_container(cfg.norm, resolve=True)
-    models = []
-    for seed in range(members):
-        torch.manual_seed(seed)
-        models.append(build_model({**cfg.model, "base_width": 16}, spec))
-    pack = Pack(models)
-    split_batch_statistics(pack.model, devices)
-    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
-    train = TrainBatches(images, labels, 4 * devices, torch.full((3,), 0.5), torch.full((3,), 0.25), range(members))
-    optimizer = build_optimizer(pack.model, cfg.optim, train.batch_size)
-    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
-    device = torch.device("cpu")
-    step = (EagerStep(pack, pack.model, optimizer, device) if step_kind == "eager"
-            else DeviceStep(pack, pack.model, optimizer, train, device, graph=False, norm=norm))
+    trainer = _harness([f"norm={norm}", f"optim.schedule={schedule}", "optim.warmup_epochs=1",
+                        f"data.devices={devices}"], members, "cpu", step_kind == "device")
     sums = []
     for epoch in (1, 2):
-        frozen = norm == "bn_frozen" and epoch == 2
-        result = train_epoch(pack, step, scheduler, train, epoch, 2, 2, frozen=frozen)
+        result = trainer.epoch(epoch, 2, frozen=norm == "bn_frozen" and epoch == 2)
         sums.append(torch.tensor([r["train_loss"] for r in result.records]))
-    return [*pack.model.state_dict().values(), *sums]
+    return [*trainer.pack.model.state_dict().values(), *sums]
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -147,32 +142,15 @@ def _cuda_trainer(norm: str, capture: bool, channels_last: bool = False, precisi
                   frozen_from: int | None = None) -> Callable[[], list[torch.Tensor]]:
     """`_cuda_training`'s set-up (config, seeded models, data, step: Hydra's and torch's global state,
     so one thread at a time) and a function that trains and returns the weights (any thread)."""
-    cfg = compose([f"norm={norm}", "trainer.epochs=2"])
-    spec = OmegaConf.to_container(cfg.norm, resolve=True)
-    models = []
-    for seed in range(2):
-        torch.manual_seed(seed)
-        models.append(build_model({**cfg.model, "base_width": 16}, spec))
-    pack = Pack(models)
-    split_batch_statistics(pack.model, 2)
-    device, fmt = torch.device("cuda"), torch.channels_last if channels_last else torch.contiguous_format
-    pack.model.to(device, memory_format=fmt)
-    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
-    train = TrainBatches(images.to(device), labels.to(device), 8, torch.full((3,), 0.5), torch.full((3,), 0.25),
-                         range(2), memory_format=fmt)
-    optimizer = build_optimizer(pack.model, cfg.optim, 8)
-    scheduler = build_scheduler(optimizer, cfg.optim, train.steps, 2)
-    step = (DeviceStep(pack, pack.model, optimizer, train, device, graph=True, norm=norm, precision=precision)
-            if capture else EagerStep(pack, pack.model, optimizer, device, precision))
+    trainer = _harness([f"norm={norm}", "data.devices=2", f"trainer.precision={precision or 'null'}"], 2, "cuda",
+                       capture, channels_last)
     torch.cuda.synchronize()  # the set-up's copies are done before another stream trains on them
 
     def trained() -> list[torch.Tensor]:
         for epoch in (1, 2):
-            train_epoch(pack, step, scheduler, train, epoch, 2, 2,
-                        frozen=frozen_from is not None and epoch >= frozen_from)
+            trainer.epoch(epoch, 2, frozen=frozen_from is not None and epoch >= frozen_from)
         torch.cuda.synchronize()
-        return [t.cpu() for t in pack.model.state_dict().values()]
+        return [t.cpu() for t in trainer.pack.model.state_dict().values()]
 
     return trained
 
@@ -234,7 +212,7 @@ def test_on_cuda_two_threads_capture_and_replay_at_once_as_each_would_alone(dete
 @CUDA
 @pytest.mark.slow
 def test_on_cuda_a_captured_run_resumes_with_the_uninterrupted_numbers(make_cfg, monkeypatch, tmp_path,
-                                                                      deterministic_cuda):
+                                                                       deterministic_cuda):
     """The conductor's whole path on the GPU (channels_last, captured): killed in epoch 2 and resumed,
     it records what the uninterrupted run records, to float rounding."""
     settings = ("runtime.device=cuda", "data.devices=2", "data.batch_size=4", "trainer.epochs=3")

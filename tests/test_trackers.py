@@ -13,6 +13,7 @@ import normexp.train.conductor as conductor
 from normexp import record
 from normexp.config import ConfigError
 from normexp.files import atomic
+from normexp.train import harness
 from normexp.train.conductor import train_job
 from tests.helpers import interrupted_at, record_numbers, run_dir
 
@@ -44,7 +45,7 @@ def expected(directory: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def members(cfg) -> list[Path]:
-    return sorted(record.run_dir(conductor.run_config(cfg, seed), conductor.load_data(cfg).digest)
+    return sorted(record.run_dir(harness.run_config(cfg, seed), conductor.load_data(cfg).digest)
                   for seed in cfg.seed)
 
 

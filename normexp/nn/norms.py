@@ -78,7 +78,7 @@ def batch_norm(momentum: float, precise_bn_batches: Optional[int] = None, precis
 
     With `precise_bn_batches` (and `precise_bn_batch_size`; norm=bn_precise, the committed `bn-pbn`
     runs), evaluation uses statistics recomputed over that many training batches of that many images,
-    each normalized as one batch, instead of the running averages (the conductor does it with
+    each normalized as one batch, instead of the running averages (bn_evaluation.LegacyPrecise, with
     normexp/nn/precise_bn.py). Every BN run is also evaluated with precise population statistics and
     with batch statistics (the `evaluation` config). With `freeze_after` (and `freeze_images`;
     norm=bn_frozen), FrozenBN: from the first epoch at or past that fraction of training on, BN

@@ -7,6 +7,7 @@
   batch, per-device normalization upstream as in training;
 - batch statistics ("train-mode eval"): test batches of the run's N images per device, each
   normalized by its own statistics, in an order seeded by the run's seed, no running updates.
+`EvaluationPlan` holds which of these a run makes, and when.
 A run whose population accuracy is far below its batch-statistics accuracy suffers from the
 train/test inconsistency of its statistics, not from noisy training.
 """
@@ -20,11 +21,12 @@ from typing import Any, Mapping, Optional, cast
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
 from normexp.data import EvalBatches, TrainBatches
 from normexp.nn.devices import split_batch_statistics
-from normexp.nn.precise_bn import batch_norm_layers, population_statistics
+from normexp.nn.precise_bn import batch_norm_layers, population_statistics, recompute_batchnorm_statistics
 from normexp.nn.traits import traits_of
 
 
@@ -90,11 +92,61 @@ def freeze_batch_statistics(model: nn.Module) -> None:
         layer.eval()
 
 
-def legacy_precise_batches(norm: Mapping[str, Any], train: TrainBatches) -> Optional[TrainBatches]:
-    """The batches of the committed `bn-pbn` runs' precise BN (norm=bn_precise, norm.precise_bn_*):
-    the training set at their own batch size; None when it is off."""
-    if norm.get("precise_bn_batches") is None:
-        return None
-    return TrainBatches(train.images, train.labels, norm["precise_bn_batch_size"], train.mean, train.std,
-                        seeds=train.seeds, padding=train.padding, flip=train.flip, crop_fill=train.crop_fill,
-                        memory_format=train.memory_format)
+@dataclass(frozen=True)
+class LegacyPrecise:
+    """The committed `bn-pbn` runs' precise BN (norm=bn_precise, norm.precise_bn_*): `test_*`
+    itself evaluated on a copy whose BN statistics are recomputed over `batches` batches of `train`
+    (the training set at their own batch size), each normalized as one batch (no per-device split)."""
+
+    train: TrainBatches
+    batches: int
+
+    @classmethod
+    def of(cls, norm: Mapping[str, Any], train: TrainBatches) -> Optional[LegacyPrecise]:
+        """The norm's legacy precise BN over the run's training set; None when it is off."""
+        if norm.get("precise_bn_batches") is None:
+            return None
+        batches = TrainBatches(train.images, train.labels, norm["precise_bn_batch_size"], train.mean, train.std,
+                               seeds=train.seeds, padding=train.padding, flip=train.flip,
+                               crop_fill=train.crop_fill, memory_format=train.memory_format)
+        return cls(batches, norm["precise_bn_batches"])
+
+    def copy(self, model: nn.Module, epoch: int) -> nn.Module:
+        """A copy of `model` with its statistics recomputed over epoch `epoch`'s batches."""
+        recomputed = split_batch_statistics(copy.deepcopy(model), 1)
+        recompute_batchnorm_statistics(recomputed, (x for x, _ in self.train.epoch(epoch, self.batches)),
+                                       min(self.batches, self.train.steps))
+        return recomputed
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """How a pack's runs are evaluated: on `test` every `every` epochs and after the last of
+    `epochs`, in eval mode, and for a model with BN-type layers also with precise population
+    statistics from `precise` and with batch statistics over `per_device` test images per device
+    in orders seeded by `seeds` (None: off; the `evaluation` config); `legacy`: norm=bn_precise's
+    recomputed statistics. Its statistics draw epochs past training's (epochs + the epoch)."""
+
+    test: EvalBatches
+    every: int
+    epochs: int
+    seeds: list[int]
+    precise: Optional[StatisticsDraw] = None
+    per_device: Optional[int] = None
+    legacy: Optional[LegacyPrecise] = None
+
+    @classmethod
+    def of(cls, cfg: DictConfig, test: EvalBatches, train: TrainBatches, seeds: list[int]) -> EvaluationPlan:
+        """The plan `cfg` sets (trainer.eval_every, trainer.epochs, evaluation, norm) for a pack's runs."""
+        precise = cfg.evaluation.precise_images
+        return cls(test, cfg.trainer.eval_every, cfg.trainer.epochs, seeds,
+                   StatisticsDraw.of(train, precise) if precise else None,
+                   cfg.data.batch_size if cfg.evaluation.batch_statistics else None, LegacyPrecise.of(cfg.norm, train))
+
+    def due(self, epoch: int) -> bool:
+        """Whether epoch `epoch` ends with an evaluation."""
+        return epoch % self.every == 0 or epoch == self.epochs
+
+    def draw_epoch(self, epoch: int) -> int:
+        """The epoch whose order an evaluation after epoch `epoch` draws training images in."""
+        return self.epochs + epoch

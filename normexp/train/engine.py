@@ -7,7 +7,6 @@ is caught.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,10 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from normexp.data import EvalBatches, TrainBatches
-from normexp.nn.devices import split_batch_statistics
 from normexp.nn.packing import Pack, member_state
-from normexp.nn.precise_bn import batch_norm_layers, recompute_batchnorm_statistics
-from normexp.train.bn_evaluation import StatisticsDraw, evaluate_batch_statistics, freeze_batch_statistics, precise_copy
+from normexp.nn.precise_bn import batch_norm_layers
+from normexp.train.bn_evaluation import EvaluationPlan, evaluate_batch_statistics, freeze_batch_statistics, precise_copy
 from normexp.train.progress import StepProgress
 from normexp.train.step import DeviceStep, EagerStep
 
@@ -78,9 +76,9 @@ def train_epoch(
     pack.model.train()
     if frozen:
         freeze_batch_statistics(pack.model)
-    k, device, steps = pack.size, train.images.device, train.steps
-    losses: list[list[dict[str, Any]]] = [[] for _ in range(k)]
-    diverged: list[Optional[dict[str, int]]] = [None] * k
+    device, steps = train.images.device, train.steps
+    losses: list[list[dict[str, Any]]] = [[] for _ in range(pack.size)]
+    diverged: list[Optional[dict[str, int]]] = [None] * pack.size
     lr = scheduler.optimizer.param_groups[0]["lr"]
     progress = progress or StepProgress(label="")
     progress.start(epoch, epochs, steps)
@@ -101,7 +99,7 @@ def train_epoch(
                 if diverged[i] is None and not math.isfinite(mean):
                     diverged[i] = {"epoch": epoch, "step": global_step}
             progress.update(done, steps, train.batch_size, means)
-            if all(d is not None for d in diverged):
+            if all(where is not None for where in diverged):
                 break
     loop_seconds = loop.stop()
     seconds = time.perf_counter() - start
@@ -135,17 +133,6 @@ def evaluate(model: nn.Module, batches: EvalBatches) -> tuple[float, float]:
     return loss_sum.item() / batches.images, 100.0 * correct.item() / batches.images
 
 
-@dataclass(frozen=True)
-class ExtraEvaluations:
-    """The evaluations of batch-dependent norms besides the running averages (normexp.train.bn_evaluation;
-    the `evaluation` config): precise population statistics from `precise` (None: off), and batch
-    statistics over `per_device` test images per device (None: off), in orders seeded by `seeds`."""
-
-    precise: Optional[StatisticsDraw]
-    per_device: Optional[int]
-    seeds: list[int]
-
-
 def _each_member(pack: Pack, model: nn.Module, members: list[nn.Module]) -> Iterator[nn.Module]:
     """The members of a pack-shaped `model` as single models, one at a time (one model: itself)."""
     if pack.size == 1:
@@ -157,33 +144,26 @@ def _each_member(pack: Pack, model: nn.Module, members: list[nn.Module]) -> Iter
         yield member
 
 
-def evaluate_members(pack: Pack, members: list[nn.Module], batches: EvalBatches, epoch: int,
-                     precise_bn: Optional[tuple[TrainBatches, int]] = None,
-                     extra: Optional[ExtraEvaluations] = None, frozen: bool = False) -> list[dict[str, float]]:
-    """Each member's test loss and accuracy (`test_loss`, `test_acc`), and with `extra`, for a model
-    with BN-type layers, the same with precise population statistics (`*_precise`) and with batch
-    statistics (`*_batch`; precise statistics are left out when `frozen`: after FrozenBN's switch
-    the weights no longer train under batch statistics upstream); draws past training: epoch
-    `epoch`. Packed members are evaluated one by one as single models (large-batch inference runs
-    faster ungrouped). With `precise_bn` = (training batches, batches) (norm=bn_precise, the
-    committed `bn-pbn` runs), `test_*` itself is evaluated on a copy whose BN statistics were
-    recomputed over that many training batches, each normalized as one batch (no per-device split).
-    The training model's state stays as it is."""
-    model = pack.model
-    if precise_bn is not None:
-        train, count = precise_bn
-        model = split_batch_statistics(copy.deepcopy(pack.model), 1)
-        recompute_batchnorm_statistics(model, (x for x, _ in train.epoch(epoch, count)), min(count, train.steps))
-    rows = [dict(zip(("test_loss", "test_acc"), evaluate(member, batches)))
+def evaluate_members(pack: Pack, members: list[nn.Module], plan: EvaluationPlan, epoch: int,
+                     frozen: bool = False) -> list[dict[str, float]]:
+    """Each member's test loss and accuracy (`test_loss`, `test_acc`) after epoch `epoch`, as `plan`
+    says: for a model with BN-type layers also with precise population statistics (`*_precise`;
+    left out when `frozen`: after FrozenBN's switch the weights no longer train under batch
+    statistics upstream) and with batch statistics (`*_batch`); with its `legacy` precise BN,
+    `test_*` itself on the recomputed copy. Packed members are evaluated one by one as single
+    models (large-batch inference runs faster ungrouped). The training model's state stays as it is."""
+    draw = plan.draw_epoch(epoch)
+    model = pack.model if plan.legacy is None else plan.legacy.copy(pack.model, draw)
+    rows = [dict(zip(("test_loss", "test_acc"), evaluate(member, plan.test)))
             for member in _each_member(pack, model, members)]
-    if extra is None or not batch_norm_layers(pack.model):
+    if not batch_norm_layers(pack.model):
         return rows
-    if extra.precise is not None and not frozen:
-        precise = precise_copy(pack.model, extra.precise, epoch)
+    if plan.precise is not None and not frozen:
+        precise = precise_copy(pack.model, plan.precise, draw)
         for row, member in zip(rows, _each_member(pack, precise, members)):
-            row["test_loss_precise"], row["test_acc_precise"] = evaluate(member, batches)
-    if extra.per_device is not None:
-        for row, member, seed in zip(rows, _each_member(pack, pack.model, members), extra.seeds):
-            row["test_loss_batch"], row["test_acc_batch"] = evaluate_batch_statistics(member, batches,
-                                                                                      extra.per_device, seed)
+            row["test_loss_precise"], row["test_acc_precise"] = evaluate(member, plan.test)
+    if plan.per_device is not None:
+        for row, member, seed in zip(rows, _each_member(pack, pack.model, members), plan.seeds):
+            row["test_loss_batch"], row["test_acc_batch"] = evaluate_batch_statistics(member, plan.test,
+                                                                                      plan.per_device, seed)
     return rows

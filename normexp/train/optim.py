@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from normexp.config import OptimConfig
+from normexp.config import OptimConfig, plain
 
 
 def scaled_lr(cfg: OptimConfig, step_batch: int) -> float:
@@ -52,8 +52,7 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR over `lr_factor`, reading the schedule from a plain copy of `cfg`: an OmegaConf
     node read at every step costs the host as much time as a small GPU step."""
-    plain = (cast(OptimConfig, SimpleNamespace(**cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))))
-             if isinstance(cfg, DictConfig) else cfg)
+    settings = cast(OptimConfig, SimpleNamespace(**plain(cfg))) if isinstance(cfg, DictConfig) else cfg
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(plain, step, steps_per_epoch, epochs)
+        optimizer, lambda step: lr_factor(settings, step, steps_per_epoch, epochs)
     )

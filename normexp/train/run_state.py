@@ -20,7 +20,6 @@ from normexp.files import atomic
 from normexp.nn.packing import Pack
 from normexp.train import runtime, trackers
 from normexp.train.engine import EpochResult
-from normexp.train.step import captures
 
 
 @dataclass
@@ -44,7 +43,7 @@ class RunState:
 def start(run: RunState, digest: str, device: torch.device) -> None:
     """Write the run's identity and config, and load its checkpoint if it has one."""
     path = run.directory / record.CHECKPOINT
-    state = torch.load(path, map_location=device, weights_only=False) if path.is_file() else None
+    state = _load_checkpoint(path, device) if path.is_file() else None
     record.write_setup(run.directory, record.identity(run.cfg, digest), OmegaConf.to_yaml(run.cfg, resolve=True))
     if state is not None:
         run.model.load_state_dict(state["model"])
@@ -55,10 +54,19 @@ def start(run: RunState, digest: str, device: torch.device) -> None:
     run.tracker.start(run.metrics, run.loss_log)
 
 
-def record_start(run: RunState, device: torch.device, fmt: torch.memory_format) -> None:
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """The run's checkpoint; DamagedRecord naming it if it cannot be read (truncated, emptied, garbled)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        raise record.DamagedRecord(path, f"cannot be loaded: {type(error).__name__}",
+                                   "delete it to train that run again from its start") from None
+
+
+def record_start(run: RunState, env: runtime.Environment) -> None:
     """Append this start (time, code, environment, any change of it) to the run's `starts.jsonl`
     when the run begins to train (a seed queued behind another in its job starts later than the job)."""
-    environment = runtime.environment(device, captures(run.cfg.runtime.capture, device), fmt)
+    environment = runtime.environment(env)
     resumed = run.checkpoint is not None
     changed = record.environment_change(record.last_start(run.directory), environment) if resumed else []
     record.append_start(run.directory, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": len(run.metrics),
@@ -70,7 +78,7 @@ UNTESTED = {"test_loss": None, "test_acc": None}  # an epoch without a test eval
 
 
 def log_start(cfg: DictConfig, group: list[RunState], pack: Pack, train: TrainBatches, test: EvalBatches,
-               device: torch.device) -> None:
+              device: torch.device) -> None:
     for run in group:
         run.log.info(
             "starting %s on %s%s: %d train / %d test images, %d steps per epoch of %d images (%d device(s) x %d)",
@@ -79,7 +87,7 @@ def log_start(cfg: DictConfig, group: list[RunState], pack: Pack, train: TrainBa
 
 
 def record_epochs(active: list[tuple[int, RunState]], result: EpochResult, tested: list[dict[str, Any]],
-                   eval_seconds: float, pack_size: int, frozen: Optional[bool], epochs: int) -> None:
+                  eval_seconds: float, pack_size: int, frozen: Optional[bool], epochs: int) -> None:
     """Each active run's epoch row and losses recorded; a run whose loss turned non-finite is marked
     diverged (its row has no test evaluation)."""
     for i, run in active:
@@ -94,7 +102,7 @@ def record_epochs(active: list[tuple[int, RunState]], result: EpochResult, teste
 
 
 def checkpoint(active: list[tuple[int, RunState]], states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]],
-                scheduler: dict[str, Any], share: float) -> None:
+               scheduler: dict[str, Any], share: float) -> None:
     """Each active run's compute time grows by its `share` of the epoch; each that has not diverged
     is checkpointed (model and optimizer from the pack's `states`, the shared schedule)."""
     for i, run in active:

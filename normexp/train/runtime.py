@@ -12,10 +12,12 @@ import platform
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, cast
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from normexp import record
@@ -31,6 +33,31 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("runtime.device='cuda' is invalid here: no CUDA device is available; allowed: auto, cpu")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where and how a job computes, decided once (`job_environment`) and handed to the resume
+    check, each start's record, the harness and the summary's provenance."""
+
+    device: torch.device
+    layout: torch.memory_format  # the activations' and weights' memory layout (memory_format)
+    captured: bool  # the device step (normexp.train.step): a CUDA graph on CUDA, its ops eagerly elsewhere
+    threads: int  # torch threads
+
+    @property
+    def graph(self) -> bool:
+        """Whether the step is a CUDA graph."""
+        return self.captured and self.device.type == "cuda"
+
+
+def job_environment(cfg: DictConfig, model: nn.Module, capture: Optional[bool] = None) -> Environment:
+    """The environment `cfg.runtime` asks for (device, layout for `model`, step: `runtime.capture`,
+    null = captured on CUDA, unless `capture` says) with torch's current thread count."""
+    device = pick_device(cfg.runtime.device)
+    capture = cfg.runtime.capture if capture is None else capture
+    return Environment(device, memory_format(cfg.runtime.channels_last, model, device),
+                       capture if capture is not None else device.type == "cuda", torch.get_num_threads())
 
 
 @contextmanager
@@ -73,29 +100,30 @@ def memory_format(channels_last: Optional[bool], model: nn.Module, device: torch
     (uxlfoundation/oneDNN#6035), so narrow models keep NCHW there.
     """
     if channels_last is None:
-        channels_last = device.type != "cpu" or not any(isinstance(m, nn.GroupNorm) for m in model.modules())
+        channels_last = device.type != "cpu" or not any(isinstance(layer, nn.GroupNorm) for layer in model.modules())
     if not channels_last:
         return torch.contiguous_format
     if device.type == "cpu" and any(
-        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels // m.groups < 16
-        for m in model.modules()
+        isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.stride != (1, 1)
+        and layer.in_channels // layer.groups < 16 for layer in model.modules()
     ):
         log.info("runtime.channels_last ignored: a strided 1x1 convolution has < 16 input channels (oneDNN#6035)")
         return torch.contiguous_format
     return torch.channels_last
 
 
-def maybe_compiled(flag: Optional[bool], model: nn.Module, device: torch.device, captured: bool = False) -> nn.Module:
+def maybe_compiled(flag: Optional[bool], model: nn.Module, env: Environment) -> nn.Module:
     """The model, or with `runtime.compile` (null = on a GPU when the step is not `captured`)
     `torch.compile`d; on a GPU outside a captured step with torch's CUDA graphs ("reduce-overhead"),
     which removes most of the per-step launch overhead that dominates small batches there
     (results/bench); inside a captured step (its own graph) in the default mode. Off by default on
     CPU, where compiling has not been shown to pay for its compile time (`scripts/cpu_bench.py
     --compile` measures it)."""
-    if not (flag if flag is not None else device.type == "cuda" and not captured):
+    graphs = env.device.type == "cuda" and not env.captured  # torch's CUDA graphs: no graph of our own
+    if not (flag if flag is not None else graphs):
         return model
     return cast(nn.Module, torch.compile(  # compiling a module gives a module (typed as a callable)
-        model, mode="reduce-overhead" if device.type == "cuda" and not captured else None))
+        model, mode="reduce-overhead" if graphs else None))
 
 
 def code_version() -> dict[str, Any]:
@@ -119,18 +147,22 @@ def layout(fmt: torch.memory_format) -> str:
     return "channels_last" if fmt == torch.channels_last else "contiguous"
 
 
-def environment(device: torch.device, captured: bool = False,
-                fmt: Optional[torch.memory_format] = None) -> dict[str, Any]:
+def device_name(device: torch.device) -> str:
+    """The device as a run's record names it: the GPU's model, else torch's name (`cpu`)."""
+    return str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+
+
+def environment(env: Environment, with_layout: bool = True) -> dict[str, Any]:
     """Where a run computes: device (on CPU also the instruction set torch's kernels use, e.g. AVX2
     or AVX512), torch threads, the step (`eager` or `captured`, normexp.train.step), the activations'
-    memory layout (`fmt`, where given), versions, host (record.ENVIRONMENT are the fields among these
-    that change its numbers)."""
+    memory layout (`with_layout`: a start's record has it, a summary's provenance not), versions,
+    host (record.ENVIRONMENT are the fields among these that change its numbers)."""
     return {
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        **({"cpu_capability": torch.backends.cpu.get_cpu_capability()} if device.type == "cpu" else {}),
-        "threads": torch.get_num_threads(),
-        "step": "captured" if captured else "eager",
-        **({"layout": layout(fmt)} if fmt is not None else {}),
+        "device": device_name(env.device),
+        **({"cpu_capability": torch.backends.cpu.get_cpu_capability()} if env.device.type == "cpu" else {}),
+        "threads": env.threads,
+        "step": "captured" if env.captured else "eager",
+        **({"layout": layout(env.layout)} if with_layout else {}),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
@@ -145,25 +177,27 @@ def warn_slow_precision(precision: Optional[str], device: torch.device) -> None:
                     "than fp32 here (results/bench/cpu.md)", torch.backends.cpu.get_cpu_capability())
 
 
-def keep_recorded_threads(resumed: list[Path]) -> None:
+def keep_recorded_threads(resumed: list[Path], env: Environment) -> Environment:
     """With automatic threads (runtime.threads null), resumed runs keep the thread count they
     trained with, whatever else runs on the machine now: the count changes their numbers. More
-    threads than this job's share of the cores is said, since it slows every job."""
+    threads than this job's share of the cores is said, since it slows every job. Returns the
+    job's environment with the count it trains with (torch's set to it)."""
     recorded = {start["threads"] for start in map(record.last_start, resumed) if start}
-    share = torch.get_num_threads()
-    if len(recorded) == 1 and (threads := recorded.pop()) != share:
-        log.info("resuming with %d torch thread(s), as these runs trained (runtime.threads=null)", threads)
-        if threads > share:
-            log.warning("%d threads is more than this job's share of the cores (%d): jobs beside it slow down; "
-                        "resume these runs with fewer jobs at a time", threads, share)
-        torch.set_num_threads(threads)
+    share = env.threads
+    if len(recorded) != 1 or (threads := recorded.pop()) == share:
+        return env
+    log.info("resuming with %d torch thread(s), as these runs trained (runtime.threads=null)", threads)
+    if threads > share:
+        log.warning("%d threads is more than this job's share of the cores (%d): jobs beside it slow down; "
+                    "resume these runs with fewer jobs at a time", threads, share)
+    torch.set_num_threads(threads)
+    return replace(env, threads=threads)
 
 
-def refuse_environment_change(resumed: list[Path], device: torch.device, captured: bool, allowed: bool,
-                              fmt: torch.memory_format) -> None:
+def refuse_environment_change(resumed: list[Path], env: Environment, allowed: bool) -> None:
     """A run resumes only in the environment of its last start (record.ENVIRONMENT) unless
     `allowed` (runtime.allow_env_change): else one name would hold a mix of two sets of numbers."""
-    here = environment(device, captured, fmt)
+    here = environment(env)
     for directory in resumed:
         changed = record.environment_change(record.last_start(directory), here)
         if changed and not allowed:
@@ -174,12 +208,11 @@ def refuse_environment_change(resumed: list[Path], device: torch.device, capture
                 f"pass runtime.allow_env_change=true to continue and record the change")
 
 
-def provenance(device: torch.device, start: Optional[Mapping[str, Any]] = None,
-               captured: bool = False) -> dict[str, Any]:
+def provenance(env: Environment, start: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """What ran a run: its environment, and the code's commit as the run's last `start` recorded it
     (the code that trained its last stretch; starts.jsonl holds every start's), or as it is now."""
     code = {key: start[key] for key in ("git_commit", "git_dirty") if key in start} if start else {}
-    return {**environment(device, captured), **(code or code_version())}
+    return {**environment(env, with_layout=False), **(code or code_version())}
 
 
 def cpu_name() -> str:

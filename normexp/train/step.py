@@ -30,6 +30,7 @@ from normexp.data import TrainBatches
 from normexp.nn.packing import Pack
 from normexp.nn.precision import autocast
 from normexp.threads import CAPTURING, SHARED_PROCESS
+from normexp.train.runtime import Environment
 
 log = logging.getLogger("normexp")
 
@@ -233,15 +234,13 @@ def _compiled(forward: nn.Module) -> bool:
 
 
 def build_step(pack: Pack, forward: nn.Module, optimizer: torch.optim.Optimizer, train: TrainBatches,
-               device: torch.device, capture: Optional[bool], norm: str,
-               precision: Optional[str] = None) -> EagerStep | DeviceStep:
-    """The step `runtime.capture` asks for (null = a captured graph on CUDA, eager elsewhere; true
-    off CUDA runs the captured step's ops eagerly), its forward in `precision` (trainer.precision)."""
-    if not captures(capture, device):
-        return EagerStep(pack, forward, optimizer, device, precision)
+               env: Environment, norm: str, precision: Optional[str] = None) -> EagerStep | DeviceStep:
+    """The step of the job's environment (eager, or the device step: a CUDA graph on CUDA, its ops
+    eagerly elsewhere), its forward in `precision` (trainer.precision)."""
+    if not env.captured:
+        return EagerStep(pack, forward, optimizer, env.device, precision)
     assert isinstance(optimizer, torch.optim.SGD)
-    return DeviceStep(pack, forward, optimizer, train, device, graph=device.type == "cuda", norm=norm,
-                      precision=precision)
+    return DeviceStep(pack, forward, optimizer, train, env.device, graph=env.graph, norm=norm, precision=precision)
 
 
 def check_capturable(norm: Mapping[str, Any], graph: bool) -> None:
@@ -252,7 +251,3 @@ def check_capturable(norm: Mapping[str, Any], graph: bool) -> None:
                           "inside the step, which a CUDA graph cannot hold; set a momentum (e.g. 0.1) or "
                           "runtime.capture=false")
 
-
-def captures(capture: Optional[bool], device: torch.device) -> bool:
-    """Whether a run's step is the device step (`runtime.capture`, null = on CUDA)."""
-    return capture if capture is not None else device.type == "cuda"

@@ -1,10 +1,11 @@
 """normexp's training loop timed: `normexp_loop` builds a preset config's seeds packed as one model
-with its step (normexp.train.step) and returns a function that trains one epoch and gives its
-images/s; `normexp_rate` takes the second of two epochs. Shared by the benches in scripts/."""
+through the harness (normexp.train.harness) and returns a function that trains one epoch;
+`normexp_rate` times the second of two epochs. Shared by the benches in scripts/."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -14,9 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from normexp.data import CifarArrays
-from normexp.nn.packing import Pack
-from normexp.train import harness
-from normexp.train.conductor import run_config, seeded_model
+from normexp.train import harness, runtime
 from normexp.train.engine import EpochResult
 
 
@@ -44,36 +43,44 @@ def flops_per_image(model: nn.Module, batch: int = 16) -> float:
     return counter.get_total_flops() / batch
 
 
-def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int, device: torch.device,
+def normexp_loop(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
                  compile_mode: str | None = "config", capture: bool | None = None,
                  epochs: int = 2) -> Callable[[int], EpochResult]:
     """normexp's loop (`engine.train_epoch`) on `pack_size` seeds packed as one model, built on the
-    current CUDA stream: a function that trains epoch e (1, 2, ... up to `epochs`, the schedule's
-    length) and returns its result. `compile_mode`: "config"
+    current CUDA stream on the device `runtime.device` names: a function that trains epoch e (1, 2,
+    ... up to `epochs`, the schedule's length) and returns its result. `compile_mode`: "config"
     (runtime.compile decides), None (eager), or a torch.compile mode ("default", "reduce-overhead");
     `capture`: the step (normexp.train.step; None: as `runtime.capture` decides)."""
-    pack = Pack([seeded_model(run_config(cfg, seed)) for seed in range(pack_size)])
-    fmt = harness.prepare_model(pack.model, cfg, device)
-    train = harness.train_batches(cfg, data.train_images[index].to(device), data.train_labels[index].to(device),
-                                  data.mean, data.std, range(pack_size), fmt)
-    trainer = harness.build(cfg, pack, train, device, epochs, compile_mode, capture)
+    pack = harness.pack([harness.seeded_model(harness.run_config(cfg, seed)) for seed in range(pack_size)])
+    env = runtime.job_environment(cfg, pack.model, capture)
+    harness.prepare_model(pack.model, cfg, env)
+    train = harness.train_batches(cfg, data.train_images[index].to(env.device), data.train_labels[index].to(env.device),
+                                  data.mean, data.std, range(pack_size), env)
+    trainer = harness.build(cfg, pack, train, env, epochs, compile_mode)
     return lambda epoch: trainer.epoch(epoch, cfg.trainer.log_every)
 
 
+@dataclass(frozen=True)
+class Rate:
+    """`normexp_rate`'s measurement: training images/s of the timed epoch, the untimed first epoch's
+    seconds (warm-up, compilation, capture) and the timed epoch's augmentation fill seconds."""
+
+    images_per_s: float
+    first_seconds: float
+    fill_seconds: float
+
+
 def normexp_rate(cfg: DictConfig, data: CifarArrays, index: torch.Tensor, pack_size: int,
-                 device: torch.device, compile_mode: str | None = "config", capture: bool | None = None,
-                 loop_only: bool = False) -> float:
-    """Training images/s of `normexp_loop`'s second epoch (the first warms up, compiles and
-    captures; its seconds go to `normexp_rate.first_seconds`): the whole epoch with its
-    augmentation fill, or with `loop_only` the step loop alone (CUDA events on a GPU; the epoch's
-    fill then goes to `normexp_rate.fill_seconds`)."""
-    loop = normexp_loop(cfg, data, index, pack_size, device, compile_mode, capture)
+                 compile_mode: str | None = "config", capture: bool | None = None, loop_only: bool = False) -> Rate:
+    """The rate of `normexp_loop`'s second epoch (the first warms up, compiles and captures): the
+    whole epoch with its augmentation fill, or with `loop_only` the step loop alone (CUDA events on
+    a GPU)."""
+    loop = normexp_loop(cfg, data, index, pack_size, compile_mode, capture)
     start = time.perf_counter()
     loop(1)
-    normexp_rate.first_seconds = time.perf_counter() - start  # type: ignore[attr-defined]
-    record = loop(2).records[0]
-    normexp_rate.fill_seconds = record["fill_seconds"]  # type: ignore[attr-defined]
-    images = record["images_per_s"] * record["train_seconds"]  # a seed's images this epoch (no capture in it)
-    rate = pack_size * images / (record["loop_seconds"] if loop_only else record["train_seconds"])
+    first = time.perf_counter() - start
+    timed = loop(2).records[0]
+    images = timed["images_per_s"] * timed["train_seconds"]  # a seed's images this epoch (no capture in it)
+    rate = pack_size * images / (timed["loop_seconds"] if loop_only else timed["train_seconds"])
     torch._dynamo.reset()  # a next cell's model must not count against this one's compile cache
-    return rate
+    return Rate(rate, first, timed["fill_seconds"])

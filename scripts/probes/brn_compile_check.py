@@ -21,10 +21,10 @@ import torch
 
 from normexp.compose import compose
 from normexp.config import step_batch
-from normexp.data import TrainBatches
+from normexp.data import TrainBatches, load_cifar10
 from normexp.nn.devices import split_batch_statistics
 from normexp.nn.packing import Pack
-from normexp.train.conductor import load_data, run_config, seeded_model
+from normexp.train.harness import run_config, seeded_model
 from normexp.train.optim import build_optimizer, build_scheduler
 
 
@@ -63,7 +63,7 @@ def gradient_gap(cfg, model, x, y) -> float:
 def main(steps: int) -> None:
     torch.set_num_threads(1)
     cfg = run_config(compose(["experiment=fixes", "norm=brn", "data.batch_size=32", "seed=0"]), 0)
-    data = load_data(cfg)
+    data = load_cifar10(cfg.data.source, cfg.paths, cfg.runtime.download)
     model = split_batch_statistics(seeded_model(cfg), cfg.data.devices)
     batches = TrainBatches(data.train_images, data.train_labels, step_batch(cfg), data.mean, data.std, seeds=[0])
     perturbed = copy.deepcopy(model)

@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from probe_output import publish  # a sibling: probes run as `python scripts/probes/NAME.py`
 
 from normexp import record
+from normexp.config import plain
 from normexp.data import CifarArrays, EvalBatches, load_cifar10
 from normexp.nn.models import build_model
 from normexp.record.identity import norm_tag
 from normexp.train.harness import prepare_model
+from normexp.train.runtime import job_environment
 
 SEED = 0  # the seed of every random image transform the probes draw
 TEST_TOLERANCE = 0.05  # points: the checkpoint's test accuracy against the recorded final one
@@ -61,12 +63,13 @@ def load_final(directory: Path) -> FinalRun:
     """The finished run in `directory`, from its config, summary and checkpoint."""
     cfg = OmegaConf.load(directory / record.CONFIG)
     assert isinstance(cfg, DictConfig)
-    norm = cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True))
+    norm = plain(cfg.norm)
     model = build_model(cfg.model, norm)
     model.load_state_dict(torch.load(directory / record.CHECKPOINT, map_location="cpu", weights_only=False)["model"])
-    memory_format = prepare_model(model, cfg, torch.device("cpu"))
+    env = job_environment(cast(DictConfig, OmegaConf.merge(cfg, {"runtime": {"device": "cpu"}})), model)
+    prepare_model(model, cfg, env)
     model.eval()
-    return FinalRun(directory, cfg, norm, json.loads((directory / "summary.json").read_text()), model, memory_format,
+    return FinalRun(directory, cfg, norm, json.loads((directory / "summary.json").read_text()), model, env.layout,
                     load_cifar10(cfg.data.source, cfg.paths, False))
 
 
