@@ -244,6 +244,8 @@ def test_compare_sweeps_pairs_the_same_runs_by_name():
     assert row["after - before"] == pytest.approx(0.25) and row["ci low"] < 0.25 < row["ci high"]
     assert row["ci high"] - row["ci low"] == pytest.approx(2 * 12.706 * 0.75,
                                                            rel=1e-3)  # paired t: SE of [1, -0.5] is 0.75, df 1
+    [single] = compare_sweeps(before.iloc[:1], after.iloc[:1]).to_dict("records")
+    assert single["before acc %"] == "40.00" and "nan" not in single["after acc %"]  # one run: no SD
     assert row["largest per-run difference"] == 1.0
     assert (row["minutes before"], row["minutes after"]) == (20.0, 10.0)
     assert unpaired_runs(before, after) == {"only before": ["bn_s2"], "only after": ["bn_other"]}

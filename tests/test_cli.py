@@ -126,3 +126,47 @@ def test_a_torchvision_built_for_another_torch_is_named_before_anything_runs(mon
 
     monkeypatch.setattr(preflight.metadata, "version", versions.__getitem__)
     assert preflight.torchvision_problem() == problem
+
+
+def test_a_single_run_and_its_one_line_error_print_no_hydra_warning(tmp_path, image_folder):
+    """A run without -m has no sweep: the sweep report's callbacks stay silent (no hydra.job.num warning)."""
+    from tests.helpers import tiny_run
+
+    done = _run("normexp.cli.train", *tiny_run(image_folder, tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    failed = _run("normexp.cli.train", *tiny_run(tmp_path / "nowhere", tmp_path), cwd=tmp_path)
+    assert failed.returncode == 2 and "CIFAR-10 image folder not found" in failed.stderr + failed.stdout
+    for out in (done.stdout + done.stderr, failed.stdout + failed.stderr):
+        assert "Warning" not in out and "hydra.job.num" not in out, out
+    lines = (failed.stdout + failed.stderr).strip().splitlines()
+    assert "Traceback" not in failed.stderr and [line for line in lines if "not found" in line] == lines[-1:]
+
+
+def test_an_unwritable_analysis_folder_or_cache_is_one_line_and_exit_2(tmp_path):
+    """Write failures are refused up front (a read-only folder; here a path below a file, which even
+    root cannot write)."""
+    (tmp_path / "a-file").write_text("")
+    blocked = tmp_path / "a-file" / "out"
+    results = tmp_path / "results"
+    results.mkdir()
+    analyzed = _run("normexp.cli.analyze", str(results), "--out", str(blocked), cwd=tmp_path)
+    trained = subprocess.run([sys.executable, "-m", "normexp.cli.train", "experiment=debug"], cwd=tmp_path, text=True,
+                             capture_output=True, timeout=300,
+                             env={**os.environ, "NORMEXP_CACHE_DIR": str(blocked), "PYTHONUNBUFFERED": "1"})
+    for done, field in ((analyzed, "--out"), (trained, "paths.cache_dir")):
+        out = (done.stdout + done.stderr).strip()
+        assert done.returncode == 2 and len(out.splitlines()) == 1, out
+        assert f"{field}='{blocked}' is not writable" in out, out
+
+
+@pytest.mark.skipif(Path("/proc/driver/nvidia/gpus").is_dir(), reason="this machine has an NVIDIA GPU")
+@pytest.mark.parametrize("args, message", [
+    (["-m", "norm=bn,gn", "runtime.device=cuda"], "runtime.device='cuda' is invalid here: this machine has no NVIDIA"),
+    (["-m", "experiment=claim_gpu"], "experiment=claim_gpu is a GPU preset and this machine has no NVIDIA GPU"),
+    (["experiment=parity_gpu"], "experiment=parity_gpu is a GPU preset"),
+])
+def test_gpu_jobs_on_a_cpu_machine_are_refused_before_the_sweep_starts(tmp_path, args, message):
+    done = _run("normexp.cli.train", *args, f"paths.results_root={tmp_path / 'runs'}", cwd=tmp_path)
+    out = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2 and len(out.splitlines()) == 1 and message in out, out
+    assert not (tmp_path / "runs" / ".hydra").exists()  # refused before Hydra started any job

@@ -10,7 +10,7 @@ import pytest
 from normexp import record
 from normexp.compose import CONF_DIR, compose, sweep_grid
 from normexp.config import ConfigError, seeds, step_batch, validate
-from normexp.train.conductor import run_config, seeded_model
+from normexp.train.harness import run_config, seeded_model
 from normexp.train.optim import scaled_lr
 from normexp.train.runtime import default_threads, registered_job
 
@@ -179,7 +179,7 @@ def test_the_plan_estimates_only_from_runs_on_the_kind_of_device_the_jobs_will_u
     record.write_setup(directory, record.identity(cfg, "digest"), "seed: 0\n")
     summary = {"status": record.FINISHED, "epochs_done": 2, "compute_seconds": 60.0, "device": "NVIDIA H200"}
     record.write_summary(directory, summary)
-    command = ["experiment=debug", f"paths.results_root={tmp_path}"]
+    command = ["experiment=debug", f"paths.results_root={tmp_path}", "seed=1"]  # the same setup, another run
     assert plan([*command, "runtime.device=cpu"]) == 0
     assert "no finished run of these setups on a cpu to estimate from" in capsys.readouterr().out
     record.write_summary(directory, {**summary, "device": "cpu"})

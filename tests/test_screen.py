@@ -19,7 +19,7 @@ def write_run(root: Path, norm: dict, acc: float, crop_fill: str | None = None, 
     metrics = [{"epoch": e + 1, "test_acc": a, "train_acc": a, "train_loss": 1.0, "test_loss": 1.0, "lr": 0.1,
                 "seconds": 1.0, "train_seconds": 1.0, "eval_seconds": 0.0, "images_per_s": 100.0}
                for e, a in enumerate((acc - 5, acc))]
-    record.write_progress(directory, metrics, [])
+    record.write_progress(directory, metrics, [{"epoch": m["epoch"], "step": m["epoch"], "loss": 1.0} for m in metrics])
     record.write_summary(directory, record.summary(directory.name, metrics, None, compute_seconds=7200.0))
 
 

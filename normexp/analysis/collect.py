@@ -18,6 +18,8 @@ import yaml
 from normexp import record
 
 KEY_COLUMNS = list(record.SWEPT)
+# what every config.yaml a run records holds, `data` first and `seed` last (one cut short lacks some)
+RECORDED_GROUPS = ("data", "model", "norm", "optim", "trainer", "runtime", "paths", "verdict", "seed")
 
 
 @dataclass
@@ -35,19 +37,27 @@ class RunTables:
         return self.runs[self.runs["status"] != record.FINISHED]
 
 
-def _criteria(directory: Path) -> dict | None:
+def _recorded_config(directory: Path) -> dict:
+    """The run's recorded config.yaml ({} if it has none); DamagedRecord if it is there but not a mapping."""
+    path = directory / record.CONFIG
     try:
-        return (yaml.safe_load((directory / record.CONFIG).read_text()) or {}).get("verdict")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise record.DamagedRecord(path, f"not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(config, dict):
+        raise record.DamagedRecord(path, "empty" if config is None else "not a YAML mapping")
+    if "data" in config and (missing := [key for key in RECORDED_GROUPS if key not in config]):
+        raise record.DamagedRecord(path, f"no {', '.join(missing)}: cut short")
+    return config
 
 
-def _evaluation(directory: Path) -> str | None:
+def _evaluation(config: dict) -> str | None:
     """The run's recorded `evaluation` settings as one comparable line (None: recorded before they existed)."""
-    try:
-        settings = (yaml.safe_load((directory / record.CONFIG).read_text()) or {}).get("evaluation")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
+    settings = config.get("evaluation")
     return None if settings is None else ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
@@ -93,22 +103,31 @@ def load_runs(root: Path, *more: Path) -> RunTables:
     for directory in _run_folders((root, *more)):
         identity_path = directory / record.IDENTITY
         ident = record.read_json(identity_path)
-        if ident is None:
+        if ident is None:  # gone since the walk found it
             continue
         columns = record.columns(ident)
         summary = record.read_json(directory / record.SUMMARY)
         status, reason = record.status(directory, summary)
         metrics = record.read_jsonl(directory / record.METRICS)
+        record.metrics_agree(directory / record.METRICS, metrics, summary)
+        if (directory / record.STARTS).is_file() and not record.read_jsonl(directory / record.STARTS):
+            raise record.DamagedRecord(directory / record.STARTS, "empty")  # a start writes a line; provenance reads it
+        config = _recorded_config(directory)
+        if "seed" in config and config["seed"] != columns["seed"]:
+            raise record.DamagedRecord(directory / record.CONFIG, f"seed {config['seed']}, identity.json says "
+                                                                  f"{columns['seed']}")
         row = {"run": directory.name, "path": str(directory), **columns, "status": status, "reason": reason,
-               "epochs_done": len(metrics), "identity": ident, "criteria": _criteria(directory),
-               "evaluation": _evaluation(directory),
+               "epochs_done": len(metrics), "identity": ident, "criteria": config.get("verdict"),
+               "evaluation": _evaluation(config),
                "median5_test_acc": median_last(metrics)}
         if summary is not None:
             row.update({k: v for k, v in summary.items() if k not in row and not isinstance(v, dict)})
         rows.append(row)
         tag = {"run": directory.name, **{k: columns[k] for k in KEY_COLUMNS}, "status": status}
         epoch_rows += [{**tag, **m} for m in metrics]
-        loss_rows += [{**tag, **m} for m in record.read_jsonl(directory / record.TRAIN_LOSS)]
+        losses = record.read_jsonl(directory / record.TRAIN_LOSS)
+        record.losses_agree(directory / record.TRAIN_LOSS, losses, metrics, summary)
+        loss_rows += [{**tag, **m} for m in losses]
     rows.sort(key=lambda row: row["run"])  # by name, not by where a folder lies: the same order on any clone
     runs = pd.DataFrame(rows, columns=None if rows else ["run", "path", *KEY_COLUMNS, "status", "reason"])
     return RunTables(runs=runs, epochs=pd.DataFrame(epoch_rows), train_loss=pd.DataFrame(loss_rows))

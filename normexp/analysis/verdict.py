@@ -152,7 +152,9 @@ def check_poolable(runs: pd.DataFrame, varying: Sequence[str], cell: Sequence[st
     problems += _mixed_cells(runs, list(cell))
     repeats = runs[runs.duplicated([*cell, "seed"], keep=False)]
     for key, group in repeats.groupby([*cell, "seed"]):
-        problems.append(f"runs repeat {' '.join(map(str, key))}: {', '.join(map(str, group['run']))}; keep one")
+        where = group["path"] if "path" in group else group["run"]
+        problems.append(f"runs repeat {' '.join(map(str, key))}: {', '.join(map(str, where))}; keep one "
+                        f"(move the others out of the results folders, or analyze those folders apart)")
     if problems:
         raise PoolingError("; ".join(problems))
 

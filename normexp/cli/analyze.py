@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from normexp import record
+from normexp.config import unwritable
 
 SWEPT = tuple(record.SWEPT.values())
 
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                                        {d.resolve() for d in args.results_dirs}):
         return _refused("several RESULTS_DIRs need an --out of their own (not one of them: the pooled "
                         "analysis would replace that set's own)")
+    if problem := unwritable(str(args.out or args.results_dirs[0]), "--out" if args.out else "RESULTS_DIR"):
+        return _refused(f"{problem}; nothing written (give an --out you can write)")
     from normexp.analysis import pipeline
     from normexp.analysis.collect import load_runs
     from normexp.analysis.verdict_text import describe_verdict
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = pipeline.analyze(tables, request)
     except pipeline.AnalysisError as error:
         return _refused(error)
+    except OSError as error:  # the folder became unwritable, or the disk filled, while writing
+        return _refused(f"cannot write {error.filename or request.out}: {error.strerror or error}")
     print(outcome.accuracy.to_string(index=False, float_format="%.2f"))
     for at, sliced in outcome.slices():
         print((f"at {at}:\n" if at else "") + describe_verdict(sliced))

@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
+from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -42,6 +44,26 @@ def launcher_problem(hydra: DictConfig) -> Optional[str]:
         if missing:
             return (f"hydra/launcher=slurm needs SLURM ({', '.join(missing)} not found on PATH): run it on a "
                     f"SLURM login node, or use hydra/launcher=joblib (this machine's cores) or slurm_local")
+    return None
+
+
+def _has_nvidia_gpu() -> bool:
+    """Whether an NVIDIA driver with a GPU is loaded (torch-free; what runtime.device=auto will find)."""
+    return Path("/proc/driver/nvidia/gpus").is_dir()
+
+
+def gpu_problem(points: Sequence[Sequence[str]], configs: Sequence[DictConfig]) -> Optional[str]:
+    """Why jobs meant for a GPU cannot run here (no NVIDIA GPU): runtime.device=cuda, or a GPU preset
+    (experiment=*_gpu) without runtime.device=cpu asked for; or None."""
+    if _has_nvidia_gpu():
+        return None
+    if any(c.runtime.device == "cuda" for c in configs):
+        return "runtime.device='cuda' is invalid here: this machine has no NVIDIA GPU; allowed: auto, cpu"
+    for point, cfg in zip(points, configs):
+        preset = next((o.split("=", 1)[1] for o in point if o.startswith("experiment=")), "")
+        if preset.endswith("_gpu") and cfg.runtime.device != "cpu":
+            return (f"experiment={preset} is a GPU preset and this machine has no NVIDIA GPU: run it on a GPU, "
+                    f"or add runtime.device=cpu to train it on this CPU anyway (its plan: normexp-plan)")
     return None
 
 

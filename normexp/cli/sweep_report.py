@@ -2,7 +2,7 @@
 
 The planned run-epochs come from the command line's plan (normexp-train sets the callback's
 `run_epochs`); each job logs "job i of n" when it starts and ends, with the sweep's ETA, and the
-sweep exits 1 when any job was rejected or failed, or a run diverged.
+sweep exits 1 when any job was rejected, failed or held by another process, or a run diverged.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from normexp.sweep import progress
@@ -26,6 +27,11 @@ def _job_count(config: DictConfig) -> int:
     return len(grid(config.hydra.sweeper.get("params") or {}, list(config.hydra.overrides.task)))
 
 
+def _in_sweep() -> bool:
+    """Whether this job is one of a sweep's (-m): a single run has no job number and no sweep progress."""
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 class SweepReport(Callback):
     """Progress lines per job, and after `-m` the runs under results_root by status, each problem
     with its log, and the jobs that were rejected or failed before any run was recorded."""
@@ -37,10 +43,14 @@ class SweepReport(Callback):
         progress.start(Path(config.hydra.sweep.dir), _job_count(config), self.run_epochs)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _in_sweep():
+            return
         progress.job_started(Path(config.hydra.sweep.dir), HydraConfig.get().job.num + 1,
                              list(HydraConfig.get().overrides.task))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not _in_sweep():
+            return
         progress.job_ended(Path(config.hydra.sweep.dir), Path(HydraConfig.get().runtime.output_dir),
                            HydraConfig.get().job.num + 1)
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from normexp.compose import CONF_DIR
 from normexp.config import ConfigError, register_configs
 from normexp.sweep.launcher import hydra_released
+from normexp.sweep.orphans import die_with_main, mark_main
 
 log = logging.getLogger("normexp")
 
@@ -28,12 +29,15 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
+    from normexp.config import seeds
     from normexp.data.sources import DataError
-    from normexp.record import DIVERGED
+    from normexp.record import DIVERGED, DamagedRecord
     from normexp.train.conductor import train_job  # torch: only when a job really runs
     from normexp.train.runtime import default_threads, registered_job
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:
+        die_with_main()  # a worker process of hydra/launcher=joblib ends with the sweep's main process
     try:
         with registered_job(Path(cfg.paths.cache_dir).expanduser() / "jobs") as running:
             # under SLURM the CPU affinity is this job's allocation: other jobs on the node don't share it
@@ -42,7 +46,7 @@ def app(cfg: DictConfig) -> None:
             on_epoch, position = _sweep_progress() if multirun else None, _bar_position(multirun)
             with hydra_released():  # hydra/launcher=threads: the sweep's other jobs in this process go on
                 summaries = train_job(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, DamagedRecord) as error:
         log.error("%s", error)
         if not multirun:
             sys.exit(2)
@@ -56,10 +60,23 @@ def app(cfg: DictConfig) -> None:
         log.exception("this job failed; the sweep goes on with the next one")
         _note_job_problem("failed", f"{type(error).__name__}: {error}")
     else:
+        if held := len(seeds(cfg)) - len(summaries):
+            _held_elsewhere(held, len(seeds(cfg)), multirun)
         diverged = [s for s in summaries if s["status"] == DIVERGED]
         if diverged and not multirun:  # a sweep counts its diverged runs at its end (normexp.cli.sweep_report)
             log.error("%d run(s) diverged (non-finite loss): kept in the record, listed by the analysis", len(diverged))
             sys.exit(1)
+
+
+def _held_elsewhere(held: int, runs: int, multirun: bool) -> None:
+    """Runs of this job that another process holds were not trained: say so, and do not end as done
+    (a single run exits 1; a sweep's report counts the job)."""
+    message = (f"{held} of {runs} run(s) of this job are being trained by another process (above), so this "
+               f"command trained nothing for them: rerun it once that process has ended (or end it)")
+    log.error("%s", message)
+    if not multirun:
+        sys.exit(1)
+    _note_job_problem("held elsewhere", message)
 
 
 def _sweep_progress():
@@ -91,7 +108,7 @@ def _check_command_line(argv: list[str]) -> tuple[Optional[str], list[str]]:
     requests are left to Hydra."""
     from hydra._internal.utils import get_args_parser
 
-    from normexp.cli.preflight import launcher_problem, torchvision_problem
+    from normexp.cli.preflight import gpu_problem, launcher_problem, torchvision_problem
     from normexp.compose import check, checked_sweep_grid, compose, model_problem
 
     args, _ = get_args_parser().parse_known_args(argv)
@@ -104,7 +121,8 @@ def _check_command_line(argv: list[str]) -> tuple[Optional[str], list[str]]:
     configs, problem = check(points)
     if problem is None and not args.cfg:
         problem = torchvision_problem() or (launcher_problem(compose(points[0], hydra=True).hydra)
-                                            if args.multirun else None)
+                                            if args.multirun else None) or _cache_problem(configs) \
+            or gpu_problem(points, configs)
     if problem is None and not args.cfg:  # settings that only the model can judge, for every job before any starts
         problem = model_problem(configs)
     if problem is None and args.multirun and not args.cfg:
@@ -116,12 +134,23 @@ def _check_command_line(argv: list[str]) -> tuple[Optional[str], list[str]]:
     return problem, []
 
 
+def _cache_problem(configs: list[DictConfig]) -> Optional[str]:
+    """Why a job's `paths.cache_dir` (the decoded data, the running jobs' register) cannot be written, or None."""
+    from normexp.config import unwritable
+
+    for folder in dict.fromkeys(str(c.paths.cache_dir) for c in configs):
+        if problem := unwritable(folder, "paths.cache_dir"):
+            return f"{problem} (set paths.cache_dir or NORMEXP_CACHE_DIR to a folder you can write)"
+    return None
+
+
 def main() -> None:
     problem, planned = _check_command_line(sys.argv[1:])
     if problem:
         print(f"normexp-train: {problem}", file=sys.stderr)
         sys.exit(2)
     sys.argv += planned  # Hydra reads its command line
+    mark_main()
     try:
         app()
     except KeyboardInterrupt:  # a parallel launcher (joblib) re-raises its workers' interrupt here

@@ -20,10 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, cast
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from normexp.config import RECORDED_AS_STARTED
 from normexp.files import atomic, locks
+from normexp.record.damage import DamagedRecord, losses_agree, metrics_agree  # noqa: F401 (record's API)
 from normexp.record.identity import (  # noqa: F401 (record's API)
     NUMERICS,
     SWEPT,
@@ -100,6 +102,8 @@ def setting_changes(directory: Path, cfg: DictConfig) -> list[str]:
         recorded = cast(DictConfig, OmegaConf.load(directory / CONFIG))
     except OSError:
         return []
+    except yaml.YAMLError as error:
+        raise DamagedRecord(directory / CONFIG, f"not valid YAML: {' '.join(str(error).split())}") from None
     changes = []
     for group in RECORDED_AS_STARTED:
         if group not in recorded:
@@ -127,11 +131,18 @@ def write_error(directory: Path, kind: str, message: str, trace: str) -> None:
 
 
 def read_json(path: Path) -> Optional[dict[str, Any]]:
-    """A JSON file's content, or None if it is missing or not valid JSON."""
+    """A JSON file's object, or None if it is missing; DamagedRecord if it is there but not a JSON object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
+    try:
+        content = json.loads(text)
+    except ValueError as error:
+        raise DamagedRecord(path, "empty" if not text.strip() else f"not valid JSON: {error}") from None
+    if not isinstance(content, dict):
+        raise DamagedRecord(path, f"not a JSON object but {type(content).__name__}")
+    return content
 
 
 def shared_runs(folder: Path) -> list[Path]:
@@ -149,9 +160,22 @@ def shared_runs(folder: Path) -> list[Path]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines file's records (none if it is missing); DamagedRecord naming the first line that
+    is not a JSON object."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise DamagedRecord(path, f"line {number} is not valid JSON: {error}") from None
+        if not isinstance(row, dict):
+            raise DamagedRecord(path, f"line {number} is not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def remove_stale_temps(directory: Path) -> None:

@@ -1,6 +1,7 @@
 """What a sweep will do before it starts: its jobs, their runs and epochs, and an expected time
 from the pace of finished runs of the same setup (the sweep's own results root, and the
-committed results/). Torch-free; `normexp-plan OVERRIDES` (normexp.cli.plan) prints it,
+committed results/), for the run-epochs not yet recorded below the results root (what a rerun
+skips or resumes). Torch-free; `normexp-plan OVERRIDES` (normexp.cli.plan) prints it,
 `normexp-train -m` too, and hands the planned run-epochs to the sweep's progress lines."""
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from normexp import record
 from normexp.locations import CONF_DIR
+from normexp.sweep.recorded import Recorded
 
 COMMITTED = CONF_DIR.parent / "results"
 
@@ -27,23 +29,30 @@ class Job:
     labels: tuple[str, ...]  # each run's name without its hash, e.g. bn_b2x8_s0
     epochs: int
     setup: tuple[Any, ...]  # what sets a run's pace (record.pace_setup)
+    done: tuple[int, ...] = ()  # each run's epochs already recorded (an ended run: all of them); () none
+
+    def left(self) -> int:
+        """The job's run-epochs still to train."""
+        return len(self.labels) * self.epochs - sum(self.done)
 
 
 def run_epochs(jobs: Sequence[Job]) -> int:
-    """The sweep's work in run-epochs: every run of every job times its epochs."""
+    """The sweep's work in run-epochs: every run of every job times its epochs, done or not."""
     return sum(len(j.labels) * j.epochs for j in jobs)
 
 
-def job_of(overrides: Sequence[str], cfg: DictConfig) -> Job:
+def job_of(overrides: Sequence[str], cfg: DictConfig, recorded: Optional[Recorded] = None) -> Job:
+    """The job of `overrides` (composed as `cfg`), with its runs' epochs found in `recorded`."""
     from normexp.config import seeds
 
     norm = cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True))
     tag, d = record.norm_tag(norm), cfg.data
     devices = f"x{d.devices}" if d.devices != 1 else ""
     labels = tuple(f"{tag}_b{d.batch_size}{devices}_s{seed}" for seed in seeds(cfg))
+    done = tuple(recorded.epochs_done(cfg, seed) for seed in seeds(cfg)) if recorded else ()
     return Job(tuple(overrides), labels, cfg.trainer.epochs,
                record.pace_setup(tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset,
-                                 cfg.trainer.precision, device_kind(cfg.runtime.device)))
+                                 cfg.trainer.precision, device_kind(cfg.runtime.device)), done)
 
 
 def device_kind(device: str) -> str:
@@ -69,7 +78,10 @@ def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
     found: dict[tuple[Any, ...], list[tuple[float, str]]] = {}  # setup -> (seconds per epoch, device) per run
     for root in (r for r in roots if r.is_dir()):
         for path in root.rglob(record.SUMMARY):
-            summary, ident = record.read_json(path), record.read_json(path.parent / record.IDENTITY)
+            try:
+                summary, ident = record.read_json(path), record.read_json(path.parent / record.IDENTITY)
+            except record.DamagedRecord:
+                continue  # the analysis, and training the run, name it
             if not summary or not ident or summary.get("status") != record.FINISHED or not summary.get("epochs_done"):
                 continue
             c = record.columns(ident)
@@ -82,19 +94,41 @@ def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
             for key, runs in found.items()}
 
 
+def _done_note(job: Job) -> str:
+    """"  [done]", "  [done: bn_b2_s0 1/3 ...]" (runs with epochs recorded), or ""."""
+    if not any(job.done):
+        return ""
+    if not job.left():
+        return "  [done]"
+    return "  [done: " + " ".join(f"{label} {n}/{job.epochs}" for label, n in zip(job.labels, job.done) if n) + "]"
+
+
+def _headline(jobs: Sequence[Job], parallel: int) -> str:
+    """The plan's first line: jobs, runs and run-epochs, those left when some are already done."""
+    runs, total = sum(len(j.labels) for j in jobs), run_epochs(jobs)
+    left = sum(j.left() for j in jobs)
+    work = f"{total} run-epochs"
+    if left < total:
+        ended = sum(n == j.epochs for j in jobs for n in j.done)
+        work = (f"{left} run-epochs left of {total} (already done: {total - left} run-epochs; "
+                f"{ended} of {runs} run(s) ended)")
+    return f"sweep plan: {len(jobs)} job(s), {runs} run(s), {work}, {parallel} job(s) at a time"
+
+
 def describe(jobs: Sequence[Job], parallel: int, pace: dict[tuple[Any, ...], Pace]) -> str:
-    """The plan in a few lines: jobs, runs, run-epochs and, where every job's setup has a recorded
-    pace, the expected time with `parallel` jobs at once."""
-    runs = sum(len(j.labels) for j in jobs)
-    lines = [f"sweep plan: {len(jobs)} job(s), {runs} run(s), {run_epochs(jobs)} run-epochs, "
-             f"{parallel} job(s) at a time"]
+    """The plan in a few lines: jobs, runs, run-epochs (and what is already done) and, where every
+    job's setup has a recorded pace, the expected time of what is left with `parallel` jobs at once."""
+    lines = [_headline(jobs, parallel)]
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     lines += [f"  job {i}: {' '.join(j.labels)} x {j.epochs} epochs  "
-              f"({' '.join(o for o in j.overrides if o not in shared)})"
+              f"({' '.join(o for o in j.overrides if o not in shared)}){_done_note(j)}"
               for i, j in enumerate(jobs, start=1)]
+    if jobs and not any(j.left() for j in jobs):
+        lines.append("  nothing left to train: every run has ended (the sweep only reports them)")
+        return "\n".join(lines)
     known = [j for j in jobs if j.setup in pace]
     if known:
-        seconds = sum(pace[j.setup].seconds * len(j.labels) * j.epochs for j in known)
+        seconds = sum(pace[j.setup].seconds * j.left() for j in known)
         share = "" if len(known) == len(jobs) else f" for {len(known)} of {len(jobs)} jobs (the rest have no record)"
         wall = seconds / parallel
         when = f"{wall / 3600:.1f} h" if wall >= 7200 else f"{wall / 60:.0f} min"
@@ -115,7 +149,8 @@ def sweep_plan(overrides: Sequence[str], points: Sequence[Sequence[str]],
     many at a time, and the recorded paces."""
     from normexp.compose import compose
 
-    jobs = [job_of(point, cfg) for point, cfg in zip(points, configs)]
+    recorded = Recorded()
+    jobs = [job_of(point, cfg, recorded) for point, cfg in zip(points, configs)]
     launcher = compose(points[0], hydra=True).hydra.launcher
     n_jobs = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
     if n_jobs < 0:  # joblib's convention: -1 = every core, -2 = all but one, ...

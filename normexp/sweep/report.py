@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from normexp.files import atomic
-from normexp.record import DIVERGED, FINISHED, read_json
+from normexp.record import DIVERGED, FINISHED, DamagedRecord, read_json
 from normexp.sweep.progress import PROGRESS
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ JOB_PROBLEM = "job_problem.json"
 
 
 def note_job_problem(job_dir: Path, kind: str, message: str, overrides: list[str]) -> None:
-    """Leave a note in the job's folder for the end-of-sweep report (`kind`: rejected or failed)."""
+    """Leave a note in the job's folder for the end-of-sweep report (`kind`: rejected, failed or held elsewhere)."""
     atomic.write_json(job_dir / JOB_PROBLEM, {"kind": kind, "message": message, "overrides": overrides})
 
 
@@ -34,12 +34,18 @@ def report(sweep_dir: Path, results_root: Path) -> int:
     problems = [read_json(path) for path in sorted(sweep_dir.glob(f"*/{JOB_PROBLEM}"))]
     for problem in filter(None, problems):
         log.error("%s job (%s): %s", problem["kind"], " ".join(problem["overrides"]), problem["message"])
-    diverged = _report_runs(results_root, sweep_dir)
+    try:
+        diverged = _report_runs(results_root, sweep_dir)
+    except DamagedRecord as error:
+        log.error("%s", error)
+        return 1
     if problems and len(problems) >= len(jobs):
-        log.error("no job of this sweep trained: all %d were rejected or failed", len(problems))
+        log.error("no job of this sweep trained: all %d were rejected, failed or held by another process",
+                  len(problems))
         return 1
     if problems:
-        log.error("%d of %d jobs were rejected or failed (above); the others ran", len(problems), len(jobs))
+        log.error("%d of %d jobs were rejected, failed or held by another process (above); the others ran",
+                  len(problems), len(jobs))
     if diverged:
         log.error("%d run(s) of this sweep diverged (above): their records are kept and the analysis lists them",
                   diverged)
