@@ -10,7 +10,7 @@ thresholds the preset fixed before its runs (conf/experiment/parity_screen.yaml)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import pandas as pd
 
@@ -69,25 +69,31 @@ def arm_runs(screen: Path, reference: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("run")
 
 
+def _row(arm: str, bn: pd.Series, gn: Optional[pd.Series], own_bn: bool, reference_gap: float) -> dict[str, Any]:
+    """One arm's row; `gn` None while its GN run has not finished (no gap yet)."""
+    gap = None if gn is None else bn["acc"] - gn["acc"]
+    if gap is None:
+        reading = "its GN run has not finished"
+    else:
+        reading = "the reference" if arm == REFERENCE else _reading(reference_gap - gap)
+    return {"arm": arm, "BN": f"{bn['acc']:.2f}" + ("" if own_bn else " (ref)"),
+            "GN": "-" if gn is None else f"{gn['acc']:.2f}",
+            "gap BN - GN": None if gap is None else round(gap, 2),
+            "closes": None if gap is None else round(reference_gap - gap, 2), "reading": reading,
+            "compute h BN / GN": (f"{bn['hours']:.1f}" if own_bn else "-") + " / "
+                                 + ("-" if gn is None else f"{gn['hours']:.1f}")}
+
+
 def screen_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per arm (the reference first, then by name): BN, GN, gap (BN - GN), how much of the reference's
     gap it closes, the reading, and each run's compute hours. A GN-only arm borrows the reference's BN
-    (marked `(ref)`)."""
-    by_family = {f: runs[runs["family"] == f].set_index("arm") for f in ("bn", "gn")}
-    bn_ref = by_family["bn"].loc[REFERENCE]
-    reference_gap = bn_ref["acc"] - by_family["gn"].loc[REFERENCE, "acc"]
-    rows = []
-    for arm, gn in by_family["gn"].iterrows():
-        bn = by_family["bn"].loc[arm] if arm in by_family["bn"].index else bn_ref
-        own_bn = arm in by_family["bn"].index
-        gap = bn["acc"] - gn["acc"]
-        rows.append({"arm": arm, "BN": f"{bn['acc']:.2f}" + ("" if own_bn else " (ref)"), "GN": f"{gn['acc']:.2f}",
-                     "gap BN - GN": round(gap, 2), "closes": round(reference_gap - gap, 2),
-                     "reading": "the reference" if arm == REFERENCE else _reading(reference_gap - gap),
-                     "compute h BN / GN": (f"{bn['hours']:.1f}" if own_bn else "-") + f" / {gn['hours']:.1f}"})
-    unpaired = sorted(set(by_family["bn"].index) - set(by_family["gn"].index))
-    if unpaired:
-        raise ValueError(f"BN runs without a GN run of their arm: {', '.join(unpaired)}")
+    (marked `(ref)`); an arm whose GN run has not finished has no gap yet."""
+    bn_runs, gn_runs = (runs[runs["family"] == f].set_index("arm") for f in ("bn", "gn"))
+    bn_ref = bn_runs.loc[REFERENCE]
+    reference_gap = bn_ref["acc"] - gn_runs.loc[REFERENCE, "acc"]
+    rows = [_row(arm, bn_runs.loc[arm] if arm in bn_runs.index else bn_ref, gn, arm in bn_runs.index, reference_gap)
+            for arm, gn in gn_runs.iterrows()]
+    rows += [_row(arm, bn, None, True, reference_gap) for arm, bn in bn_runs.iterrows() if arm not in gn_runs.index]
     table = pd.DataFrame(rows)
     arms = table[table["arm"] != REFERENCE].sort_values("arm")
     return pd.concat([table[table["arm"] == REFERENCE], arms], ignore_index=True)
@@ -97,7 +103,7 @@ def gap_figure(table: pd.DataFrame, path: Path) -> Path:
     """The gap per arm as bars, the reference's gap and the parity target (1 point) as lines."""
     import matplotlib.pyplot as plt
 
-    arms = table[table["arm"] != REFERENCE]
+    arms = table[(table["arm"] != REFERENCE) & table["gap BN - GN"].notna()]
     reference_gap = float(table.loc[table["arm"] == REFERENCE, "gap BN - GN"].iloc[0])
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(arms) + 1.6))
     ax.barh(arms["arm"], arms["gap BN - GN"], color="tab:orange")
