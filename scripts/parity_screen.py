@@ -8,6 +8,7 @@ Writes tables/screen.md (.csv) and figures/gap_by_arm.png under --out and prints
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from normexp.analysis import screen
@@ -19,7 +20,11 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=Path("results/converged"))
     parser.add_argument("--out", type=Path, default=None, help="default: --screen")
     args = parser.parse_args()
-    table = screen.write(args.screen, args.reference, args.out or args.screen)
+    try:
+        table = screen.write(args.screen, args.reference, args.out or args.screen)
+    except ValueError as error:
+        print(f"parity_screen: {error}", file=sys.stderr)
+        sys.exit(2)
     print(table.to_markdown(index=False, floatfmt=".2f"))
 
 

@@ -52,19 +52,28 @@ def _reading(closed: float) -> str:
     return "carries part" if closed >= CARRIES_PART else "does not carry it"
 
 
+def _reference_run(ref: pd.DataFrame, run: pd.Series, kind: str, reference: Path) -> pd.Series:
+    """The reference's finished run of family `kind` at `run`'s seed and batch (exactly one)."""
+    base = ref[(ref["seed"] == run["seed"]) & (ref["batch_size"] == run["batch_size"])
+               & (ref["identity"].map(family) == kind)]
+    if len(base) != 1:
+        raise ValueError(f"{len(base)} {kind} runs at seed {run['seed']} and batch {run['batch_size']} in "
+                         f"{reference}; the screen needs exactly 1")
+    return base.iloc[0]
+
+
 def arm_runs(screen: Path, reference: Path) -> pd.DataFrame:
-    """One row per finished run of the screen and of the reference (seed and batch of the screen's
-    runs): arm, family, final accuracy, compute hours."""
-    ref = load_runs(reference).finished
+    """One row per finished run of the screen and of the reference's BN and GN runs at the screen
+    runs' seed and batch: arm, family, final accuracy, compute hours."""
+    runs, ref = load_runs(screen).finished, load_runs(reference).finished
+    if runs.empty:
+        raise ValueError(f"no finished runs in {screen}")
     rows = []
-    for _, run in load_runs(screen).finished.iterrows():
-        base = ref[(ref["seed"] == run["seed"]) & (ref["batch_size"] == run["batch_size"])
-                   & (ref["identity"].map(family) == family(run["identity"]))]
-        if len(base) != 1:
-            raise ValueError(f"{run['path']}: {len(base)} reference runs of its family, seed and batch in "
-                             f"{reference}; expected 1")
-        for row, arm in ((run, change(run["identity"], base.iloc[0]["identity"])), (base.iloc[0], REFERENCE)):
-            rows.append({"arm": arm, "family": family(row["identity"]), "run": row["run"],
+    for _, run in runs.iterrows():
+        base = {kind: _reference_run(ref, run, kind, reference) for kind in ("bn", "gn")}
+        arm = change(run["identity"], base[family(run["identity"])]["identity"])
+        for row, name in ((run, arm), (base["bn"], REFERENCE), (base["gn"], REFERENCE)):
+            rows.append({"arm": name, "family": family(row["identity"]), "run": row["run"],
                          "acc": row["final_test_acc"], "hours": row["compute_seconds"] / 3600})
     return pd.DataFrame(rows).drop_duplicates("run")
 
@@ -111,6 +120,10 @@ def gap_figure(table: pd.DataFrame, path: Path) -> Path:
     ax.axvline(reference_gap - CARRIES, color="tab:blue", ls="--", label=f"closes {CARRIES:g} point: carries the gap")
     ax.axvline(1.0, color="grey", ls=":", label="about parity (1 point)")
     ax.invert_yaxis()
+    ax.set_xlim(0, max([reference_gap, *arms["gap BN - GN"]]) + 0.5)
+    if arms.empty:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no arm has finished both runs yet", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("BN - GN, final test accuracy (points; one seed per run)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=1, frameon=False)
     atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
