@@ -133,6 +133,8 @@ import normexp.files.atomic as atomic
 import normexp.train.runtime as runtime
 from normexp.cli.train import main
 kind, at, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as a terminal sends it, whatever this
+# process inherited (a SIGINT ignored by the test process is ignored by its children, and Python keeps it so)
 sys.argv = ["normexp-train", *sys.argv[4:]]
 count = [0]
 def hit():
