@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 
 from normexp.analysis.collect import load_runs
+from normexp.analysis.verdict import flat_settings
 from normexp.files import atomic
 
 REFERENCE = "reference"
@@ -24,16 +25,6 @@ CARRIES, CARRIES_PART = 1.0, 0.5
 NOT_A_CHANGE = {"data_digest", "numerics"}
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def family(ident: Mapping[str, Any]) -> str:
     """`bn` for batch norm, `gn` for any group norm (the screen pairs runs by family)."""
     return "gn" if str(ident["norm"]["name"]).startswith("gn") else str(ident["norm"]["name"])
@@ -41,7 +32,7 @@ def family(ident: Mapping[str, Any]) -> str:
 
 def change(ident: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
     """The settings `ident` changes against `reference`, as `key=value, ...` (REFERENCE when none)."""
-    run, base = _flat(ident), _flat(reference)
+    run, base = flat_settings(ident), flat_settings(reference)
     keys = sorted(k for k in run.keys() | base.keys() if k not in NOT_A_CHANGE and run.get(k) != base.get(k))
     return ", ".join(f"{k}={run.get(k, 'unset')}" for k in keys) or REFERENCE
 
