@@ -38,15 +38,25 @@ def test_an_unwritable_results_root_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_path, image_folder):
-    done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={tmp_path / 'nowhere'}",
+    (tmp_path / "empty").mkdir()  # a folder without train/<class>/: caught as each job loads its data
+    done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={tmp_path / 'empty'}",
                 f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_root={tmp_path / 'runs'}", "seed=0,1",
-                cwd=tmp_path)  # caught as each job loads its data
+                cwd=tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
     for value in ("0", "1"):
-        assert f"seed={value}): CIFAR-10 image folder not found" in out, out
+        assert f"seed={value}): {tmp_path / 'empty' / 'train'} must hold exactly one folder" in out, out
     assert "no job of this sweep trained" in out
     assert "job 1 of 2 started" in out and "2 of 2 ended" in out  # sweep-level progress (no ETA: nothing trained)
+
+
+def test_a_sweep_with_a_missing_image_folder_is_refused_before_any_job_starts(tmp_path, image_folder):
+    done = _run("normexp.cli.train", "-m", f"paths.cifar10_folder={image_folder},{tmp_path / 'nowhere'}",
+                f"paths.results_root={tmp_path / 'runs'}", "seed=0,1", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.startswith(f"normexp-train: CIFAR-10 image folder not found: {tmp_path / 'nowhere'}.")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / ".hydra").exists() and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("override, message", [
@@ -88,7 +98,8 @@ def test_a_group_count_that_fits_no_width_stops_the_sweep_before_any_job(tmp_pat
 @pytest.mark.slow
 def test_two_sweeps_started_at_once_get_their_own_sweep_folders(tmp_path):
     args = [sys.executable, "-m", "normexp.cli.train", "-m", f"paths.results_root={tmp_path}",
-            f"paths.cache_dir={tmp_path / 'cache'}", "paths.cifar10_folder=/nowhere"]
+            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.cifar10_folder={tmp_path / 'empty'}"]
+    (tmp_path / "empty").mkdir()  # each job is rejected as it loads its data
     jobs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _ in range(2)]
     for job in jobs:

@@ -77,13 +77,14 @@ def test_diverging_run_is_recorded_with_its_epoch_and_step(make_cfg):
 @pytest.mark.slow
 def test_failing_job_does_not_stop_the_sweep(image_folder, tmp_path):
     root = tmp_path / "runs"
-    # the first job's image folder is missing: it is rejected as it loads its data, the second one runs;
-    # the report lists the failure
-    folders = f"paths.cifar10_folder={tmp_path / 'nowhere'},{image_folder}"
+    # the first job's image folder has no class folders: it is rejected as it loads its data, the second
+    # one runs; the report lists the failure
+    (tmp_path / "empty").mkdir()
+    folders = f"paths.cifar10_folder={tmp_path / 'empty'},{image_folder}"
     args = [a for a in _args(image_folder, tmp_path, root, "-m", "trainer.epochs=1") if "cifar10_folder" not in a]
     done = subprocess.run([*TRAIN, *args, folders], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # the sweep ran on, and its exit says that a job did not
-    assert f"CIFAR-10 image folder not found: {tmp_path / 'nowhere'}" in done.stdout + done.stderr
+    assert f"{tmp_path / 'empty' / 'train'} must hold exactly one folder per CIFAR-10" in done.stdout + done.stderr
     assert "1 of 2 jobs were rejected, failed or held by another process" in done.stdout + done.stderr
     assert len(list(root.glob("*/" + record.SUMMARY))) == 1
     assert "1 finished" in done.stdout + done.stderr

@@ -122,7 +122,7 @@ def _check_command_line(argv: list[str]) -> tuple[Optional[str], list[str]]:
     if problem is None and not args.cfg:
         problem = torchvision_problem() or (launcher_problem(compose(points[0], hydra=True).hydra)
                                             if args.multirun else None) or _cache_problem(configs) \
-            or gpu_problem(points, configs)
+            or gpu_problem(points, configs) or _data_problem(configs)
     if problem is None and not args.cfg:  # settings that only the model can judge, for every job before any starts
         problem = model_problem(configs)
     if problem is None and args.multirun and not args.cfg:
@@ -142,6 +142,14 @@ def _cache_problem(configs: list[DictConfig]) -> Optional[str]:
         if problem := unwritable(folder, "paths.cache_dir"):
             return f"{problem} (set paths.cache_dir or NORMEXP_CACHE_DIR to a folder you can write)"
     return None
+
+
+def _data_problem(configs: list[DictConfig]) -> Optional[str]:
+    """Why a job's image folder (data.source=folder) is missing, once for the whole sweep, or None."""
+    from normexp.data.sources import missing_folder
+
+    folders = dict.fromkeys(str(c.paths.cifar10_folder) for c in configs if c.data.source == "folder")
+    return next((problem for folder in folders if (problem := missing_folder(folder))), None)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -56,14 +56,20 @@ def expand(path: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(path))).resolve()
 
 
+def missing_folder(folder: str) -> Optional[str]:
+    """Why `paths.cifar10_folder` names no folder, as one line, or None (the layout is checked on loading)."""
+    root = expand(folder)
+    if root.is_dir():
+        return None
+    return (f"CIFAR-10 image folder not found: {root}. Point paths.cifar10_folder (or the environment variable "
+            f"NORMEXP_CIFAR10_FOLDER) at a folder holding train/<class>/ and test/<class>/, or use "
+            f"data.source=torchvision runtime.download=true.")
+
+
 def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
     """List (file, label) per split, checking the train/<class>/ and test/<class>/ layout."""
-    if not root.is_dir():
-        raise DataError(
-            f"CIFAR-10 image folder not found: {root}. Point paths.cifar10_folder (or the environment variable "
-            f"NORMEXP_CIFAR10_FOLDER) at a folder holding train/<class>/ and test/<class>/, or use "
-            f"data.source=torchvision runtime.download=true."
-        )
+    if problem := missing_folder(str(root)):
+        raise DataError(problem)
     files: dict[str, list[tuple[Path, int]]] = {}
     for split in SPLITS:
         split_dir = root / split
