@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 
 from normexp.analysis.collect import load_runs
-from normexp.analysis.verdict import flat_settings
+from normexp.analysis.pooling import flat_settings
 from normexp.files import atomic
 
 REFERENCE = "reference"
