@@ -5,8 +5,9 @@ import json
 
 import pandas as pd
 
+from normexp.analysis.formatting import p_text
 from normexp.analysis.report import REFERENCES
-from normexp.analysis.verdict_text import describe_verdict, p_text
+from normexp.analysis.verdict_text import describe_verdict
 from normexp.cli.analyze import main as analyze
 from tests.test_analysis import BN, HOLDS, write_run, write_sweep
 

@@ -20,6 +20,8 @@ import math
 import pandas as pd
 from scipy import stats
 
+from normexp.analysis.formatting import mean_sd
+
 EVALUATIONS = {"population": "final_test_acc", "precise": "final_test_acc_precise",
                "batch statistics": "final_test_acc_batch"}
 
@@ -49,8 +51,7 @@ def statistics_table(runs: pd.DataFrame) -> pd.DataFrame:
         row = {"norm": norm, "batch": batch, "devices": cell["devices"].iloc[0], "n": len(cell)}
         for name, column in EVALUATIONS.items():
             values = cell[column].dropna() if column in cell else pd.Series(dtype=float)
-            row[name] = f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else (
-                f"{values.iloc[0]:.2f}" if len(values) else "")
+            row[name] = mean_sd(values) if len(values) else ""
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -21,12 +21,12 @@ from normexp import record
 from normexp.analysis import bn_decomposition as bd
 from normexp.analysis import landscape, plots
 from normexp.analysis.collect import RunTables
+from normexp.analysis.formatting import is_p_column, with_p_text
 from normexp.analysis.pooling import PoolingError, check_poolable, flat_settings, tag_norm_settings, with_axes
 from normexp.analysis.provenance import provenance_table
 from normexp.analysis.report import write_report
 from normexp.analysis.tables import accuracy_table, convergence_table, error_table, fit_table, thresholds_from
 from normexp.analysis.verdict import verdict
-from normexp.analysis.verdict_text import is_p_column, with_p_text
 from normexp.criteria import DEFAULTS, RETIRED, Criteria, load_criteria
 from normexp.files import atomic
 

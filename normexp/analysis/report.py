@@ -13,16 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from normexp.analysis.verdict_text import (
-    PARTS,
-    budget_text,
-    describe_verdict,
-    is_p_column,
-    overall,
-    p_text,
-    part_text,
-    with_p_text,
-)
+from normexp.analysis.formatting import is_p_column, p_text, with_p_text
+from normexp.analysis.verdict_text import PARTS, budget_text, describe_verdict, overall, part_text
 from normexp.files import atomic
 
 # Published test error (%) by batch size, shown beside this sweep's numbers (the GN paper's batch is
@@ -59,7 +51,7 @@ figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 
 def _table(frame: pd.DataFrame, index: bool = False, classes: str = "") -> str:
     """A DataFrame as an HTML table (headers may wrap at underscores); numbers to 2 decimals, p-values
-    by the verdict text's rule; missing values as an en dash."""
+    by formatting.p_text's rule; missing values as an en dash."""
     frame = with_p_text(frame).rename(columns=lambda c: str(c).replace("_", " "))
     return ("<div class='wide'>" + frame.to_html(index=index, border=0, na_rep="–", classes=classes or None,
                                                  float_format=lambda v: f"{v:.2f}") + "</div>")

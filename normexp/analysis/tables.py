@@ -7,6 +7,7 @@ from typing import Sequence
 import pandas as pd
 from scipy import stats
 
+from normexp.analysis.formatting import mean_sd
 from normexp.criteria import Criteria
 
 
@@ -54,17 +55,12 @@ def compare_sweeps(before: pd.DataFrame, after: pd.DataFrame, alpha: float = 0.0
                      else (float("nan"), float("nan")))
         rows.append({
             "norm": norm, "batch": batch, "n": len(new),
-            "before acc %": _mean_sd(old_acc), "after acc %": _mean_sd(new_acc),
+            "before acc %": mean_sd(old_acc), "after acc %": mean_sd(new_acc),
             "after - before": difference.mean(), "ci low": low, "ci high": high,
             "largest per-run difference": difference.abs().max(),
             "minutes before": old["compute_seconds"].sum() / 60, "minutes after": new["compute_seconds"].sum() / 60,
         })
     return pd.DataFrame(rows)
-
-
-def _mean_sd(values: pd.Series) -> str:
-    """"mean ± SD" of the seeds' accuracies; the one value alone (no SD of a single run)."""
-    return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else f"{values.mean():.2f}"
 
 
 def unpaired_runs(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, list[str]]:
