@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from normexp.analysis.formatting import is_p_column, p_text, with_p_text
-from normexp.analysis.verdict_text import PARTS, budget_text, describe_verdict, overall, part_text
+from normexp.analysis.verdict import PARTS
+from normexp.analysis.verdict_text import budget_text, describe_verdict, overall, part_text
 from normexp.files import atomic
 
 # Published test error (%) by batch size, shown beside this sweep's numbers (the GN paper's batch is

@@ -16,8 +16,15 @@ import pandas as pd
 from scipy import stats
 
 from normexp.analysis.machines import machines
-from normexp.analysis.verdict_text import SMALL_BATCH_CHECKS
 from normexp.criteria import METRICS, Criteria
+
+# The claim's two parts and each part's checks, as the verdict names them (in the order the text
+# names them); parity's one check shares its part's name.
+SMALL_BATCH, PARITY = "small_batch", "parity"
+BN_DEGRADES, GN_HOLDS, INTERACTION = "bn_degrades", "gn_holds", "interaction"
+GN_BEATS_BN = "gn_beats_bn_at_smallest_batch"
+SMALL_BATCH_CHECKS = (BN_DEGRADES, GN_HOLDS, INTERACTION, GN_BEATS_BN)
+PARTS: dict[str, tuple[str, ...]] = {SMALL_BATCH: SMALL_BATCH_CHECKS, PARITY: (PARITY,)}
 
 
 def welch_contrast(terms: Sequence[tuple[float, np.ndarray]], alpha: float) -> dict[str, float]:
@@ -135,36 +142,48 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
                               "smallest_batch": small, "epochs": epochs,
                               "trained_on": machines(runs[runs["norm"].isin([c.bn, c.gn])]),
                               "checks": {}, "parts": {}}
-    missing = {"small_batch": _missing_small_batch(groups, c, shared), "parity": _missing_parity(groups, c)}
-    ref = c.reference_batch
-    if not missing["small_batch"]:
+    missing = {SMALL_BATCH: _missing_small_batch(groups, c, shared), PARITY: _missing_parity(groups, c)}
+    if not missing[SMALL_BATCH]:
         result["checks"].update(_small_batch_checks(groups, c, shared))
-    if not missing["parity"]:
-        bn_ref, gn_ref = groups[c.bn, ref], groups[c.gn, ref]
-        parity = welch_contrast([(1, bn_ref), (-1, gn_ref)], c.alpha)
-        result["checks"]["parity"] = {
-            "holds": -c.max_parity_gap < parity["ci_low"] and parity["ci_high"] < c.max_parity_gap,
-            "required": c.require_parity, "batch_size": ref, "bn_mean": bn_ref.mean(), "gn_mean": gn_ref.mean(),
-            "n_bn": len(bn_ref), "n_gn": len(gn_ref), "gap": parity["estimate"], "ci_low": parity["ci_low"],
-            "ci_high": parity["ci_high"], "max_gap": c.max_parity_gap}
-    for part, names, required in (("small_batch", SMALL_BATCH_CHECKS, c.require_small_batch),
-                                  ("parity", ("parity",), c.require_parity)):
-        undefined = [n for n in names if n in result["checks"] and not _defined(result["checks"][n])]
-        if undefined:  # e.g. seeds that all scored the same: no spread, no bound
-            missing[part].append(f"no spread between seeds, so no bound for {', '.join(undefined)}")
-        undecided = bool(missing[part])
-        holds = not undecided and all(result["checks"][n]["holds"] for n in names)
-        result["parts"][part] = {"required": required, "assessed": required and not undecided, "undecided": undecided,
-                                 "holds": holds if required else None, "reason": "; ".join(missing[part]) or None}
-        if not required:  # reported, not assessed: no check of this part holds or fails
-            for name in set(names) & set(result["checks"]):
-                result["checks"][name]["holds"] = None
+    if not missing[PARITY]:
+        result["checks"][PARITY] = _parity_check(groups, c)
+    required = {SMALL_BATCH: c.require_small_batch, PARITY: c.require_parity}
+    for part, names in PARTS.items():
+        result["parts"][part] = _judge_part(result["checks"], names, missing[part], required[part])
     required_parts = [p for p in result["parts"].values() if p["required"]]
     failed = any(not p["undecided"] and not p["holds"] for p in required_parts)
     result["undecided"] = not failed and any(p["undecided"] for p in required_parts)
     result["holds"] = not failed and not result["undecided"]
     result["reason"] = "; ".join(dict.fromkeys(p["reason"] for p in required_parts if p["undecided"])) or None
     return _plain(result)
+
+
+def _judge_part(checks: dict[str, dict[str, Any]], names: Sequence[str], problems: list[str],
+                required: bool) -> dict[str, Any]:
+    """A part's outcome from its checks `names` and what its data lack (`problems`); a part that is not
+    required is reported, not assessed: none of its checks holds or fails (their `holds` set to None)."""
+    undefined = [n for n in names if n in checks and not _defined(checks[n])]
+    if undefined:  # e.g. seeds that all scored the same: no spread, no bound
+        problems = [*problems, f"no spread between seeds, so no bound for {', '.join(undefined)}"]
+    undecided = bool(problems)
+    holds = not undecided and all(checks[n]["holds"] for n in names)
+    if not required:
+        for name in set(names) & set(checks):
+            checks[name]["holds"] = None
+    return {"required": required, "assessed": required and not undecided, "undecided": undecided,
+            "holds": holds if required else None, "reason": "; ".join(problems) or None}
+
+
+def _parity_check(groups: Mapping[tuple[str, int], np.ndarray], c: Criteria) -> dict[str, Any]:
+    """Parity: BN - GN at the reference batch, whose two-sided (1 - alpha) CI must lie within
+    ±max_parity_gap."""
+    ref = c.reference_batch
+    bn_ref, gn_ref = groups[c.bn, ref], groups[c.gn, ref]
+    parity = welch_contrast([(1, bn_ref), (-1, gn_ref)], c.alpha)
+    return {"holds": -c.max_parity_gap < parity["ci_low"] and parity["ci_high"] < c.max_parity_gap,
+            "required": c.require_parity, "batch_size": ref, "bn_mean": bn_ref.mean(), "gn_mean": gn_ref.mean(),
+            "n_bn": len(bn_ref), "n_gn": len(gn_ref), "gap": parity["estimate"], "ci_low": parity["ci_low"],
+            "ci_high": parity["ci_high"], "max_gap": c.max_parity_gap}
 
 
 def _defined(check: Mapping[str, Any]) -> bool:
@@ -196,21 +215,21 @@ def _small_batch_checks(groups: Mapping[tuple[str, int], np.ndarray], c: Criteri
     interaction = welch_contrast([(1, bn_ref), (-1, bn_small), (-1, gn_ref), (1, gn_small)], c.alpha)
     beats = welch_contrast([(1, gn_small), (-1, bn_small)], c.alpha)
     return {
-        "bn_degrades": {"holds": drop["lower_bound"] > c.min_bn_drop, "bn_ref_mean": bn_ref.mean(),
-                        "n_ref": len(bn_ref), "bn_small_mean": bn_small.mean(), "n_small": len(bn_small),
-                        "drop": drop["estimate"], "se": drop["se"], "df": drop["df"],
-                        "lower_bound": drop["lower_bound"], "threshold": c.min_bn_drop},
-        "gn_holds": {"holds": change["lower_bound"] > -c.gn_loss_margin, "batch_size": worst, "reference_batch": ref,
-                     "gn_small_mean": groups[c.gn, worst].mean(), "gn_ref_mean": gn_ref.mean(),
-                     "n_small": len(groups[c.gn, worst]), "n_ref": len(gn_ref), "change": change["estimate"],
-                     "se": change["se"], "df": change["df"], "lower_bound": change["lower_bound"],
-                     "threshold": -c.gn_loss_margin, "pooled_over": shared, "equal_variance_p": equal_variance_p,
-                     "gn_mean_by_batch": {b: groups[c.gn, b].mean() for b in shared},
-                     "lower_bound_by_batch": {b: changes[b]["lower_bound"] for b in changes}},
-        "interaction": {"holds": interaction["lower_bound"] > 0, "estimate": interaction["estimate"],
-                        "se": interaction["se"], "df": interaction["df"],
-                        "lower_bound": interaction["lower_bound"], "threshold": 0.0},
-        "gn_beats_bn_at_smallest_batch": {
+        BN_DEGRADES: {"holds": drop["lower_bound"] > c.min_bn_drop, "bn_ref_mean": bn_ref.mean(),
+                      "n_ref": len(bn_ref), "bn_small_mean": bn_small.mean(), "n_small": len(bn_small),
+                      "drop": drop["estimate"], "se": drop["se"], "df": drop["df"],
+                      "lower_bound": drop["lower_bound"], "threshold": c.min_bn_drop},
+        GN_HOLDS: {"holds": change["lower_bound"] > -c.gn_loss_margin, "batch_size": worst, "reference_batch": ref,
+                   "gn_small_mean": groups[c.gn, worst].mean(), "gn_ref_mean": gn_ref.mean(),
+                   "n_small": len(groups[c.gn, worst]), "n_ref": len(gn_ref), "change": change["estimate"],
+                   "se": change["se"], "df": change["df"], "lower_bound": change["lower_bound"],
+                   "threshold": -c.gn_loss_margin, "pooled_over": shared, "equal_variance_p": equal_variance_p,
+                   "gn_mean_by_batch": {b: groups[c.gn, b].mean() for b in shared},
+                   "lower_bound_by_batch": {b: changes[b]["lower_bound"] for b in changes}},
+        INTERACTION: {"holds": interaction["lower_bound"] > 0, "estimate": interaction["estimate"],
+                      "se": interaction["se"], "df": interaction["df"],
+                      "lower_bound": interaction["lower_bound"], "threshold": 0.0},
+        GN_BEATS_BN: {
             "holds": beats["p_one_sided"] < c.alpha, "batch_size": small, "gn_mean": gn_small.mean(),
             "bn_mean": bn_small.mean(), "gap": beats["estimate"], "n_gn": len(gn_small), "n_bn": len(bn_small),
             "welch_t": beats["t"], "df": beats["df"], "p_value_one_sided": beats["p_one_sided"], "alpha": c.alpha},

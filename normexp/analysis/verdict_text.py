@@ -1,5 +1,6 @@
 """The claim verdict (normexp.analysis.verdict's result) in words: a few lines for one run set, or a table
-comparing several (e.g. two disjoint seed sets and both pooled)."""
+comparing several (e.g. two disjoint seed sets and both pooled). It renders only: the parts and checks
+are the verdict's (PARTS), numbers and p-values formatting's."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ from typing import Any
 import pandas as pd
 
 from normexp.analysis.formatting import num, p_spec, p_text
-
-SMALL_BATCH_CHECKS = ("bn_degrades", "gn_holds", "interaction", "gn_beats_bn_at_smallest_batch")  # the first part
-PARTS = ("small_batch", "parity")  # in the order the text names them
+from normexp.analysis.verdict import PARITY, PARTS, SMALL_BATCH, SMALL_BATCH_CHECKS
 
 
 def budget_text(result: Mapping[str, Any]) -> str:
@@ -26,9 +25,9 @@ def part_text(result: Mapping[str, Any], part: str) -> str:
     """One part's outcome, e.g. "small-batch half: HOLDS (required)"; a part the criteria do not
     require has none, e.g. "parity at 32: not assessed (not required at this budget)"."""
     state = result["parts"][part]
-    label = "small-batch half" if part == "small_batch" else f"parity at {result['reference_batch']}"
+    label = "small-batch half" if part == SMALL_BATCH else f"parity at {result['reference_batch']}"
     if not state["required"]:  # parity is a converged claim; the small-batch half is left out by parity-only presets
-        return f"{label}: not assessed (not required {'at this budget' if part == 'parity' else 'by this preset'})"
+        return f"{label}: not assessed (not required {'at this budget' if part == PARITY else 'by this preset'})"
     return f"{label}: {'UNDECIDED' if state['undecided'] else ('HOLDS' if state['holds'] else 'NO')} (required)"
 
 
@@ -66,13 +65,13 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
     if len(result.get("trained_on") or {}) > 1:
         lines.append("  runs of more than one machine (as recorded), pooled and compared: "
                      + "; ".join(f"{name} ({n} runs)" for name, n in result["trained_on"].items()))
-    if parts["small_batch"]["undecided"]:
-        lines.append(f"  small-batch half {_unjudged(parts['small_batch'])}: {parts['small_batch']['reason']}")
+    if parts[SMALL_BATCH]["undecided"]:
+        lines.append(f"  small-batch half {_unjudged(parts[SMALL_BATCH])}: {parts[SMALL_BATCH]['reason']}")
     else:
         d, g, i, b = (k[name] for name in SMALL_BATCH_CHECKS)
         lines += [
             f"  small-batch half ({gn} vs {bn}, batch sizes {', '.join(map(str, result['batch_sizes']))}; "
-            f"reference {ref}){'' if parts['small_batch']['required'] else ', not assessed'}:",
+            f"reference {ref}){'' if parts[SMALL_BATCH]['required'] else ', not assessed'}:",
             f"  {mark[d['holds']]} {bn} degrades: drop {num(d['drop'])} points ({bn} {num(d['bn_ref_mean'])}% at {ref}"
             f" -> {num(d['bn_small_mean'])}% at {small}; n={d['n_ref']}/{d['n_small']}), "
             + compare(d, f"{level} lower bound ", d["lower_bound"], ">", f"{d['threshold']:.2f}"),
@@ -88,10 +87,10 @@ def describe_verdict(result: Mapping[str, Any]) -> str:
             f"n={b['n_gn']}/{b['n_bn']}), "
             + compare(b, "one-sided p=", b["p_value_one_sided"], "<", f"{b['alpha']:g}",
                       p_spec(b["p_value_one_sided"]))]
-    if parts["parity"]["undecided"]:
-        lines.append(f"  parity {_unjudged(parts['parity'])}: {parts['parity']['reason']}")
+    if parts[PARITY]["undecided"]:
+        lines.append(f"  parity {_unjudged(parts[PARITY])}: {parts[PARITY]['reason']}")
     else:
-        p = k["parity"]
+        p = k[PARITY]
         ci = f"[{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}]"
         word = {True: " within", False: ", needed within", None: "; not assessed, criterion within"}[p["holds"]]
         lines.append(
@@ -130,7 +129,7 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             "criteria": (f"{bn} drop > {c['min_bn_drop']:g}, {gn} change at every batch > -{c['gn_loss_margin']:g}, "
                          f"alpha {c['alpha']:g}, parity ±{c['max_parity_gap']:g}, {c['min_seeds']}+ seeds"),
         }
-        if "bn_degrades" in k:
+        if any(name in k for name in SMALL_BATCH_CHECKS):
             d, g, i, b = (k[name] for name in SMALL_BATCH_CHECKS)
             column.update({
                 "BN degrades: drop (lower bound)": f"{num(d['drop'])} ({num(d['lower_bound'])}) {outcome(d)}",
@@ -139,8 +138,8 @@ def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                 "interaction (lower bound)": f"{num(i['estimate'])} ({num(i['lower_bound'])}) {outcome(i)}",
                 "GN beats BN at smallest batch: gap (p)": f"{num(b['gap'], '+.2f')} "
                                                           f"({p_text(b['p_value_one_sided'])}) {outcome(b)}"})
-        if "parity" in k:
-            p = k["parity"]
+        if PARITY in k:
+            p = k[PARITY]
             column["parity at reference: BN - GN [CI]"] = (
                 f"{num(p['gap'], '+.2f')} [{num(p['ci_low'], '+.2f')}, {num(p['ci_high'], '+.2f')}] {outcome(p)}")
         columns[label] = column
