@@ -35,6 +35,7 @@ from normexp.record.identity import (  # noqa: F401 (record's API)
     numerics_version,
     pace_setup,
     run_dir,
+    run_label,
     run_name,
 )
 from normexp.threads import this_thread_only

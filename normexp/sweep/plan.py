@@ -46,13 +46,13 @@ def job_of(overrides: Sequence[str], cfg: DictConfig, recorded: Optional[Recorde
     from normexp.config import seeds
 
     norm = cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True))
-    tag, d = record.norm_tag(norm), cfg.data
-    devices = f"x{d.devices}" if d.devices != 1 else ""
-    labels = tuple(f"{tag}_b{d.batch_size}{devices}_s{seed}" for seed in seeds(cfg))
+    data = cfg.data
+    labels = tuple(record.run_label(norm, data.batch_size, data.devices, seed) for seed in seeds(cfg))
     done = tuple(recorded.epochs_done(cfg, seed) for seed in seeds(cfg)) if recorded else ()
     return Job(tuple(overrides), labels, cfg.trainer.epochs,
-               record.pace_setup(tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset,
-                                 cfg.trainer.precision, device_kind(cfg.runtime.device)), done)
+               record.pace_setup(record.norm_tag(norm), data.batch_size, data.devices, cfg.model.depth,
+                                 cfg.model.base_width, data.train_subset, cfg.trainer.precision,
+                                 device_kind(cfg.runtime.device)), done)
 
 
 def device_kind(device: str) -> str:
