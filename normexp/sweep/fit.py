@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -28,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from normexp import record
 
 CIFAR10_TRAIN = 50_000  # the sweep trains on the whole training split unless told otherwise
 FITTED = {"trainer.epochs", "optim.milestones", "verdict.require_parity"}  # what the fit sets for the sweep
@@ -94,17 +95,17 @@ def preset(experiment: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def finished_runs(root: Path) -> int:
-    return len(list(root.glob("*/summary.json")))
+    """The runs below `root` that have ended (finished or diverged)."""
+    return sum(record.read_summary(folder) is not None for folder in record.run_folders(root))
 
 
 def probe_epochs(root: Path) -> list[dict[str, Any]]:
     """Each probe run's first two epochs' seconds (runs that did not finish both are left out)."""
     found = []
-    for metrics in sorted(root.glob("*/metrics.jsonl")):
-        epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    for folder in record.run_folders(root):
+        epochs = record.read_metrics(folder)
         if len(epochs) >= 2:
-            found.append({"run": metrics.parent.name, "epoch1_s": epochs[0]["seconds"],
-                          "epoch2_s": epochs[1]["seconds"]})
+            found.append({"run": folder.name, "epoch1_s": epochs[0]["seconds"], "epoch2_s": epochs[1]["seconds"]})
     return found
 
 

@@ -8,7 +8,7 @@ with the rest of what the job threads share) while Hydra sets it up and tears it
 of it while it trains (`hydra_released`, around `train_job` in the app). Hydra's logging is
 process-wide too: with several jobs at once the console takes Hydra's job logging without its
 per-job file (each line names its logger, so a run's lines name the run), and each run's
-`train.log` holds its own lines and, while it trains, its job thread's (record.shared_lines).
+`train.log` holds its own lines and, while it trains, its job thread's (normexp.train.run_log).
 
 Each run keeps its folder, lock, checkpoint and record as under any launcher; a failing job does
 not stop the others (the app notes it for the sweep's report); Ctrl-C or a kill ends every job,

@@ -77,9 +77,9 @@ def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
     Reads only each run's identity and summary, so it takes a moment even over every committed run."""
     found: dict[tuple[Any, ...], list[tuple[float, str]]] = {}  # setup -> (seconds per epoch, device) per run
     for root in (r for r in roots if r.is_dir()):
-        for path in root.rglob(record.SUMMARY):
+        for folder in (path.parent for path in root.rglob(record.SUMMARY)):
             try:
-                summary, ident = record.read_json(path), record.read_json(path.parent / record.IDENTITY)
+                summary, ident = record.read_summary(folder), record.read_identity(folder)
             except record.DamagedRecord:
                 continue  # the analysis, and training the run, name it
             if not summary or not ident or summary.get("status") != record.FINISHED or not summary.get("epochs_done"):

@@ -5,12 +5,12 @@ run-epochs left at the pace of those this sweep trained."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from normexp import record
 from normexp.files import atomic
 
 log = logging.getLogger("normexp")
@@ -79,7 +79,9 @@ def job_ended(sweep_dir: Path, job_dir: Path, number: int) -> None:
 
 
 def _read(path: Path) -> Optional[dict[str, Any]]:
+    """A progress file's object, or None where it is missing or damaged: a sweep's progress lines
+    are not worth stopping its training for."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return record.read_json(path)
+    except record.DamagedRecord:
         return None

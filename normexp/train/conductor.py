@@ -27,6 +27,7 @@ from normexp.train.bn_evaluation import EvaluationPlan
 from normexp.train.epochs import EpochListener
 from normexp.train.optim import scaled_lr
 from normexp.train.progress import StepProgress
+from normexp.train.run_log import run_logger, shared_lines
 from normexp.train.run_state import RunState
 from normexp.train.runtime import Environment
 from normexp.train.step import check_capturable
@@ -62,7 +63,7 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
         if runs:
             with ExitStack() as setup:  # the job's set-up lines (threads, environment) go to every run's log
                 for run in runs:
-                    setup.enter_context(record.shared_lines(run.directory))
+                    setup.enter_context(shared_lines(run.directory))
                 env = _check_resumable(cfg, runs, env)
                 log.info("training on %s, %d torch thread(s), %s step, %s layout", runtime.device_name(env.device),
                          env.threads, "captured" if env.captured else "eager", runtime.layout(env.layout))
@@ -103,14 +104,14 @@ def _open_runs(stack: ExitStack, configs: list[DictConfig], models: list[nn.Modu
             log.info("%s is being trained by another process; skipping it", directory)
             continue
         record.remove_stale_temps(directory)
-        summary = record.read_json(directory / record.SUMMARY)
+        summary = record.read_summary(directory)
         if summary is not None:
             log.info("%s already done (%s); skipping it", directory.name, summary["status"])
             summaries.append(summary)
             on_epoch(directory.name, summary["epochs_done"], False)
             continue
         open_files = stack.enter_context(ExitStack())  # closed early when the run finishes (_train_pack)
-        run_log = open_files.enter_context(record.run_logger(directory))
+        run_log = open_files.enter_context(run_logger(directory))
         tracker = open_files.enter_context(trackers.open_run(config, directory, run_log))
         runs.append(RunState(config, directory, run_log, model, tracker, open_files=open_files))
     return runs, summaries
@@ -163,7 +164,7 @@ def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, env: Enviro
                                 position=bar_position)
         for run in group:  # the job's shared lines go to the logs of the runs training now
             run_state.record_start(run, env)
-            run.open_files.enter_context(record.shared_lines(run.directory))
+            run.open_files.enter_context(shared_lines(run.directory))
         with progress.logging_above_bars():
             _train_pack(cfg, group, pack, train, EvaluationPlan.of(cfg, test, train, member_seeds), env, data.source,
                         on_epoch, progress)
