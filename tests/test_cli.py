@@ -46,7 +46,7 @@ def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_pa
     for value in ("0", "1"):
         assert f"seed={value}): CIFAR-10 image folder not found" in out, out
     assert "no job of this sweep trained" in out
-    assert "job 1 of 2 started" in out and "2 of 2 ended" in out  # sweep-level progress (no ETA: nothing trained)
+    assert "job 1 of 2 started" in out and "jobs ended so far: 2 of 2" in out  # sweep-level (no ETA: nothing trained)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -36,6 +36,9 @@ from normexp.threads import HYDRA_GATE, SHARED_PROCESS, holding
 
 log = logging.getLogger("normexp")
 
+# hydra/launcher=threads's class, in the package where Hydra finds launchers (hydra_plugins/normexp_launcher)
+THREADS_LAUNCHER = "hydra_plugins.normexp_launcher.threads_launcher.ThreadsLauncher"
+
 
 @contextmanager
 def hydra_released() -> Iterator[None]:
@@ -84,9 +87,6 @@ def concurrent_jobs(n_jobs: Optional[int], jobs: int, cuda: bool) -> int:
     """Jobs at a time: `n_jobs` (null: every job on a GPU, 1 on CPU), at most MAX_CUDA_JOBS on a GPU."""
     if not cuda:
         return n_jobs or 1
-    if n_jobs and n_jobs > MAX_CUDA_JOBS:
-        log.warning("hydra.launcher.n_jobs=%d: at most %d jobs run at once on a GPU (CUDA's stream pool)",
-                    n_jobs, MAX_CUDA_JOBS)
     return min(n_jobs or jobs, MAX_CUDA_JOBS)
 
 
@@ -98,6 +98,9 @@ def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_ov
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     cuda = _cuda()
     workers = concurrent_jobs(n_jobs, len(job_overrides), cuda)
+    if cuda and n_jobs and n_jobs > MAX_CUDA_JOBS:
+        log.warning("hydra.launcher.n_jobs=%d: at most %d jobs run at once on a GPU (CUDA's stream pool)",
+                    n_jobs, MAX_CUDA_JOBS)
     log.info("Launching %d jobs in this process, %d at a time%s", len(job_overrides), workers,
              ", each on its own CUDA stream" if cuda else "")
     configs = []

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normexp import record
 from normexp.locations import CONF_DIR
+from normexp.sweep.launcher import THREADS_LAUNCHER, concurrent_jobs
 from normexp.sweep.recorded import Recorded
 
 COMMITTED = CONF_DIR.parent / "results"
@@ -152,9 +153,18 @@ def sweep_plan(overrides: Sequence[str], points: Sequence[Sequence[str]],
     recorded = Recorded()
     jobs = [job_of(point, cfg, recorded) for point, cfg in zip(points, configs)]
     launcher = compose(points[0], hydra=True).hydra.launcher
-    n_jobs = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
-    if n_jobs < 0:  # joblib's convention: -1 = every core, -2 = all but one, ...
-        n_jobs = max(1, len(os.sched_getaffinity(0)) + 1 + n_jobs)
-    parallel = max(1, min(len(jobs), n_jobs))
+    parallel = jobs_at_once(launcher, len(jobs), device_kind(configs[0].runtime.device) == "gpu")
     root = Path(configs[0].paths.results_root).expanduser()
     return jobs, parallel, recorded_pace([root, COMMITTED])
+
+
+def jobs_at_once(launcher: DictConfig, jobs: int, gpu: bool) -> int:
+    """How many of a sweep's `jobs` its launcher (hydra.launcher) trains at once: its `n_jobs`
+    (joblib's -1 every core, -2 all but one, ...; hydra/launcher=threads: launcher.concurrent_jobs)
+    or `array_parallelism` (SLURM), else one (Hydra's basic launcher runs them one after another)."""
+    if launcher.get("_target_") == THREADS_LAUNCHER:
+        return min(jobs, concurrent_jobs(launcher.get("n_jobs"), jobs, gpu))
+    n_jobs = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
+    if n_jobs < 0:
+        n_jobs = len(os.sched_getaffinity(0)) + 1 + n_jobs
+    return max(1, min(jobs, n_jobs))

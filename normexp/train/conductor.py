@@ -40,14 +40,15 @@ def load_data(cfg: DictConfig) -> CifarArrays:
 
 
 def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Optional[EpochListener] = None,
-              bar_position: int = 0) -> list[dict[str, Any]]:
+              alone: bool = True) -> list[dict[str, Any]]:
     """Train the configured run, or the runs of `seed=[...]` packed as one model; return summaries.
 
     Each run resumes if it was interrupted and is skipped if it has finished; runs that another
     process holds are left out of the result. All settings are checked before any data is decoded
     or any step is trained. Torch threads: `runtime.threads`, else those a resumed run started with,
     else `auto_threads` (the launcher's share of the cores). `on_epoch` hears of every run's
-    epochs (a sweep's progress line); `bar_position` is the terminal line of this job's progress bar.
+    epochs (a sweep's progress line); `alone`: no other job trains at once on this console, so
+    the job may draw its progress as a bar (`runtime.progress`).
     """
     validate(cfg)
     trackers.require(cfg)
@@ -68,7 +69,7 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
                 log.info("training on %s, %d torch thread(s), %s step, %s layout", runtime.device_name(env.device),
                          env.threads, "captured" if env.captured else "eager", runtime.layout(env.layout))
             try:
-                _train(cfg, runs, data, env, hook, bar_position)
+                _train(cfg, runs, data, env, hook, alone)
             except Exception as error:
                 for run in runs:
                     if run.summary is None:
@@ -144,7 +145,7 @@ def _packs(cfg: DictConfig, runs: list[RunState], device: torch.device) -> list[
 
 
 def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, env: Environment, on_epoch: EpochListener,
-           bar_position: int) -> None:
+           alone: bool) -> None:
     for run in runs:
         run_state.start(run, data.digest, env.device)
         on_epoch(run.directory.name, len(run.metrics), False)
@@ -160,8 +161,8 @@ def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, env: Enviro
             run.model.to(env.device, memory_format=env.layout)  # type: ignore[call-overload]  # torch's overloads lack it
         member_seeds = [run.cfg.seed for run in group]
         train = harness.train_batches(cfg, train_x, train_y, data.mean, data.std, member_seeds, env)
-        progress = StepProgress(label=" ".join(run.directory.name for run in group), bar=cfg.runtime.progress,
-                                position=bar_position)
+        progress = StepProgress(label=" ".join(run.directory.name for run in group),
+                                bar=cfg.runtime.progress and alone)
         for run in group:  # the job's shared lines go to the logs of the runs training now
             run_state.record_start(run, env)
             run.open_files.enter_context(shared_lines(run.directory))
