@@ -63,6 +63,26 @@ def test_a_job_that_is_not_alone_on_the_console_draws_no_bar_on_a_terminal(make_
     assert bars == []
 
 
+def test_a_progress_bar_makes_no_multiprocessing_semaphore():
+    """A job alone in a joblib worker process (a sweep of one job) still draws its bar; tqdm's
+    default lock would add a multiprocessing semaphore that Ctrl-C leaks (resource_tracker's warning)."""
+    probe = ("import sys, multiprocessing.synchronize as mp\n"
+             "made = []\n"
+             "init = mp.SemLock.__init__\n"
+             "mp.SemLock.__init__ = lambda self, *a, **k: (made.append(1), init(self, *a, **k))[1]\n"
+             "sys.stderr.isatty = lambda: True\n"
+             "from normexp.train.progress import StepProgress\n"
+             "bar = StepProgress('bn_b8_s0_x', bar=True)\n"
+             "bar.start(1, 1, 10)\n"
+             "bar.update(5, 10, 8, [2.3])\n"
+             "bar.close()\n"
+             "print('semaphores:', len(made))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.stdout.strip() == "semaphores: 0", done.stdout + done.stderr
+    assert "bn_b8_s0_x epoch 1/1" in done.stderr  # the bar was drawn
+
+
 def test_a_jobs_end_names_it_apart_from_the_count_of_ended_jobs(tmp_path, caplog):
     progress.start(tmp_path, 4, None)
     (tmp_path / "1").mkdir()  # job 2's folder (Hydra numbers them from 0)

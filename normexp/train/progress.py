@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger("normexp")
+
+# tqdm's default lock adds a multiprocessing one, whose semaphore a worker process (joblib's) stopped
+# by Ctrl-C leaks (resource_tracker's warning at exit); one process draws the bars, a thread lock does
+BAR_LOCK = threading.RLock()
 
 
 @dataclass
@@ -35,6 +40,7 @@ class StepProgress:
         self._epoch, self._start = f"epoch {epoch}/{epochs}", time.perf_counter()
         self._last = self._start
         if self.bar and sys.stderr.isatty():
+            tqdm.set_lock(BAR_LOCK)
             self._bar = tqdm(total=steps, desc=f"{self.label} {self._epoch}", leave=False, unit="step")
 
     def update(self, step: int, steps: int, images_per_step: int, losses: list[float]) -> None:
