@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -106,6 +107,7 @@ def test_the_sweeps_process_relays_the_progress_of_jobs_that_log_to_files(tmp_pa
     callback, config = SweepReport(run_epochs=4), _sweep_config(tmp_path, target)
     with caplog.at_level(logging.INFO, logger="normexp"):
         callback.on_multirun_start(config)
+        assert pickle.loads(pickle.dumps(callback)).relay is None  # as submitit sends it to each job
         # a job in another process (submitit's) trains an epoch: its progress file, and its line in its own log
         atomic.write_json(tmp_path / "sweep" / progress.PROGRESS / "bn_b8_s0_1234abcd.json", {"done": 1, "trained": 1})
         deadline = time.monotonic() + 10

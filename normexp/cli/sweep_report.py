@@ -42,6 +42,11 @@ class SweepReport(Callback):
         self.run_epochs = run_epochs
         self.relay: Optional[progress.Relay] = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Submitit pickles the launcher, callbacks included, for each job: the relay (a thread of
+        the sweep's own process) stays behind."""
+        return {**self.__dict__, "relay": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         progress.start(sweep_dir, _job_count(config), self.run_epochs)
