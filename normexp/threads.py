@@ -9,15 +9,13 @@ normexp.sweep.launcher), in one place. Plain threading primitives: no torch, no 
   sweep (normexp.train.step.capture_failed).
 - HYDRA_GATE and `holding`: Hydra's per-job state (HydraConfig) is process-wide, so a job holds
   the gate while Hydra sets it up and tears it down, and lets go of it while it trains.
-- `this_thread_only`: a log filter for a run's log, which takes the job's shared lines from the
-  thread that trains it only (normexp.record.shared_lines).
+
+A run's log takes the job's shared lines from the thread that trains it only: normexp.train.run_log.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from typing import Callable
 
 GLOBAL_RNG = threading.Lock()
 CAPTURING = threading.Lock()
@@ -25,9 +23,3 @@ SHARED_PROCESS = threading.Event()
 HYDRA_GATE = threading.Lock()
 holding = threading.local()  # holding.gate: whether this thread holds HYDRA_GATE for its job's set-up
 
-
-def this_thread_only() -> Callable[[logging.LogRecord], bool]:
-    """A log filter that takes the shared `normexp` lines logged from the calling thread, and no
-    run's own lines (logger normexp.run.*: each run's own handler writes those)."""
-    thread = threading.get_ident()
-    return lambda rec: rec.thread == thread and not rec.name.startswith("normexp.run.")

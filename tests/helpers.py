@@ -19,8 +19,8 @@ from normexp import record
 from normexp.compose import compose
 from normexp.data.sources import CLASSES
 
-TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s", "capture_seconds", "fill_seconds",
-          "loop_seconds"}
+TIMING = {"seconds", "train_seconds", "eval_seconds", "images_per_s", "capture_seconds", "compile_seconds",
+          "fill_seconds", "loop_seconds"}
 
 
 def tiny_run(image_folder: Path, tmp_path: Path, results_root: Path | None = None) -> list[str]:

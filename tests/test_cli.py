@@ -47,7 +47,7 @@ def test_a_sweep_whose_every_job_is_rejected_lists_them_and_exits_nonzero(tmp_pa
     for value in ("0", "1"):
         assert f"seed={value}): {tmp_path / 'empty' / 'train'} must hold exactly one folder" in out, out
     assert "no job of this sweep trained" in out
-    assert "job 1 of 2 started" in out and "2 of 2 ended" in out  # sweep-level progress (no ETA: nothing trained)
+    assert "job 1 of 2 started" in out and "jobs ended so far: 2 of 2" in out  # sweep-level (no ETA: nothing trained)
 
 
 def test_a_sweep_with_a_missing_image_folder_is_refused_before_any_job_starts(tmp_path, image_folder):

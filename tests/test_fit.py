@@ -83,3 +83,18 @@ def test_bad_input_is_refused_in_one_line_with_exit_2(capsys, override, problem)
     assert fit_cli.main(["--seconds", "60", "--out", "/nonexistent", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("normexp-fit: " + problem) and "\n" not in err
+
+
+def _probe_run(root: Path, name: str, epochs: list[dict]) -> None:
+    """A probe run's folder as training leaves it: an identity and its epochs' records."""
+    (root / name).mkdir(parents=True)
+    (root / name / "identity.json").write_text("{}")
+    (root / name / "metrics.jsonl").write_text("".join(json.dumps(epoch) + "\n" for epoch in epochs))
+
+
+def test_the_probe_takes_the_recorded_compilation_and_infers_it_only_from_older_records(tmp_path):
+    _probe_run(tmp_path, "recorded", [{"seconds": 40.0, "compile_seconds": 25.0}, {"seconds": 10.0}])
+    _probe_run(tmp_path, "older", [{"seconds": 40.0}, {"seconds": 10.0}])  # trained before it was recorded
+    _probe_run(tmp_path, "one_epoch", [{"seconds": 40.0}])
+    runs = fit.probe_epochs(tmp_path)
+    assert [(r["run"], r["compile_s"]) for r in runs] == [("older", 30.0), ("recorded", 25.0)]

@@ -4,6 +4,7 @@ p + (-lr)*g in one op, so the two agree to float rounding, not bit for bit: the 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -45,17 +46,18 @@ def test_device_sgd_is_torch_sgd_with_a_tensor_rate(nesterov):
     assert ours.state_dict()["state"].keys() == torchs.state_dict()["state"].keys()
 
 
-def _harness(overrides: list[str], members: int, device: str, capture: bool, layout: bool = False) -> harness.Harness:
-    """A width-16 ResNet-8 of `members` seeds packed, built through the harness on 48 random images
-    in batches of 4 per device, over 2 epochs; its step eager or the device step (`capture`)."""
+def _harness(overrides: list[str], members: int, device: str, capture: bool, layout: bool = False,
+             images: int = 48) -> harness.Harness:
+    """A width-16 ResNet-8 of `members` seeds packed, built through the harness on `images` random
+    images in batches of 4 per device, over 2 epochs; its step eager or the device step (`capture`)."""
     cfg = compose([*overrides, "trainer.epochs=2", "model.base_width=16", "data.batch_size=4",
                    f"runtime.device={device}", f"runtime.channels_last={str(layout).lower()}"])
     pack = harness.pack([harness.seeded_model(harness.run_config(cfg, seed)) for seed in range(members)])
     env = runtime.job_environment(cfg, pack.model, capture)
     harness.prepare_model(pack.model, cfg, env)
-    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    labels = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(1))
-    train = harness.train_batches(cfg, images.to(env.device), labels.to(env.device), torch.full((3,), 0.5),
+    pixels = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 10, (images,), generator=torch.Generator().manual_seed(1))
+    train = harness.train_batches(cfg, pixels.to(env.device), labels.to(env.device), torch.full((3,), 0.5),
                                   torch.full((3,), 0.25), range(members), env)
     return harness.build(cfg, pack, train, env, 2, compile_mode=None)
 
@@ -257,6 +259,44 @@ def test_a_failed_capture_names_the_norm_and_stops_a_shared_process_on_a_torch_i
         step.capture_failed("brn", error, shared=True, poisons=True)
     assert exited.value.args == (3,)
     assert "the sweep stops here: rerun it without norm=brn, and norm=brn with runtime.capture=false" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["eager", "device"])
+def test_a_compiled_forward_records_its_compilation_in_the_epoch_it_compiles(kind):
+    """compile_seconds times the step that compiles the forward (here with a backend that takes 2 s),
+    in the first epoch only."""
+    from normexp.train.step import DeviceStep, EagerStep
+
+    def two_second_backend(graph: torch.fx.GraphModule, inputs: list) -> Callable:
+        time.sleep(2.0)
+        return graph.forward
+
+    trainer = _harness(["norm=bn"], 1, "cpu", capture=kind == "device", images=16)
+    forward = torch.compile(trainer.pack.model, backend=two_second_backend)
+    cpu = torch.device("cpu")
+    trainer.step = (EagerStep(trainer.pack, forward, trainer.optimizer, cpu) if kind == "eager" else
+                    DeviceStep(trainer.pack, forward, trainer.optimizer, trainer.train, cpu, False, "bn"))
+    compiled, after = (trainer.epoch(epoch, 2).records[0] for epoch in (1, 2))
+    assert 2.0 <= compiled["compile_seconds"] < compiled["train_seconds"]
+    assert "compile_seconds" not in after
+
+
+def test_a_compilation_is_timed_again_only_when_frozen_bn_changes_the_layers_mode():
+    from normexp.train.step import Compilation
+
+    cpu, slow = torch.device("cpu"), lambda: time.sleep(0.2)
+    compilation = Compilation(torch.compile(torch.nn.Linear(2, 2)))
+    timed = []
+    for frozen in (False, False, True, True):  # FrozenBN's switch before the third epoch
+        compilation.start_epoch(frozen)
+        compilation.run(slow, cpu)
+        compilation.run(slow, cpu)  # a second step of the epoch never compiles
+        timed.append(compilation.seconds)
+    assert 0.2 <= timed[0] < 0.4 and 0.2 <= timed[2] < 0.4 and timed[1] == timed[3] == 0.0
+    eager = Compilation(torch.nn.Linear(2, 2))
+    eager.start_epoch(False)
+    eager.run(slow, cpu)
+    assert eager.seconds == 0.0
 
 
 def test_a_compiled_forward_is_recognised_for_the_warm_up_lock():

@@ -12,10 +12,12 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from normexp.sweep import launcher
+
 
 @dataclass
 class ThreadsLauncherConf:
-    _target_: str = "hydra_plugins.normexp_launcher.threads_launcher.ThreadsLauncher"
+    _target_: str = launcher.THREADS_LAUNCHER
     # jobs training at once, each in a thread with its own CUDA stream; null = every job of the
     # sweep on a GPU, one after another on CPU (where parallel jobs belong in processes: joblib)
     n_jobs: Optional[int] = None
@@ -35,7 +37,6 @@ class ThreadsLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from normexp.sweep.launcher import launch
-
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        return launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx, self.n_jobs)
+        return launcher.launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx,
+                               self.n_jobs)

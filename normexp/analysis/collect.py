@@ -101,14 +101,13 @@ def load_runs(root: Path, *more: Path) -> RunTables:
     """Read every run folder (one holding identity.json) below `root` and `more`, skipping hidden ones."""
     rows, epoch_rows, loss_rows = [], [], []
     for directory in _run_folders((root, *more)):
-        identity_path = directory / record.IDENTITY
-        ident = record.read_json(identity_path)
+        ident = record.read_identity(directory)
         if ident is None:  # gone since the walk found it
             continue
         columns = record.columns(ident)
-        summary = record.read_json(directory / record.SUMMARY)
+        summary = record.read_summary(directory)
         status, reason = record.status(directory, summary)
-        metrics = record.read_jsonl(directory / record.METRICS)
+        metrics = record.read_metrics(directory)
         record.metrics_agree(directory / record.METRICS, metrics, summary)
         if (directory / record.STARTS).is_file() and not record.read_jsonl(directory / record.STARTS):
             raise record.DamagedRecord(directory / record.STARTS, "empty")  # a start writes a line; provenance reads it

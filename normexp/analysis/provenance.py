@@ -25,7 +25,7 @@ def provenance_row(directory: Path) -> dict[str, Any]:
     """One run's row: short code commits, machines (`machines.machine`) and threads of its starts,
     the number of starts recorded (`not recorded` before starts were logged), and its compute
     minutes (None before it has ended)."""
-    summary = record.read_json(directory / record.SUMMARY)
+    summary = record.read_summary(directory)
     logged = record.read_jsonl(directory / record.STARTS)
     starts = logged or ([summary] if summary else [])  # a run from before starts were logged: its summary's
     seconds = summary.get("compute_seconds") if summary else None

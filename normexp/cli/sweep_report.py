@@ -1,8 +1,10 @@
 """Hydra callback: a sweep's progress lines and its end-of-sweep report (normexp.sweep).
 
 The planned run-epochs come from the command line's plan (normexp-train sets the callback's
-`run_epochs`); each job logs "job i of n" when it starts and ends, with the sweep's ETA, and the
-sweep exits 1 when any job was rejected, failed or held by another process, or a run diverged.
+`run_epochs`); each job logs "job i of n started" and "job i ended", with the sweep's ETA (where
+the jobs' output goes to files, as under submitit, the sweep's own process relays the progress
+lines), and the sweep exits 1 when any job was rejected, failed or held by another process, or a
+run diverged.
 """
 
 from __future__ import annotations
@@ -38,9 +40,18 @@ class SweepReport(Callback):
 
     def __init__(self, run_epochs: Optional[int] = None) -> None:
         self.run_epochs = run_epochs
+        self.relay: Optional[progress.Relay] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Submitit pickles the launcher, callbacks included, for each job: the relay (a thread of
+        the sweep's own process) stays behind."""
+        return {**self.__dict__, "relay": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        progress.start(Path(config.hydra.sweep.dir), _job_count(config), self.run_epochs)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        progress.start(sweep_dir, _job_count(config), self.run_epochs)
+        if progress.jobs_log_elsewhere(config.hydra.launcher):
+            self.relay = progress.Relay(sweep_dir)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _in_sweep():
@@ -55,5 +66,7 @@ class SweepReport(Callback):
                            HydraConfig.get().job.num + 1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.relay is not None:
+            self.relay.stop()
         if report(Path(config.hydra.sweep.dir), Path(config.paths.results_root).expanduser()):
             sys.exit(1)

@@ -43,9 +43,9 @@ def app(cfg: DictConfig) -> None:
             # under SLURM the CPU affinity is this job's allocation: other jobs on the node don't share it
             others = running if "SLURM_JOB_ID" not in os.environ else 1
             threads = default_threads(HydraConfig.get().launcher.get("n_jobs"), others)
-            on_epoch, position = _sweep_progress() if multirun else None, _bar_position(multirun)
+            on_epoch, alone = _sweep_progress() if multirun else None, _alone_on_console(cfg, multirun)
             with hydra_released():  # hydra/launcher=threads: the sweep's other jobs in this process go on
-                summaries = train_job(cfg, auto_threads=threads, on_epoch=on_epoch, bar_position=position)
+                summaries = train_job(cfg, auto_threads=threads, on_epoch=on_epoch, alone=alone)
     except (ConfigError, DataError, DamagedRecord) as error:
         log.error("%s", error)
         if not multirun:
@@ -87,10 +87,17 @@ def _sweep_progress():
     return lambda run, done, trained: epoch_done(sweep_dir, run, done, trained)
 
 
-def _bar_position(multirun: bool) -> int:
-    """Parallel jobs' progress bars each on a line of their own."""
-    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
-    return HydraConfig.get().job.num % n_jobs if multirun and n_jobs > 1 else 0
+def _alone_on_console(cfg: DictConfig, multirun: bool) -> bool:
+    """Whether no other job trains at once on this console (so this one may draw a progress bar): a
+    single run, or a job of a sweep whose launcher trains its jobs one after another."""
+    if not multirun:
+        return True
+    from normexp.sweep.plan import device_kind, jobs_at_once
+    from normexp.sweep.progress import sweep_of
+
+    sweep = sweep_of(Path(HydraConfig.get().sweep.dir))
+    gpu = device_kind(cfg.runtime.device) == "gpu"
+    return sweep is not None and jobs_at_once(HydraConfig.get().launcher, sweep["jobs"], gpu) == 1
 
 
 def _note_job_problem(kind: str, message: str) -> None:

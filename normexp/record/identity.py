@@ -77,12 +77,17 @@ def numerics_version(ident: Mapping[str, Any]) -> int:
     return int(ident.get("numerics", 1))
 
 
+def run_label(norm: Mapping[str, Any], batch_size: int, devices: int, seed: int) -> str:
+    """A run's name without its hash, e.g. `gn8_b4x8_s1`: norm, images per device x devices (left
+    out for one device), seed."""
+    return f"{norm_tag(norm)}_b{batch_size}{f'x{devices}' if devices != 1 else ''}_s{seed}"
+
+
 def run_name(ident: Mapping[str, Any]) -> str:
-    """e.g. `gn8_b4x8_s1_3f2a9c1e`: norm, images per device x devices, seed, hash of the identity."""
+    """e.g. `gn8_b4x8_s1_3f2a9c1e`: the run's label (`run_label`) and the hash of its identity."""
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     data = ident["data"]
-    devices = f"x{data['devices']}" if data["devices"] != 1 else ""
-    return f"{norm_tag(ident['norm'])}_b{data['batch_size']}{devices}_s{ident['seed']}_{digest}"
+    return f"{run_label(ident['norm'], data['batch_size'], data['devices'], ident['seed'])}_{digest}"
 
 
 def run_dir(cfg: DictConfig, data_digest: str) -> Path:

@@ -3,10 +3,10 @@
 1. `probe` runs the sweep's jobs at once for 2 epochs of a stratified subset of the training set,
    so each batch size keeps its share of the steps. The jobs time-share the machine, so the longest
    job (the smallest batch, the most steps) ends about when the whole probe's work is done: its 2
-   epochs, less its compilation (epoch 1 minus epoch 2), are 2 epochs of the whole sweep's work,
-   scaled to the full training set. Start-up (processes, data) is the probe's wall time before that
-   job's first epoch; compilation is added once more for the sweep. A probe whose jobs fail is
-   rerun with the step uncaptured, then fully eager as well (FALLBACKS).
+   epochs, less its compilation (`compile_seconds`), are 2 epochs of the whole sweep's work, scaled
+   to the full training set. Start-up (processes, data) is the probe's wall time before that job's
+   first epoch; compilation is added once more for the sweep. A probe whose jobs fail is rerun with
+   the step uncaptured, then fully eager as well (FALLBACKS).
 2. `budget`: epochs = floor((allowance left - start-up - compilation) / (margin x the sweep's
    epoch)), at most the preset's. A step schedule's milestones are scaled to that many epochs
    (`scaled_milestones`), and parity is required only at the preset's full, converged budget.
@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -28,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from normexp import record
 
 CIFAR10_TRAIN = 50_000  # the sweep trains on the whole training split unless told otherwise
 FITTED = {"trainer.epochs", "optim.milestones", "verdict.require_parity"}  # what the fit sets for the sweep
@@ -94,18 +95,28 @@ def preset(experiment: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def finished_runs(root: Path) -> int:
-    return len(list(root.glob("*/summary.json")))
+    """The runs below `root` that have ended (finished or diverged)."""
+    return sum(record.read_summary(folder) is not None for folder in record.run_folders(root))
 
 
 def probe_epochs(root: Path) -> list[dict[str, Any]]:
-    """Each probe run's first two epochs' seconds (runs that did not finish both are left out)."""
+    """Each probe run's first two epochs' seconds and its compilation's (runs that did not finish
+    both epochs are left out)."""
     found = []
-    for metrics in sorted(root.glob("*/metrics.jsonl")):
-        epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    for folder in record.run_folders(root):
+        epochs = record.read_metrics(folder)
         if len(epochs) >= 2:
-            found.append({"run": metrics.parent.name, "epoch1_s": epochs[0]["seconds"],
-                          "epoch2_s": epochs[1]["seconds"]})
+            found.append({"run": folder.name, "epoch1_s": epochs[0]["seconds"], "epoch2_s": epochs[1]["seconds"],
+                          "compile_s": compile_seconds(epochs)})
     return found
+
+
+def compile_seconds(epochs: list[dict[str, Any]]) -> float:
+    """A run's compilation: its epochs' recorded `compile_seconds` (normexp.train.step), or in a record
+    without them (older code) its first epoch's seconds less its second's."""
+    if any("compile_seconds" in epoch for epoch in epochs):
+        return sum(epoch.get("compile_seconds", 0.0) for epoch in epochs)
+    return epochs[0]["seconds"] - epochs[1]["seconds"]
 
 
 def probe(sweep: Sweep, overrides: list[str], probe_images: int, train_images: int,
@@ -129,7 +140,7 @@ def probe(sweep: Sweep, overrides: list[str], probe_images: int, train_images: i
 def _probe_timing(runs: list[dict[str, Any]], wall: float, probe_images: int, train_images: int) -> dict[str, Any]:
     """The sweep's start-up, compilation and epoch seconds from a probe's runs (see the module's 1.)."""
     longest = max(runs, key=lambda r: r["epoch1_s"] + r["epoch2_s"])
-    compile_s = max(r["epoch1_s"] - r["epoch2_s"] for r in runs)
+    compile_s = max(r["compile_s"] for r in runs)
     two_epochs = longest["epoch1_s"] + longest["epoch2_s"] - compile_s
     return {"probe_images": probe_images, "probe_wall_s": wall,
             "startup_s": max(wall - longest["epoch1_s"] - longest["epoch2_s"], 0.0), "compile_s": compile_s,

@@ -8,7 +8,7 @@ with the rest of what the job threads share) while Hydra sets it up and tears it
 of it while it trains (`hydra_released`, around `train_job` in the app). Hydra's logging is
 process-wide too: with several jobs at once the console takes Hydra's job logging without its
 per-job file (each line names its logger, so a run's lines name the run), and each run's
-`train.log` holds its own lines and, while it trains, its job thread's (record.shared_lines).
+`train.log` holds its own lines and, while it trains, its job thread's (normexp.train.run_log).
 
 Each run keeps its folder, lock, checkpoint and record as under any launcher; a failing job does
 not stop the others (the app notes it for the sweep's report); Ctrl-C or a kill ends every job,
@@ -35,6 +35,9 @@ from omegaconf import DictConfig, open_dict
 from normexp.threads import HYDRA_GATE, SHARED_PROCESS, holding
 
 log = logging.getLogger("normexp")
+
+# hydra/launcher=threads's class, in the package where Hydra finds launchers (hydra_plugins/normexp_launcher)
+THREADS_LAUNCHER = "hydra_plugins.normexp_launcher.threads_launcher.ThreadsLauncher"
 
 
 @contextmanager
@@ -84,9 +87,6 @@ def concurrent_jobs(n_jobs: Optional[int], jobs: int, cuda: bool) -> int:
     """Jobs at a time: `n_jobs` (null: every job on a GPU, 1 on CPU), at most MAX_CUDA_JOBS on a GPU."""
     if not cuda:
         return n_jobs or 1
-    if n_jobs and n_jobs > MAX_CUDA_JOBS:
-        log.warning("hydra.launcher.n_jobs=%d: at most %d jobs run at once on a GPU (CUDA's stream pool)",
-                    n_jobs, MAX_CUDA_JOBS)
     return min(n_jobs or jobs, MAX_CUDA_JOBS)
 
 
@@ -98,6 +98,9 @@ def launch(config: DictConfig, context: HydraContext, task: TaskFunction, job_ov
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     cuda = _cuda()
     workers = concurrent_jobs(n_jobs, len(job_overrides), cuda)
+    if cuda and n_jobs and n_jobs > MAX_CUDA_JOBS:
+        log.warning("hydra.launcher.n_jobs=%d: at most %d jobs run at once on a GPU (CUDA's stream pool)",
+                    n_jobs, MAX_CUDA_JOBS)
     log.info("Launching %d jobs in this process, %d at a time%s", len(job_overrides), workers,
              ", each on its own CUDA stream" if cuda else "")
     configs = []

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normexp import record
 from normexp.locations import CONF_DIR
+from normexp.sweep.launcher import THREADS_LAUNCHER, concurrent_jobs
 from normexp.sweep.recorded import Recorded
 
 COMMITTED = CONF_DIR.parent / "results"
@@ -46,13 +47,13 @@ def job_of(overrides: Sequence[str], cfg: DictConfig, recorded: Optional[Recorde
     from normexp.config import seeds
 
     norm = cast("dict[str, Any]", OmegaConf.to_container(cfg.norm, resolve=True))
-    tag, d = record.norm_tag(norm), cfg.data
-    devices = f"x{d.devices}" if d.devices != 1 else ""
-    labels = tuple(f"{tag}_b{d.batch_size}{devices}_s{seed}" for seed in seeds(cfg))
+    data = cfg.data
+    labels = tuple(record.run_label(norm, data.batch_size, data.devices, seed) for seed in seeds(cfg))
     done = tuple(recorded.epochs_done(cfg, seed) for seed in seeds(cfg)) if recorded else ()
     return Job(tuple(overrides), labels, cfg.trainer.epochs,
-               record.pace_setup(tag, d.batch_size, d.devices, cfg.model.depth, cfg.model.base_width, d.train_subset,
-                                 cfg.trainer.precision, device_kind(cfg.runtime.device)), done)
+               record.pace_setup(record.norm_tag(norm), data.batch_size, data.devices, cfg.model.depth,
+                                 cfg.model.base_width, data.train_subset, cfg.trainer.precision,
+                                 device_kind(cfg.runtime.device)), done)
 
 
 def device_kind(device: str) -> str:
@@ -77,9 +78,9 @@ def recorded_pace(roots: Sequence[Path]) -> dict[tuple[Any, ...], Pace]:
     Reads only each run's identity and summary, so it takes a moment even over every committed run."""
     found: dict[tuple[Any, ...], list[tuple[float, str]]] = {}  # setup -> (seconds per epoch, device) per run
     for root in (r for r in roots if r.is_dir()):
-        for path in root.rglob(record.SUMMARY):
+        for folder in (path.parent for path in root.rglob(record.SUMMARY)):
             try:
-                summary, ident = record.read_json(path), record.read_json(path.parent / record.IDENTITY)
+                summary, ident = record.read_summary(folder), record.read_identity(folder)
             except record.DamagedRecord:
                 continue  # the analysis, and training the run, name it
             if not summary or not ident or summary.get("status") != record.FINISHED or not summary.get("epochs_done"):
@@ -152,9 +153,18 @@ def sweep_plan(overrides: Sequence[str], points: Sequence[Sequence[str]],
     recorded = Recorded()
     jobs = [job_of(point, cfg, recorded) for point, cfg in zip(points, configs)]
     launcher = compose(points[0], hydra=True).hydra.launcher
-    n_jobs = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
-    if n_jobs < 0:  # joblib's convention: -1 = every core, -2 = all but one, ...
-        n_jobs = max(1, len(os.sched_getaffinity(0)) + 1 + n_jobs)
-    parallel = max(1, min(len(jobs), n_jobs))
+    parallel = jobs_at_once(launcher, len(jobs), device_kind(configs[0].runtime.device) == "gpu")
     root = Path(configs[0].paths.results_root).expanduser()
     return jobs, parallel, recorded_pace([root, COMMITTED])
+
+
+def jobs_at_once(launcher: DictConfig, jobs: int, gpu: bool) -> int:
+    """How many of a sweep's `jobs` its launcher (hydra.launcher) trains at once: its `n_jobs`
+    (joblib's -1 every core, -2 all but one, ...; hydra/launcher=threads: launcher.concurrent_jobs)
+    or `array_parallelism` (SLURM), else one (Hydra's basic launcher runs them one after another)."""
+    if launcher.get("_target_") == THREADS_LAUNCHER:
+        return min(jobs, concurrent_jobs(launcher.get("n_jobs"), jobs, gpu))
+    n_jobs = launcher.get("n_jobs") or launcher.get("array_parallelism") or 1
+    if n_jobs < 0:
+        n_jobs = len(os.sched_getaffinity(0)) + 1 + n_jobs
+    return max(1, min(jobs, n_jobs))

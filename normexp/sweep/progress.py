@@ -1,16 +1,19 @@
 """A sweep's progress, kept in its sweep folder so that every job (process or thread) adds to it:
 `sweep.json` (its jobs, planned run-epochs and start), one file per run under `progress/` (epochs
 done, and trained in this sweep) and one marker per ended job. Every line carries the one ETA: the
-run-epochs left at the pace of those this sweep trained."""
+run-epochs left at the pace of those this sweep trained. Where the jobs' output does not reach the
+console that started the sweep (submitit's launchers write it to files), that process relays the
+progress lines (`Relay`)."""
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from normexp import record
 from normexp.files import atomic
 
 log = logging.getLogger("normexp")
@@ -18,6 +21,9 @@ log = logging.getLogger("normexp")
 SWEEP = "sweep.json"
 PROGRESS = "progress"  # the sweep folder's subfolder: one file per run, epochs done and trained
 JOB_ENDED = "job_ended"  # a marker in an ended job's folder
+# the launchers whose jobs' output goes to files (hydra/launcher=slurm, slurm_local), not to this console
+LOGS_ELSEWHERE = ("hydra_plugins.hydra_submitit_launcher.",)
+RELAY_EVERY_S = 30.0  # how often the sweep's own process looks for epochs its jobs trained
 
 
 def start(sweep_dir: Path, jobs: int, run_epochs: Optional[int]) -> None:
@@ -52,13 +58,49 @@ def epoch_done(sweep_dir: Path, run: str, done: int, trained: bool) -> None:
     path = sweep_dir / PROGRESS / f"{run}.json"
     previous = _read(path) or {"trained": 0}
     atomic.write_json(path, {"done": done, "trained": previous["trained"] + int(trained)})
+    if trained:
+        _log_progress(sweep_dir, *_tally(sweep_dir))
+
+
+def _log_progress(sweep_dir: Path, done: int, trained: int) -> None:
+    """Log the sweep's run-epochs done with the ETA (nothing without a plan)."""
     sweep = sweep_of(sweep_dir) or {}
     total = sweep.get("run_epochs")
-    if not trained or not total:
-        return
-    done_all, trained_all = _tally(sweep_dir)
-    log.info("sweep progress: %d of %d run-epochs done (%.0f%%) after %.0f min%s", done_all, total,
-             100 * done_all / total, (time.time() - sweep["started"]) / 60, _eta(sweep, done_all, trained_all))
+    if total:
+        log.info("sweep progress: %d of %d run-epochs done (%.0f%%) after %.0f min%s", done, total,
+                 100 * done / total, (time.time() - sweep["started"]) / 60, _eta(sweep, done, trained))
+
+
+def jobs_log_elsewhere(launcher: Any) -> bool:
+    """Whether the jobs of `launcher` (hydra.launcher) write their output to files, not to this console."""
+    return str(launcher.get("_target_", "")).startswith(LOGS_ELSEWHERE)
+
+
+class Relay:
+    """The sweep's progress lines in the process that started it, for jobs that log elsewhere
+    (`jobs_log_elsewhere`): every RELAY_EVERY_S seconds, a line if the jobs trained run-epochs since."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.sweep_dir, self.trained = sweep_dir, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="sweep-progress", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(RELAY_EVERY_S):
+            self.look()
+
+    def look(self) -> None:
+        done, trained = _tally(self.sweep_dir)
+        if trained > self.trained:
+            self.trained = trained
+            _log_progress(self.sweep_dir, done, trained)
+
+    def stop(self) -> None:
+        """Stop watching, after a last look."""
+        self._stop.set()
+        self._thread.join()
+        self.look()
 
 
 def job_started(sweep_dir: Path, number: int, overrides: list[str]) -> None:
@@ -74,12 +116,14 @@ def job_ended(sweep_dir: Path, job_dir: Path, number: int) -> None:
         return
     (job_dir / JOB_ENDED).touch()
     ended = len(list(sweep_dir.glob(f"*/{JOB_ENDED}")))
-    log.info("job %d of %d ended; %d of %d ended after %.0f min%s", number, sweep["jobs"], ended, sweep["jobs"],
+    log.info("job %d ended (jobs ended so far: %d of %d, %.0f min into the sweep%s)", number, ended, sweep["jobs"],
              (time.time() - sweep["started"]) / 60, _eta(sweep, *_tally(sweep_dir)))
 
 
 def _read(path: Path) -> Optional[dict[str, Any]]:
+    """A progress file's object, or None where it is missing or damaged: a sweep's progress lines
+    are not worth stopping its training for."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return record.read_json(path)
+    except record.DamagedRecord:
         return None

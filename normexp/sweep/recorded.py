@@ -21,9 +21,9 @@ def _epochs_recorded(folder: Path, epochs: int) -> int:
     """The epochs a run folder holds: all `epochs` once it has ended, else its metrics' count (a
     damaged record counts none: training names it)."""
     try:
-        if record.read_json(folder / record.SUMMARY) is not None:
+        if record.read_summary(folder) is not None:
             return epochs
-        return min(epochs, len(record.read_jsonl(folder / record.METRICS)))
+        return min(epochs, len(record.read_metrics(folder)))
     except record.DamagedRecord:
         return 0
 
@@ -37,13 +37,13 @@ class Recorded:
     def _index(self, root: Path) -> list[tuple[dict[str, Any], Path]]:
         if root not in self._roots:
             found = []
-            for path in sorted(root.glob(f"*/{record.IDENTITY}")):
+            for folder in record.run_folders(root):
                 try:
-                    ident = record.read_json(path)
+                    ident = record.read_identity(folder)
                 except record.DamagedRecord:
                     continue  # training this run names it
                 if ident is not None:
-                    found.append((_key(ident), path.parent))
+                    found.append((_key(ident), folder))
             self._roots[root] = found
         return self._roots[root]
 

@@ -7,15 +7,12 @@ diverged."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
+from normexp import record
 from normexp.files import atomic
-from normexp.record import DIVERGED, FINISHED, DamagedRecord, read_json
 from normexp.sweep.progress import PROGRESS
-
-if TYPE_CHECKING:
-    from normexp.analysis.collect import RunTables
 
 log = logging.getLogger("normexp")
 
@@ -31,12 +28,12 @@ def report(sweep_dir: Path, results_root: Path) -> int:
     """Log the sweep's problems and its runs by status; 1 if a job was rejected or failed or a run
     diverged, else 0."""
     jobs = [d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()] if sweep_dir.is_dir() else []
-    problems = [read_json(path) for path in sorted(sweep_dir.glob(f"*/{JOB_PROBLEM}"))]
+    problems = [record.read_json(path) for path in sorted(sweep_dir.glob(f"*/{JOB_PROBLEM}"))]
     for problem in filter(None, problems):
         log.error("%s job (%s): %s", problem["kind"], " ".join(problem["overrides"]), problem["message"])
     try:
         diverged = _report_runs(results_root, sweep_dir)
-    except DamagedRecord as error:
+    except record.DamagedRecord as error:
         log.error("%s", error)
         return 1
     if problems and len(problems) >= len(jobs):
@@ -56,18 +53,18 @@ def _report_runs(root: Path, sweep_dir: Path) -> int:
     """Log this sweep's runs (those its jobs trained or found done: its progress folder) by status,
     and how many other runs the results root holds; each one not finished with its reason. Returns
     how many of this sweep's runs diverged."""
-    from normexp.analysis.collect import load_runs
-
     ours = {path.stem for path in (sweep_dir / PROGRESS).glob("*.json")}
-    tables = load_runs(root) if root.is_dir() else None
-    runs = tables.runs[tables.runs["run"].isin(ours)] if tables is not None and not tables.runs.empty else None
-    if runs is None or runs.empty:
+    folders = record.run_folders(root)
+    runs = [(folder.name, *record.status(folder, record.read_summary(folder))) for folder in folders
+            if folder.name in ours]
+    if not runs:
         log.warning("sweep ended with no run records of its own under %s", root)
         return 0
-    counts = runs["status"].value_counts().to_dict()
-    others = len(cast("RunTables", tables).runs) - len(runs)  # runs come from tables
+    counts = Counter(status for _, status, _ in runs)
+    others = len(folders) - len(runs)
     log.info("sweep ended; its %d run(s): %s%s", len(runs), ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
              f" ({others} other run(s) under {root} are from earlier commands)" if others else "")
-    for _, run in runs[runs["status"] != FINISHED].iterrows():
-        log.warning("%s %s: %s", run["status"], run["run"], run["reason"])
-    return int((runs["status"] == DIVERGED).sum())
+    for name, status, reason in runs:
+        if status != record.FINISHED:
+            log.warning("%s %s: %s", status, name, reason)
+    return counts[record.DIVERGED]

@@ -27,6 +27,7 @@ from normexp.train.bn_evaluation import EvaluationPlan
 from normexp.train.epochs import EpochListener
 from normexp.train.optim import scaled_lr
 from normexp.train.progress import StepProgress
+from normexp.train.run_log import run_logger, shared_lines
 from normexp.train.run_state import RunState
 from normexp.train.runtime import Environment
 from normexp.train.step import check_capturable
@@ -39,14 +40,15 @@ def load_data(cfg: DictConfig) -> CifarArrays:
 
 
 def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Optional[EpochListener] = None,
-              bar_position: int = 0) -> list[dict[str, Any]]:
+              alone: bool = True) -> list[dict[str, Any]]:
     """Train the configured run, or the runs of `seed=[...]` packed as one model; return summaries.
 
     Each run resumes if it was interrupted and is skipped if it has finished; runs that another
     process holds are left out of the result. All settings are checked before any data is decoded
     or any step is trained. Torch threads: `runtime.threads`, else those a resumed run started with,
     else `auto_threads` (the launcher's share of the cores). `on_epoch` hears of every run's
-    epochs (a sweep's progress line); `bar_position` is the terminal line of this job's progress bar.
+    epochs (a sweep's progress line); `alone`: no other job trains at once on this console, so
+    the job may draw its progress as a bar (`runtime.progress`).
     """
     validate(cfg)
     trackers.require(cfg)
@@ -62,12 +64,12 @@ def train_job(cfg: DictConfig, auto_threads: Optional[int] = None, on_epoch: Opt
         if runs:
             with ExitStack() as setup:  # the job's set-up lines (threads, environment) go to every run's log
                 for run in runs:
-                    setup.enter_context(record.shared_lines(run.directory))
+                    setup.enter_context(shared_lines(run.directory))
                 env = _check_resumable(cfg, runs, env)
                 log.info("training on %s, %d torch thread(s), %s step, %s layout", runtime.device_name(env.device),
                          env.threads, "captured" if env.captured else "eager", runtime.layout(env.layout))
             try:
-                _train(cfg, runs, data, env, hook, bar_position)
+                _train(cfg, runs, data, env, hook, alone)
             except Exception as error:
                 for run in runs:
                     if run.summary is None:
@@ -103,14 +105,14 @@ def _open_runs(stack: ExitStack, configs: list[DictConfig], models: list[nn.Modu
             log.info("%s is being trained by another process; skipping it", directory)
             continue
         record.remove_stale_temps(directory)
-        summary = record.read_json(directory / record.SUMMARY)
+        summary = record.read_summary(directory)
         if summary is not None:
             log.info("%s already done (%s); skipping it", directory.name, summary["status"])
             summaries.append(summary)
             on_epoch(directory.name, summary["epochs_done"], False)
             continue
         open_files = stack.enter_context(ExitStack())  # closed early when the run finishes (_train_pack)
-        run_log = open_files.enter_context(record.run_logger(directory))
+        run_log = open_files.enter_context(run_logger(directory))
         tracker = open_files.enter_context(trackers.open_run(config, directory, run_log))
         runs.append(RunState(config, directory, run_log, model, tracker, open_files=open_files))
     return runs, summaries
@@ -143,7 +145,7 @@ def _packs(cfg: DictConfig, runs: list[RunState], device: torch.device) -> list[
 
 
 def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, env: Environment, on_epoch: EpochListener,
-           bar_position: int) -> None:
+           alone: bool) -> None:
     for run in runs:
         run_state.start(run, data.digest, env.device)
         on_epoch(run.directory.name, len(run.metrics), False)
@@ -159,11 +161,11 @@ def _train(cfg: DictConfig, runs: list[RunState], data: CifarArrays, env: Enviro
             run.model.to(env.device, memory_format=env.layout)  # type: ignore[call-overload]  # torch's overloads lack it
         member_seeds = [run.cfg.seed for run in group]
         train = harness.train_batches(cfg, train_x, train_y, data.mean, data.std, member_seeds, env)
-        progress = StepProgress(label=" ".join(run.directory.name for run in group), bar=cfg.runtime.progress,
-                                position=bar_position)
+        progress = StepProgress(label=" ".join(run.directory.name for run in group),
+                                bar=cfg.runtime.progress and alone)
         for run in group:  # the job's shared lines go to the logs of the runs training now
             run_state.record_start(run, env)
-            run.open_files.enter_context(record.shared_lines(run.directory))
+            run.open_files.enter_context(shared_lines(run.directory))
         with progress.logging_above_bars():
             _train_pack(cfg, group, pack, train, EvaluationPlan.of(cfg, test, train, member_seeds), env, data.source,
                         on_epoch, progress)

@@ -70,7 +70,9 @@ def train_epoch(
     """One pass over the training split by `step` (normexp.train.step). Each record's `lr` is the
     rate of the epoch's first step (the rate the epoch started training with); with a CUDA graph
     recorded in the epoch, `capture_seconds` is the time its warm-up and capture took, and
-    `images_per_s` is the rate of the steps after them. `fill_seconds` is the epoch's augmentation
+    `images_per_s` is the rate of the steps after them; with a compiled forward compiling in the
+    epoch, `compile_seconds` is the time of the steps that compiled it (within `capture_seconds`
+    when captured; step.Compilation). `fill_seconds` is the epoch's augmentation
     fill and `loop_seconds` the step loop alone (timed with CUDA events on a GPU). `frozen`:
     BN-type layers normalize with their running statistics (FrozenBN)."""
     pack.model.train()
@@ -106,11 +108,12 @@ def train_epoch(
     progress.close()
     seen = done * train.batch_size
     setup, setup_steps = step.capture_seconds, step.capture_steps  # a graph's warm-up and capture
+    compiling = step.compilation.seconds
     steady = (done - setup_steps) * train.batch_size / (seconds - setup) if done > setup_steps else seen / seconds
     records = [
         {"epoch": epoch, "train_loss": total / done, "train_acc": 100.0 * hits / seen, "lr": lr,
          "train_seconds": seconds, "images_per_s": steady, "fill_seconds": fill, "loop_seconds": loop_seconds,
-         **({"capture_seconds": setup} if setup else {})}
+         **({"capture_seconds": setup} if setup else {}), **({"compile_seconds": compiling} if compiling else {})}
         for total, hits in zip(totals.loss.tolist(), totals.correct.tolist())
     ]
     return EpochResult(records, losses, diverged)

@@ -1,11 +1,13 @@
-"""Progress within an epoch, from its first minute: a bar per job that names its runs (in a
-terminal), a line every minute otherwise (log files, nohup). A sweep's own lines, with its ETA as
-each epoch ends, are normexp.sweep.progress's."""
+"""Progress within an epoch, from its first minute: a bar that names the job's runs where the job
+is alone on a terminal, a line every minute otherwise (log files, nohup, and the jobs of a sweep
+that train at once: their bars would share one line and take each other's log lines). A sweep's
+own lines, with its ETA as each epoch ends, are normexp.sweep.progress's."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,15 +18,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger("normexp")
 
+# tqdm's default lock adds a multiprocessing one, whose semaphore a worker process (joblib's) stopped
+# by Ctrl-C leaks (resource_tracker's warning at exit); one process draws the bars, a thread lock does
+BAR_LOCK = threading.RLock()
+
 
 @dataclass
 class StepProgress:
-    """Within an epoch: a tqdm bar on its own line (`position`, one per parallel job) when asked
-    for and attached to a terminal, else a log line at most every `every_s` seconds."""
+    """Within an epoch: a tqdm bar when asked for (`bar`: the job is alone on its console) and
+    attached to a terminal, else a log line at most every `every_s` seconds."""
 
     label: str
     bar: bool = False
-    position: int = 0
     every_s: float = 60.0
     _bar: Any = field(default=None, init=False)
     _start: float = field(default=0.0, init=False)
@@ -35,8 +40,8 @@ class StepProgress:
         self._epoch, self._start = f"epoch {epoch}/{epochs}", time.perf_counter()
         self._last = self._start
         if self.bar and sys.stderr.isatty():
-            self._bar = tqdm(total=steps, desc=f"{self.label} {self._epoch}", leave=False, unit="step",
-                             position=self.position)
+            tqdm.set_lock(BAR_LOCK)
+            self._bar = tqdm(total=steps, desc=f"{self.label} {self._epoch}", leave=False, unit="step")
 
     def update(self, step: int, steps: int, images_per_step: int, losses: list[float]) -> None:
         now = time.perf_counter()

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from contextlib import nullcontext
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,37 @@ class Totals:
     def zero(self) -> None:
         for total in (self.loss, self.window, self.correct):
             total.zero_()
+
+
+class Compilation:
+    """The seconds a compiled forward spends compiling, this epoch's: it compiles on its first
+    training step (Dynamo's trace, the backend's code for the forward and the backward) and again on
+    the first after FrozenBN's switch changes its layers' mode; `run` times those steps whole, their
+    device work included. Nothing for an eager forward."""
+
+    def __init__(self, forward: nn.Module) -> None:
+        self.compiled = _compiled(forward)
+        self.frozen: Optional[bool] = None  # the layers' mode it last compiled for (None: not yet)
+        self.pending = False
+        self.seconds = 0.0
+
+    def start_epoch(self, frozen: bool) -> None:
+        self.seconds = 0.0
+        if self.compiled and frozen != self.frozen:
+            self.frozen, self.pending = frozen, True
+
+    def run(self, step: Callable[[], None], device: torch.device) -> None:
+        """Run `step`: timed into `seconds` when it compiles."""
+        if not self.pending:
+            step()
+            return
+        self.pending = False
+        sync = torch.cuda.current_stream().synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        self.seconds += time.perf_counter() - start
 
 
 class DeviceSGD:
@@ -131,15 +162,21 @@ class EagerStep:
     def __init__(self, pack: Pack, forward: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  precision: Optional[str] = None) -> None:
         self.pack, self.forward, self.optimizer, self.precision = pack, forward, optimizer, precision
+        self.device = device
         self.totals = Totals(pack.size, device)
         self.capture_seconds, self.capture_steps = 0.0, 0  # nothing is captured
+        self.compilation = Compilation(forward)
         self._batches: Optional[Iterator[tuple[Tensor, Tensor]]] = None
 
     def start_epoch(self, train: TrainBatches, epoch: int, frozen: bool) -> None:
         self.totals.zero()
+        self.compilation.start_epoch(frozen)
         self._batches = train.epoch(epoch)
 
     def __call__(self) -> None:
+        self.compilation.run(self._step, self.device)
+
+    def _step(self) -> None:
         assert self._batches is not None
         x, y = next(self._batches)
         loss, hits = _losses(self.pack, self.forward, x, y, self.precision)
@@ -172,12 +209,15 @@ class DeviceStep:
                             else nullcontext())
         self.capture_seconds = 0.0  # this epoch's warm-up and capture (compilation included), timed apart
         self.capture_steps = 0  # the steps they trained
+        self.compilation = Compilation(forward)
+        self.device = device
 
     def start_epoch(self, train: TrainBatches, epoch: int, frozen: bool) -> None:
         train.fill(epoch, self.x, self.y)
         self.counter.zero_()
         self.totals.zero()
         self.capture_seconds, self.capture_steps = 0.0, 0
+        self.compilation.start_epoch(frozen)
         if self.use_graph and frozen != self.graph_frozen:  # FrozenBN changes the layers' mode: a new graph
             self.graph, self.graph_frozen, self.eager_left = None, frozen, WARMUP
 
@@ -197,7 +237,7 @@ class DeviceStep:
             return
         if not self.use_graph:
             self.optimizer.zero_grad(set_to_none=True)
-            self._ops()
+            self.compilation.run(self._ops, self.device)
             return
         torch.cuda.current_stream().synchronize()  # this job's stream only: other jobs go on
         start = time.perf_counter()
@@ -213,7 +253,7 @@ class DeviceStep:
             self.side.wait_stream(torch.cuda.current_stream())
             with self.warmup_lock, torch.cuda.stream(self.side):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._ops()
+                self.compilation.run(self._ops, self.device)
             torch.cuda.current_stream().wait_stream(self.side)
             return
         self.optimizer.zero_grad(set_to_none=True)
