@@ -106,9 +106,10 @@ def test_accuracy_error_and_convergence_tables(tmp_path):
     assert table.loc[("gn8", 2), "n"] == 3
     criteria, _ = load_criteria()
     error = error_table(finished, criteria)
-    assert list(error.columns) == ["batch 64", "batch 2"]
+    assert list(error.columns) == ["batch 64", "batch 2"] and error.index.name == "test error (%)"
     assert error.loc["bn", "batch 2"] == pytest.approx(28.0)
-    assert error.loc["bn - gn8", "batch 2"] == pytest.approx(4.0)
+    # BN - GN in accuracy points, the verdict's sign: GN is 4 points ahead at 2
+    assert error.loc["bn - gn8 (accuracy points)", "batch 2"] == pytest.approx(-4.0)
     convergence = convergence_table(finished, tables.epochs, [50, 60]).set_index(["norm", "batch_size"])
     assert convergence.loc[("bn", 2), "epochs_to_50"] == 2
     assert convergence.loc[("gn8", 2), "epochs_to_50"] == 1
@@ -333,13 +334,15 @@ def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):
     assert analyze([str(tmp_path), "--vary", "trainer.epochs"]) == 0
     out = capsys.readouterr().out
     assert "at trainer.epochs=2:" in out and "at trainer.epochs=4:" in out
-    error = pd.read_csv(tmp_path / "tables" / "error_by_batch.csv").set_index(["norm", "trainer.epochs"])
-    assert error.loc[("bn - gn8", 2), "batch 32"] == pytest.approx(-6.0)
-    assert error.loc[("bn - gn8", 4), "batch 32"] == pytest.approx(-1.0)
+    error = pd.read_csv(tmp_path / "tables" / "error_by_batch.csv").set_index(["test error (%)", "trainer.epochs"])
+    assert error.loc[("bn - gn8 (accuracy points)", 2), "batch 32"] == pytest.approx(6.0)  # the verdict's sign
+    assert error.loc[("bn - gn8 (accuracy points)", 4), "batch 32"] == pytest.approx(1.0)
+    assert error.loc[("bn", 2), "batch 32"] == pytest.approx(100 - 78.2)  # the norms' rows: error
     accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
     assert set(accuracy["trainer.epochs"]) == {2, 4} and set(accuracy["n"]) == {3}
     slices = json.loads((tmp_path / "verdict.json").read_text())["slices"]
     assert [s["at"] for s in slices] == [{"trainer.epochs": 2}, {"trainer.epochs": 4}]
+    assert [s["checks"]["parity"]["gap"] for s in slices] == pytest.approx([6.0, 1.0])  # the table's sign
     assert (tmp_path / "figures" / "accuracy_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"
     report = (tmp_path / "report.html").read_text()
     assert "At trainer.epochs=2" in report and "At trainer.epochs=4" in report and "NO STATISTICS" not in report

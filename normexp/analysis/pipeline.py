@@ -256,7 +256,8 @@ def analyze(tables: RunTables, request: Request) -> Outcome:
                       "excluded": tables.excluded[["run", "status", "reason"]].to_dict("records")}
     atomic.write_json(request.out / "verdict.json", result)
     if axes:  # one verdict per value of the further axes: the report shows the tables, each verdict in verdict.json
-        statistics["error_by_batch"] = (error.reset_index(), "test error (%) by batch size at each setting")
+        statistics["error_by_batch"] = (error.reset_index(), "test error (%) by batch size at each setting; "
+                                                             "BN - GN in accuracy points, as in the verdict")
     report = write_report(request.out / "report.html", request.source, tables.runs, result=result,
                           error=None if axes else error, figures=figures, convergence=convergence,
                           landscape=statistics)
