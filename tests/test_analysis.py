@@ -88,6 +88,21 @@ def test_tables_keep_unfinished_failed_and_diverged_runs_out_of_statistics(tmp_p
                                          "median5_mean": 45.0}]  # the median of its epochs 40, 50
 
 
+def test_the_runs_table_shows_each_lr_to_its_digits_and_where_a_run_diverged(tmp_path):
+    write_sweep(tmp_path, **HOLDS)
+    diverged = write_run(tmp_path, GN, 8, 0, [40.0, 10.0], status="diverged")
+    for path in tmp_path.glob("*/" + record.SUMMARY):  # the LR rule's value at 2 images per device
+        record.write_summary(path.parent, {**record.read_json(path), "lr": 0.00625})
+    assert analyze([str(tmp_path)]) == 0
+    runs = pd.read_csv(tmp_path / "tables" / "runs.csv").set_index("run")
+    assert runs.loc[diverged.name, "diverged_at"] == "epoch 2 step 7" and runs["diverged_at"].isna().sum() == 24
+    lines = (tmp_path / "tables" / "runs.md").read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].split("|")]
+    row = [cell.strip() for cell in next(line for line in lines if diverged.name in line).split("|")]
+    assert row[header.index("lr")] == "0.00625" and row[header.index("diverged_at")] == "epoch 2 step 7"
+    assert row[header.index("final_test_acc")] == "10.00"  # other numbers: 2 decimals
+
+
 def test_tables_of_an_empty_folder_are_empty(tmp_path):
     tables = load_runs(tmp_path)
     assert tables.runs.empty and tables.finished.empty

@@ -30,6 +30,7 @@ from normexp.criteria import DEFAULTS, RETIRED, Criteria, load_criteria
 from normexp.files import atomic
 
 SWEPT = tuple(record.SWEPT.values())  # config keys of the swept settings
+SIGNIFICANT = ("lr",)  # table columns (or the last part of a dotted one) of settings never rounded to 2 decimals
 Tables = dict[str, tuple[pd.DataFrame, str]]  # name -> (table, what it holds)
 
 
@@ -284,10 +285,12 @@ def _figures(runs: RunSet, train_loss: pd.DataFrame, figure_dir: Path) -> list[P
 
 
 def write_table(table: pd.DataFrame, directory: Path, name: str, index: bool = False) -> None:
-    """CSV, and Markdown with numbers to 2 decimals and p-values (columns "p", "p_...") by the verdict
-    text's rule (never a p printed as 0.00)."""
+    """CSV, and Markdown with numbers to 2 decimals, settings of SIGNIFICANT (e.g. an lr of 0.00625)
+    to their significant digits, and p-values (columns "p", "p_...") by the verdict text's rule (never a
+    p printed as 0.00)."""
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
     shown = with_p_text(table)
     p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c) and not table.empty]
+    formats = [".2f"] * index + ["g" if str(c).split(".")[-1] in SIGNIFICANT else ".2f" for c in table.columns]
     atomic.write_text(directory / f"{name}.md",
-                      shown.to_markdown(index=index, floatfmt=".2f", disable_numparse=p_at or False) + "\n")
+                      shown.to_markdown(index=index, floatfmt=formats, disable_numparse=p_at or False) + "\n")

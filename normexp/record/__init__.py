@@ -281,12 +281,17 @@ def summary(run: str, metrics: list[dict[str, Any]], diverged_at: Optional[dict[
     }
 
 
+def where_diverged(summary_: Mapping[str, Any]) -> Optional[str]:
+    """Where a run's summary says it diverged, e.g. "epoch 3 step 1200"; None if it did not."""
+    at = summary_.get("diverged_at")
+    return None if at is None else f"epoch {at.get('epoch')} step {at.get('step')}"
+
+
 def status(directory: Path, summary_: Optional[Mapping[str, Any]]) -> tuple[str, str]:
     """(status, reason) of a run folder: finished, diverged, running, failed or unfinished."""
     if summary_ is not None:
         if summary_["status"] == DIVERGED:
-            at = summary_.get("diverged_at") or {}
-            return DIVERGED, f"non-finite loss at epoch {at.get('epoch')} step {at.get('step')}"
+            return DIVERGED, f"non-finite loss at {where_diverged(summary_) or 'an unrecorded step'}"
         return FINISHED, ""
     if is_claimed(directory):
         return RUNNING, "being trained now"
