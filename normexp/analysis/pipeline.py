@@ -19,7 +19,7 @@ import yaml
 
 from normexp import record
 from normexp.analysis import bn_decomposition as bd
-from normexp.analysis import landscape, plots
+from normexp.analysis import landscape, plots, setting_figures
 from normexp.analysis.collect import RunTables
 from normexp.analysis.provenance import provenance_table
 from normexp.analysis.report import write_report
@@ -210,7 +210,7 @@ def prepare(tables: RunTables, request: Request) -> tuple[RunSet, dict[str, str]
                             f"allowed: {', '.join(sorted(set(finished['norm'])))}")
     names = set(finished["run"])
     epochs = tables.epochs[tables.epochs["run"].isin(names) & (tables.epochs["status"] == record.FINISHED)]
-    by_run = plots.with_axis_labels(finished, axes).set_index("run")["norm"]  # figures keep other settings apart
+    by_run = setting_figures.with_axis_labels(finished, axes).set_index("run")["norm"]  # other settings apart
     return RunSet(finished, epochs.assign(norm=epochs["run"].map(by_run)), criteria, request), provenance
 
 
@@ -266,19 +266,22 @@ def analyze(tables: RunTables, request: Request) -> Outcome:
 
 
 def _figures(runs: RunSet, train_loss: pd.DataFrame, figure_dir: Path) -> list[Path]:
-    """Error against batch size, accuracy by epoch, accuracy along each axis where a line
-    has two points (the other axes' values apart) and the training loss."""
-    labelled = plots.with_axis_labels(runs.finished, runs.axes)
-    figures = [plots.error_vs_batch(labelled, figure_dir / "error_vs_batch.png"),
+    """Error against batch size, accuracy by epoch, accuracy along each axis where a line (at one
+    value of the other axes) has two points, and the training loss."""
+    finished, axes = runs.finished, runs.axes
+    error_path = figure_dir / "error_vs_batch.png"
+    figures = [setting_figures.error_vs_batch(finished, axes, error_path) if axes
+               else plots.error_vs_batch(finished, error_path),
                plots.accuracy_curves(runs.epochs, figure_dir / "accuracy_by_epoch.png")]
-    for axis in runs.axes:  # a line per value of the other axes, if one has two points
-        apart = plots.with_axis_labels(runs.finished, [other for other in runs.axes if other != axis])
-        if apart.groupby(["norm", "batch_size"])[axis].nunique().max() < 2:
+    for axis in axes:
+        others = [other for other in axes if other != axis]
+        if finished.groupby(["norm", "batch_size", *others])[axis].nunique().max() < 2:
             continue
-        figures.append(plots.accuracy_vs_axis(apart, axis, figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png"))
+        figures.append(setting_figures.accuracy_vs_axis(finished, axis, others,
+                                                        figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png"))
     if not train_loss.empty:
-        by_run = labelled.set_index("run")["norm"]
-        losses = train_loss[train_loss["run"].isin(set(runs.finished["run"]))]
+        by_run = setting_figures.with_axis_labels(finished, axes).set_index("run")["norm"]
+        losses = train_loss[train_loss["run"].isin(set(finished["run"]))]
         figures.append(plots.train_loss_curves(losses.assign(norm=losses["run"].map(by_run)),
                                                figure_dir / "train_loss.png"))
     return figures
