@@ -88,6 +88,21 @@ def test_tables_keep_unfinished_failed_and_diverged_runs_out_of_statistics(tmp_p
                                          "median5_mean": 45.0}]  # the median of its epochs 40, 50
 
 
+def test_the_runs_table_shows_each_lr_to_its_digits_and_where_a_run_diverged(tmp_path):
+    write_sweep(tmp_path, **HOLDS)
+    diverged = write_run(tmp_path, GN, 8, 0, [40.0, 10.0], status="diverged")
+    for path in tmp_path.glob("*/" + record.SUMMARY):  # the LR rule's value at 2 images per device
+        record.write_summary(path.parent, {**record.read_json(path), "lr": 0.00625})
+    assert analyze([str(tmp_path)]) == 0
+    runs = pd.read_csv(tmp_path / "tables" / "runs.csv").set_index("run")
+    assert runs.loc[diverged.name, "diverged_at"] == "epoch 2 step 7" and runs["diverged_at"].isna().sum() == 24
+    lines = (tmp_path / "tables" / "runs.md").read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].split("|")]
+    row = [cell.strip() for cell in next(line for line in lines if diverged.name in line).split("|")]
+    assert row[header.index("lr")] == "0.00625" and row[header.index("diverged_at")] == "epoch 2 step 7"
+    assert row[header.index("final_test_acc")] == "10.00"  # other numbers: 2 decimals
+
+
 def test_tables_of_an_empty_folder_are_empty(tmp_path):
     tables = load_runs(tmp_path)
     assert tables.runs.empty and tables.finished.empty
@@ -106,9 +121,10 @@ def test_accuracy_error_and_convergence_tables(tmp_path):
     assert table.loc[("gn8", 2), "n"] == 3
     criteria, _ = load_criteria()
     error = error_table(finished, criteria)
-    assert list(error.columns) == ["batch 64", "batch 2"]
+    assert list(error.columns) == ["batch 64", "batch 2"] and error.index.name == "test error (%)"
     assert error.loc["bn", "batch 2"] == pytest.approx(28.0)
-    assert error.loc["bn - gn8", "batch 2"] == pytest.approx(4.0)
+    # BN - GN in accuracy points, the verdict's sign: GN is 4 points ahead at 2
+    assert error.loc["bn - gn8 (accuracy points)", "batch 2"] == pytest.approx(-4.0)
     convergence = convergence_table(finished, tables.epochs, [50, 60]).set_index(["norm", "batch_size"])
     assert convergence.loc[("bn", 2), "epochs_to_50"] == 2
     assert convergence.loc[("gn8", 2), "epochs_to_50"] == 1
@@ -333,13 +349,15 @@ def test_a_sweep_over_another_setting_is_analysed_along_it(tmp_path, capsys):
     assert analyze([str(tmp_path), "--vary", "trainer.epochs"]) == 0
     out = capsys.readouterr().out
     assert "at trainer.epochs=2:" in out and "at trainer.epochs=4:" in out
-    error = pd.read_csv(tmp_path / "tables" / "error_by_batch.csv").set_index(["norm", "trainer.epochs"])
-    assert error.loc[("bn - gn8", 2), "batch 32"] == pytest.approx(-6.0)
-    assert error.loc[("bn - gn8", 4), "batch 32"] == pytest.approx(-1.0)
+    error = pd.read_csv(tmp_path / "tables" / "error_by_batch.csv").set_index(["test error (%)", "trainer.epochs"])
+    assert error.loc[("bn - gn8 (accuracy points)", 2), "batch 32"] == pytest.approx(6.0)  # the verdict's sign
+    assert error.loc[("bn - gn8 (accuracy points)", 4), "batch 32"] == pytest.approx(1.0)
+    assert error.loc[("bn", 2), "batch 32"] == pytest.approx(100 - 78.2)  # the norms' rows: error
     accuracy = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
     assert set(accuracy["trainer.epochs"]) == {2, 4} and set(accuracy["n"]) == {3}
     slices = json.loads((tmp_path / "verdict.json").read_text())["slices"]
     assert [s["at"] for s in slices] == [{"trainer.epochs": 2}, {"trainer.epochs": 4}]
+    assert [s["checks"]["parity"]["gap"] for s in slices] == pytest.approx([6.0, 1.0])  # the table's sign
     assert (tmp_path / "figures" / "accuracy_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"
     report = (tmp_path / "report.html").read_text()
     assert "At trainer.epochs=2" in report and "At trainer.epochs=4" in report and "NO STATISTICS" not in report
@@ -434,3 +452,74 @@ def test_precise_minus_population_by_epoch_is_paired_by_run():
     assert table.loc[2, "epoch 1"].startswith("+3.00")
     assert table.loc[2, "epoch 2"].startswith("+0.00") and list(table.columns) == ["epoch 1", "epoch 2"]
     assert precise_by_epoch(epochs.assign(test_acc_precise=None), "bn", 0.05).empty  # none carries it: no table
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures an analysis draws, by file name (still written, so the report finds them)."""
+    from normexp.analysis import plots
+
+    figures, save = {}, plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, path: (figures.__setitem__(path.name, fig), save(fig, path))[1])
+    return figures
+
+
+def _texts(fig) -> list[str]:
+    """Every title, axis label, tick label and legend entry of a figure."""
+    texts = [fig.get_suptitle()] + [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    for ax in fig.axes:
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t.get_text() for t in ax.get_xticklabels())]
+        texts += [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
+    return texts
+
+
+def test_every_figure_says_its_error_bars_are_one_sd_over_seeds(tmp_path, drawn):
+    write_sweep(tmp_path / "sweep", **HOLDS)
+    write_run(tmp_path / "sweep", {"name": "ln"}, 2, 0, [60.0, 70.0])
+    write_run(tmp_path / "sweep", {"name": "in"}, 2, 0, [60.0, 69.0])
+    assert analyze([str(tmp_path / "sweep")]) == 0
+    for epochs in (2, 4):
+        for seed in range(2):
+            for norm, batch in ((BN, 2), (GN, 2), (BN, 32), (GN, 32)):
+                write_run(tmp_path / "budget", norm, batch, seed, [50.0 + seed + epochs] * epochs)
+    assert analyze([str(tmp_path / "budget"), "--vary", "trainer.epochs"]) == 0
+    assert sorted(drawn) == ["accuracy_by_epoch.png", "accuracy_vs_epochs.png", "error_vs_batch.png",
+                             "group_ablation.png", "train_loss.png"]  # the last analysis's, and the ablation
+    for name, fig in drawn.items():
+        assert "± 1 SD over seeds" in " ".join(_texts(fig)), name
+
+
+def test_one_epoch_figures_run_from_the_start_of_training_to_its_end(tmp_path, drawn):
+    """A first look (1 epoch): the epoch axis from 0 to 1 with whole epochs as ticks, the loss's to
+    where its data stop, not a 0.5-1.5 window around them."""
+    for seed in range(2):
+        for norm, batch in ((BN, 2), (GN, 2), (BN, 32), (GN, 32)):
+            write_run(tmp_path, norm, batch, seed, [30.0 + seed])
+    assert analyze([str(tmp_path)]) == 0
+    for ax in drawn["accuracy_by_epoch.png"].axes:
+        assert ax.get_xlim() == pytest.approx((0, 1.04)) and [t for t in ax.get_xticks() if t <= 1.04] == [0, 1]
+    for ax in drawn["train_loss.png"].axes:
+        assert ax.get_xlim() == pytest.approx((0, 1.04))
+
+
+def test_a_budget_study_is_drawn_with_reader_labels_and_points_apart(tmp_path, drawn):
+    """The budget runs (1-50 epochs, numerics v1) beside the converged ones (100, v2): legends name
+    values as a reader does (no `numerics=unset`, no `n=`), every budget has a look of its own, and
+    the budgets run only at 32 sit side by side there, not in one column."""
+    for epochs, numerics, batches in ((1, None, (2, 32)), (10, None, (32,)), (20, None, (32,)), (100, 2, (2, 32))):
+        for seed in range(2):
+            for norm in (BN, GN):
+                for batch in batches:
+                    write_run(tmp_path, norm, batch, seed, [40.0 + epochs / 10 + seed] * epochs, numerics=numerics)
+    assert analyze([str(tmp_path), "--vary", "trainer.epochs", "--vary", "numerics"]) == 0
+    for name in ("error_vs_batch.png", "accuracy_vs_epochs.png"):
+        texts = _texts(drawn[name])
+        assert not [t for t in texts if "=" in t or "unset" in t], name
+        [legend] = drawn[name].legends
+        looks = [(h.get_color(), h.get_marker(), h.get_linestyle(), h.get_fillstyle()) for h in legend.legend_handles]
+        assert len(set(looks)) == len(looks) == len(legend.get_texts()), name
+    legend = [t.get_text() for t in drawn["error_vs_batch.png"].legends[0].get_texts()]
+    assert legend == ["1 epoch", "10 epochs", "20 epochs", "100 epochs", "numerics v1", "numerics v2"]
+    for ax in drawn["error_vs_batch.png"].axes:
+        at_32 = [x for bars in ax.containers for x in bars.lines[0].get_xdata() if 16 < x < 64]
+        assert len(at_32) == len(set(at_32)) == 4  # a point per budget at 32, each at its own position

@@ -3,6 +3,8 @@
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,32 @@ def test_the_plan_estimates_only_from_runs_on_the_kind_of_device_the_jobs_will_u
     record.write_summary(directory, {**summary, "device": "cpu"})
     assert plan([*command, "runtime.device=cpu"]) == 0
     assert "expected about 1 min at the pace of finished runs of the same setups on cpu" in capsys.readouterr().out
+
+
+def _reproduce(tmp_path: Path, **env: str) -> tuple[list[str], list[str]]:
+    """scripts/reproduce.sh run with stand-ins for normexp-train, normexp-analyze and pip that write
+    their arguments down (nothing installs or trains): the train and analyze arguments."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir(parents=True)
+    for tool in ("normexp-train", "normexp-analyze"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "$@" > "{log}.{tool}"\n')
+    (bin_dir / "python").write_text(f'#!/bin/sh\ncase "$1" in -I|-m) exit 0;; esac\nexec "{sys.executable}" "$@"\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    script = CONF_DIR.parent / "scripts" / "reproduce.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                               "PYTHONPATH": str(CONF_DIR.parent), **env})
+    assert done.returncode == 0, done.stderr
+    return [Path(f"{log}.{tool}").read_text().split() for tool in ("normexp-train", "normexp-analyze")]
+
+
+def test_reproduce_sh_trains_and_analyses_the_folder_the_preset_names(tmp_path):
+    """`EXPERIMENT=first_look bash scripts/reproduce.sh` and `normexp-train -m experiment=first_look`
+    write one folder (the preset's paths.results_root), so neither retrains the other's runs; OUT
+    moves both the runs and the analysis."""
+    preset = _compose("experiment=first_look").paths.results_root
+    for env, folder in (({}, preset), ({"OUT": "/tmp/x"}, "/tmp/x")):
+        train, analyze = _reproduce(tmp_path / folder.strip("/").replace("/", "_"), EXPERIMENT="first_look", **env)
+        roots = [a.split("=", 1)[1] for a in train if a.startswith("paths.results_root=")]
+        assert (roots[-1] if roots else preset) == folder and analyze == [folder]

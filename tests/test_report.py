@@ -29,6 +29,19 @@ def test_report_holds_the_verdict_every_figure_and_the_excluded_runs(tmp_path):
     assert all(source in page for source in REFERENCES) and "34.70" in page
 
 
+def test_the_headline_gives_bn_minus_gn_in_accuracy_points_with_the_verdicts_sign(tmp_path):
+    """GN ahead at 2 (in this sweep and in the GN paper: 34.7 % error against 24.1 %) reads below 0,
+    as the verdict's gap; the norms' rows stay error."""
+    write_sweep(tmp_path, **HOLDS)
+    assert analyze([str(tmp_path)]) == 0
+    headline = (tmp_path / "report.html").read_text().split("<h2")[2]
+    rows = {row.split("<th>")[-1].split("</th>")[0]: row.split("</th>")[-1] for row in headline.split("<tr>")[2:]}
+    gap = json.loads((tmp_path / "verdict.json").read_text())["checks"]["gn_beats_bn_at_smallest_batch"]["gap"]
+    assert rows["bn - gn8 (accuracy points)"].split("<td>")[-1].startswith(f"{-gap:.2f}</td>")  # batch 2
+    assert "<td>-10.60</td>" in headline and "<td>34.70</td>" in headline  # the GN paper at 2
+    assert "BN's accuracy minus GN's" in headline
+
+
 def test_a_folder_without_finished_runs_says_so_and_writes_nothing(tmp_path, capsys):
     write_run(tmp_path / "runs", BN, 2, 0, [40.0, 50.0], status="failed")
     assert analyze([str(tmp_path)]) == 1

@@ -121,6 +121,7 @@ def load_runs(root: Path, *more: Path) -> RunTables:
                "median5_test_acc": median_last(metrics)}
         if summary is not None:
             row.update({k: v for k, v in summary.items() if k not in row and not isinstance(v, dict)})
+            row["diverged_at"] = record.where_diverged(summary)
         rows.append(row)
         tag = {"run": directory.name, **{k: columns[k] for k in KEY_COLUMNS}, "status": status}
         epoch_rows += [{**tag, **m} for m in metrics]

@@ -19,7 +19,7 @@ import yaml
 
 from normexp import record
 from normexp.analysis import bn_decomposition as bd
-from normexp.analysis import landscape, plots
+from normexp.analysis import landscape, plots, setting_figures
 from normexp.analysis.collect import RunTables
 from normexp.analysis.formatting import is_p_column, with_p_text
 from normexp.analysis.pooling import PoolingError, check_poolable, flat_settings, tag_norm_settings, with_axes
@@ -31,6 +31,7 @@ from normexp.criteria import DEFAULTS, RETIRED, Criteria, load_criteria
 from normexp.files import atomic
 
 SWEPT = tuple(record.SWEPT.values())  # config keys of the swept settings
+SIGNIFICANT = ("lr",)  # table columns (or the last part of a dotted one) of settings never rounded to 2 decimals
 Tables = dict[str, tuple[pd.DataFrame, str]]  # name -> (table, what it holds)
 
 
@@ -210,7 +211,7 @@ def prepare(tables: RunTables, request: Request) -> tuple[RunSet, dict[str, str]
                             f"allowed: {', '.join(sorted(set(finished['norm'])))}")
     names = set(finished["run"])
     epochs = tables.epochs[tables.epochs["run"].isin(names) & (tables.epochs["status"] == record.FINISHED)]
-    by_run = plots.with_axis_labels(finished, axes).set_index("run")["norm"]  # figures keep other settings apart
+    by_run = setting_figures.with_axis_labels(finished, axes).set_index("run")["norm"]  # other settings apart
     return RunSet(finished, epochs.assign(norm=epochs["run"].map(by_run)), criteria, request), provenance
 
 
@@ -257,7 +258,8 @@ def analyze(tables: RunTables, request: Request) -> Outcome:
                       "excluded": tables.excluded[["run", "status", "reason"]].to_dict("records")}
     atomic.write_json(request.out / "verdict.json", result)
     if axes:  # one verdict per value of the further axes: the report shows the tables, each verdict in verdict.json
-        statistics["error_by_batch"] = (error.reset_index(), "test error (%) by batch size at each setting")
+        statistics["error_by_batch"] = (error.reset_index(), "test error (%) by batch size at each setting; "
+                                                             "BN - GN in accuracy points, as in the verdict")
     report = write_report(request.out / "report.html", request.source, tables.runs, result=result,
                           error=None if axes else error, figures=figures, convergence=convergence,
                           landscape=statistics)
@@ -265,29 +267,34 @@ def analyze(tables: RunTables, request: Request) -> Outcome:
 
 
 def _figures(runs: RunSet, train_loss: pd.DataFrame, figure_dir: Path) -> list[Path]:
-    """Error against batch size, accuracy by epoch, accuracy along each axis where a line
-    has two points (the other axes' values apart) and the training loss."""
-    labelled = plots.with_axis_labels(runs.finished, runs.axes)
-    figures = [plots.error_vs_batch(labelled, figure_dir / "error_vs_batch.png"),
+    """Error against batch size, accuracy by epoch, accuracy along each axis where a line (at one
+    value of the other axes) has two points, and the training loss."""
+    finished, axes = runs.finished, runs.axes
+    error_path = figure_dir / "error_vs_batch.png"
+    figures = [setting_figures.error_vs_batch(finished, axes, error_path) if axes
+               else plots.error_vs_batch(finished, error_path),
                plots.accuracy_curves(runs.epochs, figure_dir / "accuracy_by_epoch.png")]
-    for axis in runs.axes:  # a line per value of the other axes, if one has two points
-        apart = plots.with_axis_labels(runs.finished, [other for other in runs.axes if other != axis])
-        if apart.groupby(["norm", "batch_size"])[axis].nunique().max() < 2:
+    for axis in axes:
+        others = [other for other in axes if other != axis]
+        if finished.groupby(["norm", "batch_size", *others])[axis].nunique().max() < 2:
             continue
-        figures.append(plots.accuracy_vs_axis(apart, axis, figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png"))
+        figures.append(setting_figures.accuracy_vs_axis(finished, axis, others,
+                                                        figure_dir / f"accuracy_vs_{axis.split('.')[-1]}.png"))
     if not train_loss.empty:
-        by_run = labelled.set_index("run")["norm"]
-        losses = train_loss[train_loss["run"].isin(set(runs.finished["run"]))]
+        by_run = setting_figures.with_axis_labels(finished, axes).set_index("run")["norm"]
+        losses = train_loss[train_loss["run"].isin(set(finished["run"]))]
         figures.append(plots.train_loss_curves(losses.assign(norm=losses["run"].map(by_run)),
                                                figure_dir / "train_loss.png"))
     return figures
 
 
 def write_table(table: pd.DataFrame, directory: Path, name: str, index: bool = False) -> None:
-    """CSV, and Markdown with numbers to 2 decimals and p-values (columns "p", "p_...") by the verdict
-    text's rule (never a p printed as 0.00)."""
+    """CSV, and Markdown with numbers to 2 decimals, settings of SIGNIFICANT (e.g. an lr of 0.00625)
+    to their significant digits, and p-values (columns "p", "p_...") by the verdict text's rule (never a
+    p printed as 0.00)."""
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
     shown = with_p_text(table)
     p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c) and not table.empty]
+    formats = [".2f"] * index + ["g" if str(c).split(".")[-1] in SIGNIFICANT else ".2f" for c in table.columns]
     atomic.write_text(directory / f"{name}.md",
-                      shown.to_markdown(index=index, floatfmt=".2f", disable_numparse=p_at or False) + "\n")
+                      shown.to_markdown(index=index, floatfmt=formats, disable_numparse=p_at or False) + "\n")

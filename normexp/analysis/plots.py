@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Hashable, Mapping, Sequence, TypeVar
 
 import matplotlib
 
@@ -12,10 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from normexp.analysis.tables import accuracy_table  # noqa: E402
 from normexp.files import atomic  # noqa: E402
 
+K = TypeVar("K", bound=Hashable)  # a series' key
 GROUP_ORDER = ["ln", "gn2", "gn4", "gn8", "gn16", "gn32", "in"]
 # One colour per norm tag in every figure, whichever other norms it shows: the presets' tags are
 # listed (all distinct); another tag takes a colour of tab20 that none of these uses, by its name.
@@ -26,6 +28,7 @@ COLOURS = {"bn": "#1f77b4", "gn8": "#ff7f0e", "ln": "#2ca02c", "in": "#d62728", 
 # style of its own, so it stays apart from its base norm in print and for colour-blind readers.
 STYLES = {"bn-pbn": "--", "gn8-ws": "--", "brn": "-.", "frn": ":", "evonorm8": "-."}
 MARKERS = "osD^vP*Xhp<>"
+BARS = "mean over seeds, error bars ± 1 SD over seeds"  # what every figure's error bars are, in its title
 # BN's three evaluations of the same weights (normexp.train.bn_evaluation), named as in docs/analysis.md
 EVALUATION_LOOKS = (("test_acc", "running averages", {"color": "#1f77b4", "linestyle": "-"}),
                     ("test_acc_precise", "precise population statistics", {"color": "#2ca02c", "linestyle": "--"}),
@@ -76,15 +79,16 @@ def looks(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _axis_scale(ax: plt.Axes, values: Sequence[float], label: str) -> None:
+def axis_scale(ax: plt.Axes, values: Sequence[float]) -> bool:
     """Ratio-like settings (positive numbers spanning a factor of 8 or more: learning rates, budgets,
-    batch sizes) on a log axis with their values as ticks; others linear."""
+    batch sizes) on a log axis with their values as ticks (True), others linear (False)."""
     numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
     if len(numbers) > 1 and numbers[0] > 0 and numbers[-1] / numbers[0] >= 8:
         ax.set_xscale("log")
         ax.set_xticks(numbers, [f"{v:g}" for v in numbers])
         ax.minorticks_off()
-    ax.set_xlabel(label + (" (log scale)" if ax.get_xscale() == "log" else ""))
+        return True
+    return False
 
 
 def colour(norm: str) -> str:
@@ -95,74 +99,84 @@ def colour(norm: str) -> str:
     return free[sum(map(ord, norm)) % len(free)]
 
 
-def _seeds(counts: pd.Series) -> str:
+def seeds_text(counts: pd.Series) -> str:
+    """How many seeds the points average, e.g. "3 seeds", "1-3 seeds", "1 seed"."""
     low, high = int(counts.min()), int(counts.max())
-    return f"n={low}" if low == high else f"n={low}-{high}"
+    return f"{low} seed{'' if high == 1 else 's'}" if low == high else f"{low}-{high} seeds"
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
     atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
 
 
-def error_vs_batch(runs: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Test error vs batch size (log2 axis), mean +- std over seeds: the GN paper's Figure 1."""
+def error_vs_batch(runs: pd.DataFrame, path: Path) -> Path:
+    """Test error vs batch size (log2 axis), mean +- SD over seeds: the GN paper's Figure 1 (with
+    further swept settings: normexp.analysis.setting_figures.error_vs_batch)."""
     table = accuracy_table(runs)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     shown = looks(list(table["norm"]))
     for norm, rows in table.groupby("norm"):
         ax.errorbar(rows["batch_size"], 100 - rows["acc_mean"], yerr=rows["acc_std"], capsize=3,
-                    label=f"{norm} ({_seeds(rows['n'])} seeds)", **shown[norm])
+                    label=f"{norm} ({seeds_text(rows['n'])})", **shown[norm])
     ax.set_xscale("log", base=2)
     batches = sorted(table["batch_size"].unique())
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.invert_xaxis()
     ax.set_xlabel("batch size (images per device: BN's statistics batch)")
     ax.set_ylabel("test error (%)")
-    ax.set_title(title or "Test error vs batch size")
+    ax.set_title(f"Test error vs batch size\n{BARS}")
     ax.grid(alpha=0.3)
     _legend_outside(ax)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _per_batch_grid(epochs: pd.DataFrame, x: str, y: str, ylabel: str, path: Path, title: str,
                     shown: dict[str, dict[str, Any]] | None = None) -> Path:
-    """One panel per batch size, a line (mean +- std over seeds) per label of `norm`, each label in
-    one style in every panel (`shown`, else `looks`) and named once in a legend beside the grid."""
+    """One panel per batch size, a line (mean over seeds, shaded +- SD) per label of `norm`, each label
+    in one style in every panel (`shown`, else `looks`) and named once in a legend beside the grid; x
+    from the start of training (0) to the panel's last value."""
     batches = sorted(epochs["batch_size"].unique())
     shown = shown or looks(list(epochs["norm"]))
     cols = min(3, len(batches))
     rows = -(-len(batches) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
     named: dict[str, Any] = {}
+    lengths = set()
     for ax, batch in zip(axes.flat, batches):
         subset = epochs[epochs["batch_size"] == batch]
         for norm, norm_rows in subset.groupby("norm"):
             curve = norm_rows.groupby(x)[y].agg(["mean", "std"]).reset_index()
-            look = dict(shown[norm])
+            spread, look = curve["std"].fillna(0), dict(shown[norm])
             look["marker"] = look["marker"] if len(curve) < 30 else None  # markers keep one-point curves visible
             named[norm] = ax.plot(curve[x], curve["mean"], markersize=4, label=norm, **look)[0]
-            ax.fill_between(curve[x], curve["mean"] - curve["std"].fillna(0),
-                            curve["mean"] + curve["std"].fillna(0), alpha=0.15, color=look["color"])
+            if len(curve) == 1:  # a lone point: a band would have no width
+                ax.errorbar(curve[x], curve["mean"], yerr=spread, fmt="none", ecolor=look["color"], capsize=3)
+            else:
+                ax.fill_between(curve[x], curve["mean"] - spread, curve["mean"] + spread, alpha=0.15,
+                                color=look["color"])
+            lengths.add(min(len(curve), 2))
         ax.set_title(f"batch {batch}")
         ax.set_xlabel(x.replace("_", " "))
-        ax.set_xlim(left=min(0.5, float(subset[x].min())),
-                    right=float(subset[x].max()) + 0.5)  # one epoch: a dot, not 0.96-1.04
+        ax.set_xlim(0, 1.04 * float(subset[x].max()))  # room for the last point's marker
+        ax.xaxis.set_major_locator(MaxNLocator(steps=[1, 2, 2.5, 5, 10], integer=x == "epoch"))  # 0, 20, 40
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(batches):]:
         ax.set_visible(False)
-    fig.suptitle(title)
+    spread = {frozenset({1}): "error bars", frozenset({2}): "shaded"}.get(frozenset(lengths),
+                                                                        "shaded (error bars at a lone point)")
+    fig.suptitle(f"{title}\nmean over seeds, {spread}: ± 1 SD over seeds")
     fig.tight_layout()
     order = sorted(named, key=natural)
     fig.legend([named[n] for n in order], order, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize="small")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def accuracy_curves(epochs: pd.DataFrame, path: Path) -> Path:
-    """Test accuracy vs epoch, one panel per batch size, mean +- std over seeds."""
+    """Test accuracy vs epoch, one panel per batch size, mean +- SD over seeds."""
     return _per_batch_grid(epochs, "epoch", "test_acc", "test accuracy (%)", path, "Test accuracy by epoch")
 
 
@@ -191,17 +205,17 @@ def group_ablation(runs: pd.DataFrame, path: Path) -> Path:
                color=greys(0.25 + 0.4 * i / max(1, len(batches) - 1)), edgecolor="black", linewidth=0.5)
     ax.set_xticks(range(len(order)), order)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("GroupNorm group-count ablation")
+    ax.set_title(f"GroupNorm group-count ablation\n{BARS}")
     ax.set_ylim(bottom=0)  # bars start at zero: a cut axis would exaggerate the gaps
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def statistics_curves(epochs: pd.DataFrame, path: Path) -> Path:
     """Test accuracy vs epoch of the runs evaluated three ways (normexp.train.bn_evaluation): running
     averages, precise population statistics and batch statistics of the same weights, one panel per
-    batch size, mean +- std over seeds."""
+    batch size, mean +- SD over seeds."""
     runs = epochs.loc[epochs["test_acc_batch"].notna(), "run"].unique()
     carrying, controls = epochs[epochs["run"].isin(runs)], epochs[~epochs["run"].isin(runs)]
     curves = pd.concat([carrying.assign(norm=carrying["norm"] + f" {label}", accuracy=carrying[column])
@@ -215,16 +229,7 @@ def statistics_curves(epochs: pd.DataFrame, path: Path) -> Path:
                            "The same weights evaluated with three kinds of BN statistics", shown)
 
 
-def with_axis_labels(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
-    """`runs` whose `norm` labels also name their value of each further swept setting (e.g.
-    `bn epochs=10`), so that figures drawn per norm keep those runs apart."""
-    labelled = runs.copy()
-    for axis in axes:
-        labelled["norm"] = labelled["norm"] + f" {axis.split('.')[-1]}=" + labelled[axis].astype(str)
-    return labelled
-
-
-def dodged(positions: dict[str, Sequence[float]], log: bool) -> dict[str, list[float]]:
+def dodged(positions: Mapping[K, Sequence[float]], log: bool) -> dict[K, list[float]]:
     """Each series' x positions moved sideways where several series share a value, in the order of
     `positions`, left to right and centred on the value, so that no point hides another (a dodge):
     neighbours spaced by up to 15 % of the narrowest gap between values (in decades on a log axis),
@@ -239,31 +244,3 @@ def dodged(positions: dict[str, Sequence[float]], log: bool) -> dict[str, list[f
                  for v in xs]
         out[label] = [v * 10 ** step if log else v + step for v, step in zip(xs, steps)]
     return out
-
-
-def accuracy_vs_axis(runs: pd.DataFrame, axis: str, path: Path) -> Path:
-    """Final test accuracy against a further swept setting (e.g. trainer.epochs), one line per norm
-    and batch size, mean +- std over seeds, the lines' points dodged sideways where they share a
-    value; a setting with values other than numbers (e.g. unset and 2) is drawn as categories in
-    natural order (numbers first)."""
-    categories: list[str] = []
-    if not pd.api.types.is_numeric_dtype(runs[axis]):
-        categories = sorted(runs[axis].astype(str).unique(), key=natural)
-        runs = runs.assign(**{axis: runs[axis].astype(str).map({c: i for i, c in enumerate(categories)})})
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    shown = looks([f"{norm}, {batch} per device" for norm, batch in zip(runs["norm"], runs["batch_size"])])
-    curves = {f"{norm}, {batch} per device": rows.groupby(axis)["final_test_acc"].agg(["mean", "std", "count"])
-              for (norm, batch), rows in runs.groupby(["norm", "batch_size"])}
-    _axis_scale(ax, list(runs[axis]), axis)  # first: the dodge spreads points in decades on a log axis
-    xs = dodged({label: list(curve.index) for label, curve in curves.items()}, ax.get_xscale() == "log")
-    for label, curve in curves.items():
-        ax.errorbar(xs[label], curve["mean"], yerr=curve["std"].fillna(0), capsize=2, markersize=4,
-                    label=f"{label} ({_seeds(curve['count'])})", **shown[label])
-    if categories:
-        ax.set_xticks(range(len(categories)), categories)
-    ax.set_ylabel("final test accuracy (%)")
-    positions = [x for curve in curves.values() for x in curve.index]
-    ax.set_title(f"Accuracy by {axis}" + (" (points dodged sideways)" if len(positions) > len(set(positions)) else ""))
-    ax.grid(alpha=0.3)
-    _legend_outside(ax)
-    return _save(fig, path)

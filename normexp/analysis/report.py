@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from normexp.analysis.formatting import is_p_column, p_text, with_p_text
+from normexp.analysis.tables import gap_label
 from normexp.analysis.verdict import PARTS
 from normexp.analysis.verdict_text import budget_text, describe_verdict, overall, part_text
 from normexp.files import atomic
@@ -106,21 +107,24 @@ def _badge(text: str, undecided: bool, holds: bool | None, required: bool = True
 
 
 def _headline(error: pd.DataFrame | None, criteria: Mapping[str, Any] | None) -> str:
-    """This sweep's BN, GN and BN - GN error by batch size, and the reference rows, in one table."""
+    """This sweep's BN and GN error by batch size and BN - GN in accuracy points (the verdict's sign),
+    and the reference rows, in one table."""
     rows = {}
     if error is not None and criteria is not None:
         bn, gn = criteria["bn"], criteria["gn"]
-        for label in (bn, gn, f"{bn} - {gn}"):
+        for label in (bn, gn, gap_label(bn, gn)):
             if label in error.index:
                 rows["this sweep", label] = {int(col.split()[-1]): v for col, v in error.loc[label].items()}
     for source, (_, values) in REFERENCES.items():
         for norm, errors in values.items():
             rows[source, norm] = dict(zip(REFERENCE_BATCHES, errors))
-        rows[source, "BN - GN"] = {b: round(x - y, 1) for b, x, y in zip(REFERENCE_BATCHES, values["BN"], values["GN"])}
+        rows[source, gap_label("BN", "GN")] = {b: round(y - x, 1) for b, x, y in
+                                               zip(REFERENCE_BATCHES, values["BN"], values["GN"])}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table = table[sorted(table.columns, reverse=True)].rename(columns=lambda b: f"batch {b}")
     notes = "".join(f"<li>{html.escape(source)}: {html.escape(text)}</li>" for source, (text, _) in REFERENCES.items())
-    return (f"{_table(table, index=True)}<p class='muted'>Test error (%); this sweep: mean over finished seeds "
+    return (f"{_table(table, index=True)}<p class='muted'>Test error (%), except the BN - GN rows: BN's accuracy "
+            f"minus GN's in points (above 0: BN ahead, as in the verdict); this sweep: mean over finished seeds "
             f"(batch = images per device). The references use other models and data: compare how error changes "
             f"as the batch shrinks, not its level.</p><ul class='muted'>{notes}</ul>")
 

@@ -69,23 +69,33 @@ def unpaired_runs(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, list[s
             "only after": sorted(set(after["run"]) - set(before["run"]))}
 
 
+ERROR_HEADER = "test error (%)"  # the error table's label column: what its norms' rows hold
+
+
+def gap_label(bn: str, gn: str) -> str:
+    """The error table's row of the verdict's `bn - gn`: accuracy points, so with the verdict's sign
+    (> 0: BN ahead), and the unit in its name since the table's other rows are error."""
+    return f"{bn} - {gn} (accuracy points)"
+
+
 def error_table(runs: pd.DataFrame, criteria: Criteria, axes: Sequence[str] = ()) -> pd.DataFrame:
     """GN-paper style: test error (%) by batch size (largest first) for every norm (x each further
-    swept setting in `axes`), and the criteria's BN - GN (at each value of the axes)."""
+    swept setting in `axes`), and the criteria's BN - GN in accuracy points (`gap_label`; at each value
+    of the axes)."""
     acc = accuracy_table(runs, axes).pivot_table(index=["norm", *axes], columns="batch_size", values="acc_mean")
     error = 100.0 - acc[sorted(acc.columns, reverse=True)]
     bn, gn = criteria.bn, criteria.gn
     norms = error.index.get_level_values("norm")
     if bn in norms and gn in norms:
         if axes:
-            gap = error.xs(bn, level="norm") - error.xs(gn, level="norm")
-            gap.index = pd.MultiIndex.from_tuples([(f"{bn} - {gn}", *(k if isinstance(k, tuple) else (k,)))
+            gap = error.xs(gn, level="norm") - error.xs(bn, level="norm")
+            gap.index = pd.MultiIndex.from_tuples([(gap_label(bn, gn), *(k if isinstance(k, tuple) else (k,)))
                                                    for k in gap.index], names=error.index.names)
             error = pd.concat([error, gap.dropna(how="all")])
         else:
-            error.loc[f"{bn} - {gn}"] = error.loc[bn] - error.loc[gn]
+            error.loc[gap_label(bn, gn)] = error.loc[gn] - error.loc[bn]
     error.columns = [f"batch {b}" for b in error.columns]
-    return error.round(2)
+    return error.rename_axis(index={"norm": ERROR_HEADER}).round(2)
 
 
 def epochs_to_reach(epochs: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataFrame:

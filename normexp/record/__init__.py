@@ -64,6 +64,7 @@ from normexp.record.readers import (  # noqa: F401 (record's API)
     read_summary,
     run_folders,
     status,
+    where_diverged,
 )
 from normexp.record.starts import (  # noqa: F401 (record's API)
     ENVIRONMENT,

@@ -32,13 +32,18 @@ def read_metrics(directory: Path) -> list[dict[str, Any]]:
     return read_jsonl(directory / METRICS)
 
 
+def where_diverged(summary: Mapping[str, Any]) -> Optional[str]:
+    """Where a run's summary says it diverged, e.g. "epoch 3 step 1200"; None if it did not."""
+    at = summary.get("diverged_at")
+    return None if at is None else f"epoch {at.get('epoch')} step {at.get('step')}"
+
+
 def status(directory: Path, summary: Optional[Mapping[str, Any]]) -> tuple[str, str]:
     """(status, reason) of a run folder with its summary (`read_summary`): finished, diverged,
     running, failed or unfinished."""
     if summary is not None:
         if summary["status"] == DIVERGED:
-            at = summary.get("diverged_at") or {}
-            return DIVERGED, f"non-finite loss at epoch {at.get('epoch')} step {at.get('step')}"
+            return DIVERGED, f"non-finite loss at {where_diverged(summary) or 'an unrecorded step'}"
         return FINISHED, ""
     if is_claimed(directory):
         return RUNNING, "being trained now"
