@@ -21,11 +21,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: --screen")
     args = parser.parse_args()
     try:
-        table = screen.write(args.screen, args.reference, args.out or args.screen)
+        screen.write(args.screen, args.reference, out := args.out or args.screen)
     except ValueError as error:
         print(f"parity_screen: {error}", file=sys.stderr)
         sys.exit(2)
-    print(table.to_markdown(index=False, floatfmt=".2f"))
+    print((out / "tables" / "screen.md").read_text(), end="")
 
 
 if __name__ == "__main__":

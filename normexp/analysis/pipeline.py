@@ -290,11 +290,13 @@ def _figures(runs: RunSet, train_loss: pd.DataFrame, figure_dir: Path) -> list[P
 
 def write_table(table: pd.DataFrame, directory: Path, name: str, index: bool = False) -> None:
     """CSV, and Markdown with numbers to 2 decimals, settings of SIGNIFICANT (e.g. an lr of 0.00625)
-    to their significant digits, and p-values (columns "p", "p_...") by the verdict text's rule (never a
-    p printed as 0.00)."""
+    to their significant digits, p-values (columns "p", "p_...") by `formatting.p_text` (never a p
+    printed as 0.00) and a missing value as "-"."""
     atomic.write_text(directory / f"{name}.csv", table.to_csv(index=index))
     shown = with_p_text(table)
+    shown = shown.astype(object).where(shown.notna(), None)  # tabulate writes None, not NaN, as missingval
     p_at = [i + index for i, c in enumerate(table.columns) if is_p_column(c) and not table.empty]
     formats = [".2f"] * index + ["g" if str(c).split(".")[-1] in SIGNIFICANT else ".2f" for c in table.columns]
     atomic.write_text(directory / f"{name}.md",
-                      shown.to_markdown(index=index, floatfmt=formats, disable_numparse=p_at or False) + "\n")
+                      shown.to_markdown(index=index, floatfmt=formats, disable_numparse=p_at or False,
+                                        missingval="-") + "\n")
