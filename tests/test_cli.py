@@ -29,9 +29,10 @@ def test_help_names_the_app_and_imports_no_torch(tmp_path):
     assert analyze.returncode == 0 and "normexp-analyze" in analyze.stdout
 
 
-def test_an_unwritable_results_root_is_one_line_and_exit_2(tmp_path):
+def test_an_unwritable_results_root_is_one_line_and_exit_2(tmp_path, image_folder):
     (tmp_path / "a-file").write_text("")
-    done = _run("normexp.cli.train", f"paths.results_root={tmp_path / 'a-file' / 'runs'}", cwd=tmp_path)
+    done = _run("normexp.cli.train", f"paths.results_root={tmp_path / 'a-file' / 'runs'}",
+                f"paths.cifar10_folder={image_folder}", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "paths.results_root=" in done.stderr + done.stdout and "Traceback" not in done.stderr + done.stdout
 

@@ -129,9 +129,9 @@ def _check_command_line(argv: list[str]) -> tuple[Optional[str], list[str]]:
     if problem is None and not args.cfg:
         problem = torchvision_problem() or (launcher_problem(compose(points[0], hydra=True).hydra)
                                             if args.multirun else None) or _cache_problem(configs) \
-            or gpu_problem(points, configs) or _data_problem(configs)
+            or gpu_problem(points, configs)
     if problem is None and not args.cfg:  # settings that only the model can judge, for every job before any starts
-        problem = model_problem(configs)
+        problem = model_problem(configs) or _data_problem(configs)
     if problem is None and args.multirun and not args.cfg:
         from normexp.sweep.plan import describe, run_epochs, sweep_plan
 
