@@ -5,7 +5,7 @@
 # `normexp-train -m experiment=...` and this script share one folder and neither retrains the other's
 # runs. Resumable: rerun after an interruption and it finishes what is missing. Extra arguments go to
 # normexp-train, e.g. `bash scripts/reproduce.sh seed=[3,4,5]`.
-# EXPERIMENT=first_look runs the 15-minute first look instead (results in runs/first_look).
+# EXPERIMENT=first_look runs the first look instead (about 10 minutes on 2 cores) (results in runs/first_look).
 # Data: ../shared/data/cifar10-jpeg by default; NORMEXP_CIFAR10_FOLDER points elsewhere, or set
 # NORMEXP_DATA_SOURCE=torchvision (official CIFAR-10; add runtime.download=true the first time).
 # A run that diverged or a job that failed makes the sweep exit 1: the analysis still runs (it lists
