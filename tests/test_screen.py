@@ -59,6 +59,19 @@ def test_an_arm_whose_gn_run_has_not_finished_has_no_gap_yet(folders):
     assert row["GN"] == "-" and pd.isna(row["gap BN - GN"]) and row["reading"] == "its GN run has not finished"
 
 
+def test_a_gn_only_combination_borrows_the_bn_of_its_other_changes(folders):
+    arms, reference = folders
+    write_run(arms, GN4, 84.0, crop_fill="reflect")  # against the reflect arm's BN 84.5: gap 0.5
+    write_run(arms, GN4, 81.0, crop_fill="mean")  # the mean-fill arm has no BN run yet
+    table = screen.screen_table(screen.arm_runs(arms, reference)).set_index("arm")
+    combined = table.loc["data.crop_fill=reflect, norm.groups=4"]
+    assert combined[["BN", "gap BN - GN", "closes"]].tolist() == ["84.50 (data.crop_fill=reflect)", 0.5, 3.0]
+    assert combined["compute h BN / GN"] == "- / 2.0"
+    waiting = table.loc["data.crop_fill=mean, norm.groups=4"]
+    assert waiting["BN"] == "-" and pd.isna(waiting["gap BN - GN"])
+    assert waiting["reading"] == "its BN run has not finished"
+
+
 def test_the_table_and_figure_are_written(folders, tmp_path):
     screen.write(*folders, tmp_path / "out")
     assert (tmp_path / "out" / "tables" / "screen.md").read_text().count("\n") == 6

@@ -3,8 +3,10 @@
 Each run's arm is what its identity changes against the reference run of its norm family (BN
 against the reference's BN, any GN against its GN, same seed and batch): e.g. `data.crop_fill=reflect`
 or `norm.groups=4`. An arm's gap is its BN minus its GN in final test accuracy; an arm without a BN
-run of its own (a GN-only arm) is measured against the reference's BN. The reading follows the
-thresholds the preset fixed before its runs (conf/experiment/parity_screen.yaml).
+run of its own (a GN-only arm, e.g. `norm.groups=4` or `data.crop_fill=reflect, norm.groups=4`) is
+measured against the BN run of its changes other than the norm's (the reference's BN when there are
+none). The reading follows the thresholds the presets fixed before their runs
+(conf/experiment/parity_screen.yaml, parity_combo.yaml).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def change(ident: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
     run, base = flat_settings(ident), flat_settings(reference)
     keys = sorted(k for k in run.keys() | base.keys() if k not in NOT_A_CHANGE and run.get(k) != base.get(k))
     return ", ".join(f"{k}={run.get(k, 'unset')}" for k in keys) or REFERENCE
+
+
+def bn_arm(arm: str) -> str:
+    """The arm whose BN run a GN-only `arm` is measured against: its changes without the norm's."""
+    kept = [part for part in arm.split(", ") if part != REFERENCE and not part.startswith("norm.")]
+    return ", ".join(kept) or REFERENCE
 
 
 def _reading(closed: float) -> str:
@@ -69,31 +77,36 @@ def arm_runs(screen: Path, reference: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("run")
 
 
-def _row(arm: str, bn: pd.Series, gn: Optional[pd.Series], own_bn: bool, reference_gap: float) -> dict[str, Any]:
-    """One arm's row; `gn` None while its GN run has not finished (no gap yet)."""
-    gap = None if gn is None else bn["acc"] - gn["acc"]
+def _row(arm: str, bn: Optional[pd.Series], gn: Optional[pd.Series], borrowed_from: Optional[str],
+         reference_gap: float) -> dict[str, Any]:
+    """One arm's row; no gap while its BN or GN run has not finished (`bn` or `gn` None). A GN-only
+    arm's BN is borrowed from the arm named by `borrowed_from` (marked `(ref)` or `(<arm>)`)."""
+    gap = None if bn is None or gn is None else bn["acc"] - gn["acc"]
     if gap is None:
-        reading = "its GN run has not finished"
+        reading = f"its {'GN' if gn is None else 'BN'} run has not finished"
     else:
         reading = "the reference" if arm == REFERENCE else _reading(reference_gap - gap)
-    return {"arm": arm, "BN": f"{bn['acc']:.2f}" + ("" if own_bn else " (ref)"),
+    mark = "" if borrowed_from is None else " (ref)" if borrowed_from == REFERENCE else f" ({borrowed_from})"
+    return {"arm": arm, "BN": "-" if bn is None else f"{bn['acc']:.2f}" + mark,
             "GN": "-" if gn is None else f"{gn['acc']:.2f}",
             "gap BN - GN": None if gap is None else round(gap, 2),
             "closes": None if gap is None else round(reference_gap - gap, 2), "reading": reading,
-            "compute h BN / GN": (f"{bn['hours']:.1f}" if own_bn else "-") + " / "
+            "compute h BN / GN": ("-" if bn is None or borrowed_from else f"{bn['hours']:.1f}") + " / "
                                  + ("-" if gn is None else f"{gn['hours']:.1f}")}
 
 
 def screen_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per arm (the reference first, then by name): BN, GN, gap (BN - GN), how much of the reference's
-    gap it closes, the reading, and each run's compute hours. A GN-only arm borrows the reference's BN
-    (marked `(ref)`); an arm whose GN run has not finished has no gap yet."""
+    gap it closes, the reading, and each run's compute hours. A GN-only arm borrows the BN run of its
+    changes other than the norm's (`bn_arm`); an arm with a run not finished has no gap yet."""
     bn_runs, gn_runs = (runs[runs["family"] == f].set_index("arm") for f in ("bn", "gn"))
-    bn_ref = bn_runs.loc[REFERENCE]
-    reference_gap = bn_ref["acc"] - gn_runs.loc[REFERENCE, "acc"]
-    rows = [_row(arm, bn_runs.loc[arm] if arm in bn_runs.index else bn_ref, gn, arm in bn_runs.index, reference_gap)
-            for arm, gn in gn_runs.iterrows()]
-    rows += [_row(arm, bn, None, True, reference_gap) for arm, bn in bn_runs.iterrows() if arm not in gn_runs.index]
+    reference_gap = bn_runs.loc[REFERENCE, "acc"] - gn_runs.loc[REFERENCE, "acc"]
+    rows = []
+    for arm, gn in gn_runs.iterrows():
+        source = arm if arm in bn_runs.index else bn_arm(arm)
+        bn = bn_runs.loc[source] if source in bn_runs.index else None
+        rows.append(_row(arm, bn, gn, None if source == arm else source, reference_gap))
+    rows += [_row(arm, bn, None, None, reference_gap) for arm, bn in bn_runs.iterrows() if arm not in gn_runs.index]
     table = pd.DataFrame(rows)
     arms = table[table["arm"] != REFERENCE].sort_values("arm")
     return pd.concat([table[table["arm"] == REFERENCE], arms], ignore_index=True)
