@@ -9,12 +9,13 @@ from normexp import record
 from normexp.analysis import screen
 
 
-def write_run(root: Path, norm: dict, acc: float, crop_fill: str | None = None, depth: int = 8) -> None:
+def write_run(root: Path, norm: dict, acc: float, crop_fill: str | None = None, depth: int = 8,
+              seed: int = 0) -> None:
     data = {"source": "folder", "batch_size": 32, "devices": 8, "crop_padding": 4, "flip": True}
     if crop_fill is not None:
         data["crop_fill"] = crop_fill
     ident = {"data": data, "model": {"depth": depth, "base_width": 16}, "norm": norm, "optim": {"lr": 0.1},
-             "trainer": {"epochs": 2}, "seed": 0, "data_digest": "cifar", "numerics": 2}
+             "trainer": {"epochs": 2}, "seed": seed, "data_digest": "cifar", "numerics": 2}
     directory = root / record.run_name(ident)
     record.write_setup(directory, ident, "verdict: null\n")
     metrics = [{"epoch": e + 1, "test_acc": a, "train_acc": a, "train_loss": 1.0, "test_loss": 1.0, "lr": 0.1,
@@ -70,6 +71,35 @@ def test_a_gn_only_combination_borrows_the_bn_of_its_other_changes(folders):
     waiting = table.loc["data.crop_fill=mean, norm.groups=4"]
     assert waiting["BN"] == "-" and pd.isna(waiting["gap BN - GN"])
     assert waiting["reading"] == "its BN run has not finished"
+
+
+def test_a_combination_with_its_own_bn_waits_for_it_and_parity_is_read_at_one_point(folders):
+    arms, reference = folders
+    write_run(arms, GN8, 83.6, crop_fill="reflect", depth=20)  # its BN has not finished
+    waiting = screen.screen_table(screen.arm_runs(arms, reference)).set_index("arm")
+    assert waiting.loc["data.crop_fill=reflect, model.depth=20", "reading"] == "its BN run has not finished"
+    write_run(arms, BN, 84.6, crop_fill="reflect", depth=20)  # gap exactly 1.00 at 0.01
+    row = screen.screen_table(screen.arm_runs(arms, reference)).set_index("arm").loc[
+        "data.crop_fill=reflect, model.depth=20"]
+    assert row[["BN", "gap BN - GN", "closes", "reading"]].tolist() == ["84.60", 1.0, 2.5, "carries the gap, at parity"]
+
+
+def test_a_threshold_met_exactly_is_met(tmp_path):
+    reference, arms = tmp_path / "converged", tmp_path / "screen"
+    write_run(reference, BN, 83.95)
+    write_run(reference, GN8, 80.37)  # gap 3.58
+    write_run(arms, GN4, 80.87)  # gap 3.08: closes exactly 0.50
+    row = screen.screen_table(screen.arm_runs(arms, reference)).set_index("arm").loc["norm.groups=4"]
+    assert row[["closes", "reading"]].tolist() == [0.5, "carries part"]
+
+
+def test_two_seeds_of_one_arm_are_refused(folders):
+    arms, reference = folders
+    write_run(reference, BN, 84.1, seed=1)
+    write_run(reference, GN8, 80.4, seed=1)
+    write_run(arms, GN8, 83.1, crop_fill="reflect", seed=1)
+    with pytest.raises(ValueError, match="more than one (BN|GN) run"):
+        screen.screen_table(screen.arm_runs(arms, reference))
 
 
 def test_the_table_and_figure_are_written(folders, tmp_path):

@@ -21,8 +21,11 @@ from normexp.analysis.pooling import flat_settings
 from normexp.files import atomic
 
 REFERENCE = "reference"
-# What closing the reference's gap by this much reads as (parity_screen.yaml, fixed before its runs)
-CARRIES, CARRIES_PART = 1.0, 0.5
+# What closing the reference's gap by this much reads as, and the gap read as parity
+# (parity_screen.yaml and parity_combo.yaml, fixed before their runs); gaps are read at 0.01
+CARRIES, CARRIES_PART, PARITY = 1.0, 0.5, 1.0
+# Changes only GN has: a GN-only arm is measured against the BN run of its other changes
+GN_ONLY = ("norm.groups=", "norm.channels_per_group=")
 # Identity entries that are the same setting for both families or no setting at all
 NOT_A_CHANGE = {"data_digest", "numerics"}
 
@@ -41,11 +44,13 @@ def change(ident: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
 
 def bn_arm(arm: str) -> str:
     """The arm whose BN run a GN-only `arm` is measured against: its changes without the norm's."""
-    kept = [part for part in arm.split(", ") if part != REFERENCE and not part.startswith("norm.")]
+    kept = [part for part in arm.split(", ") if part != REFERENCE and not part.startswith(GN_ONLY)]
     return ", ".join(kept) or REFERENCE
 
 
-def _reading(closed: float) -> str:
+def _reading(gap: float, closed: float) -> str:
+    if gap <= PARITY:
+        return "carries the gap, at parity"
     if closed >= CARRIES:
         return "carries the gap"
     return "carries part" if closed >= CARRIES_PART else "does not carry it"
@@ -81,16 +86,16 @@ def _row(arm: str, bn: Optional[pd.Series], gn: Optional[pd.Series], borrowed_fr
          reference_gap: float) -> dict[str, Any]:
     """One arm's row; no gap while its BN or GN run has not finished (`bn` or `gn` None). A GN-only
     arm's BN is borrowed from the arm named by `borrowed_from` (marked `(ref)` or `(<arm>)`)."""
-    gap = None if bn is None or gn is None else bn["acc"] - gn["acc"]
-    if gap is None:
+    gap = None if bn is None or gn is None else round(bn["acc"] - gn["acc"], 2)
+    closed = None if gap is None else round(reference_gap - gap, 2)
+    if gap is None or closed is None:
         reading = f"its {'GN' if gn is None else 'BN'} run has not finished"
     else:
-        reading = "the reference" if arm == REFERENCE else _reading(reference_gap - gap)
+        reading = "the reference" if arm == REFERENCE else _reading(gap, closed)
     mark = "" if borrowed_from is None else " (ref)" if borrowed_from == REFERENCE else f" ({borrowed_from})"
     return {"arm": arm, "BN": "-" if bn is None else f"{bn['acc']:.2f}" + mark,
             "GN": "-" if gn is None else f"{gn['acc']:.2f}",
-            "gap BN - GN": None if gap is None else round(gap, 2),
-            "closes": None if gap is None else round(reference_gap - gap, 2), "reading": reading,
+            "gap BN - GN": gap, "closes": closed, "reading": reading,
             "compute h BN / GN": ("-" if bn is None or borrowed_from else f"{bn['hours']:.1f}") + " / "
                                  + ("-" if gn is None else f"{gn['hours']:.1f}")}
 
@@ -100,7 +105,11 @@ def screen_table(runs: pd.DataFrame) -> pd.DataFrame:
     gap it closes, the reading, and each run's compute hours. A GN-only arm borrows the BN run of its
     changes other than the norm's (`bn_arm`); an arm with a run not finished has no gap yet."""
     bn_runs, gn_runs = (runs[runs["family"] == f].set_index("arm") for f in ("bn", "gn"))
-    reference_gap = bn_runs.loc[REFERENCE, "acc"] - gn_runs.loc[REFERENCE, "acc"]
+    for kind, found in (("BN", bn_runs), ("GN", gn_runs)):
+        if found.index.duplicated().any():
+            twice = sorted(set(found.index[found.index.duplicated()]))
+            raise ValueError(f"more than one {kind} run of arm(s) {twice} (other seeds?): the screen reads one per arm")
+    reference_gap = round(bn_runs.loc[REFERENCE, "acc"] - gn_runs.loc[REFERENCE, "acc"], 2)
     rows = []
     for arm, gn in gn_runs.iterrows():
         source = arm if arm in bn_runs.index else bn_arm(arm)
