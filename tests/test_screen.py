@@ -82,6 +82,10 @@ def test_a_combination_with_its_own_bn_waits_for_it_and_parity_is_read_at_one_po
     row = screen.screen_table(screen.arm_runs(arms, reference)).set_index("arm").loc[
         "data.crop_fill=reflect, model.depth=20"]
     assert row[["BN", "gap BN - GN", "closes", "reading"]].tolist() == ["84.60", 1.0, 2.5, "carries the gap, at parity"]
+    write_run(arms, GN8, 84.6, crop_fill="mean")  # GN 1.5 ahead of its BN: not parity
+    write_run(arms, BN, 83.1, crop_fill="mean")
+    row = screen.screen_table(screen.arm_runs(arms, reference)).set_index("arm").loc["data.crop_fill=mean"]
+    assert row[["gap BN - GN", "reading"]].tolist() == [-1.5, "carries the gap"]
 
 
 def test_a_threshold_met_exactly_is_met(tmp_path):

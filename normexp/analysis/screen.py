@@ -21,7 +21,7 @@ from normexp.analysis.pooling import flat_settings
 from normexp.files import atomic
 
 REFERENCE = "reference"
-# What closing the reference's gap by this much reads as, and the gap read as parity
+# What closing the reference's gap by this much reads as, and the gap (either sign) read as parity
 # (parity_screen.yaml and parity_combo.yaml, fixed before their runs); gaps are read at 0.01
 CARRIES, CARRIES_PART, PARITY = 1.0, 0.5, 1.0
 # Changes only GN has: a GN-only arm is measured against the BN run of its other changes
@@ -49,7 +49,7 @@ def bn_arm(arm: str) -> str:
 
 
 def _reading(gap: float, closed: float) -> str:
-    if gap <= PARITY:
+    if abs(gap) <= PARITY:
         return "carries the gap, at parity"
     if closed >= CARRIES:
         return "carries the gap"
