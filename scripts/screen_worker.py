@@ -45,13 +45,8 @@ def partners(runs: Path, reference: Path) -> list[str]:
         table = screen.screen_table(screen.arm_runs(runs, reference))
     except ValueError:  # no finished run yet
         return []
-    closes = dict(zip(table["arm"], table["closes"]))
-    return [arm for arm in COMBINATIONS if _number(closes.get(arm)) >= screen.CARRIES_PART]
-
-
-def _number(value: object) -> float:
-    """A table cell as a number; a missing or NaN cell as -inf."""
-    return float(value) if isinstance(value, (int, float)) and value == value else float("-inf")
+    closes = table.set_index("arm")["closes"]  # NaN while a pair is unfinished: compares False
+    return [arm for arm in COMBINATIONS if arm in closes.index and closes[arm] >= screen.CARRIES_PART]
 
 
 def run_list(runs: Path, reference: Path) -> list[str]:
