@@ -1,27 +1,39 @@
-"""One worker (one core) of the parity screen and its combinations, run in the background.
+"""One worker (one core) of the parity screen, its combinations and the whole figure, in the background.
 
-Usage: python scripts/screen_worker.py WORKER --runs DIR --train-from WORKTREE [--wait PID]
+Usage: python scripts/screen_worker.py WORKER --runs DIR --train-from WORKTREE
+           [--figure-runs DIR --figure-from WORKTREE [--first figure|screen]] [--wait PID]
 Waits for PID (a run already training on this core) to exit, then trains, one run at a time, the
-first run of its list that is not finished, and recomputes the list after each run it trained:
-reflection combined with each screen arm whose own gap closes >= 0.5 (conf/experiment/
-parity_combo.yaml), then the screen's arms in order (parity_screen.yaml). Finished runs are
-skipped, unfinished ones resume; a run the other worker holds is skipped by the trainer's lock.
-Runs train from WORKTREE (a frozen checkout) with `experiment=parity_screen` plus each run's
-overrides (a combination adds data.crop_fill=reflect: the same run identity as parity_combo's).
-The list is decided with this checkout's analysis; start it from a frozen checkout too.
+first run of its list that is not finished, and recomputes the list after each run it trained.
+The screen's list: reflection combined with each screen arm whose own gap closes >= 0.5
+(conf/experiment/parity_combo.yaml), then the screen's arms in order (parity_screen.yaml); they train
+from WORKTREE with `experiment=parity_screen` plus each run's overrides (a combination adds
+data.crop_fill=reflect: the same run identity as parity_combo's).
+The figure's list, once the screen has a recipe (an arm at parity): parity_figure.yaml's 12 runs under
+it, at 32 images per device first (seeds 1-3, BN then GN), then at 2, trained from --figure-from into
+--figure-runs. The first table that has a recipe records it in DIR/recipe.json; later ones keep it
+(parity_combo.yaml: the first recipe stands). --first says which list this worker trains first; it
+goes on to the other when its own is done.
+Finished runs are skipped, unfinished ones resume; a run the other worker holds is skipped by the
+trainer's lock. The lists are decided with this checkout's analysis; start it from a frozen checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
+
+import pandas as pd
 
 from normexp.analysis import screen
+from normexp.files import atomic
 
 SCREEN = ["norm=gn data.crop_fill=reflect", "norm=bn data.crop_fill=reflect",
           "norm=bn data.devices=1 optim.ref_batch_size=32", "norm=gn data.devices=1 optim.ref_batch_size=32",
@@ -32,53 +44,113 @@ COMBINATIONS = {"data.devices=1, optim.ref_batch_size=32": ["norm=bn data.device
                                                             "norm=gn data.devices=1 optim.ref_batch_size=32"],
                 "norm.groups=4": ["norm=gn4"], "norm.groups=2": ["norm=gn2"],
                 "model.depth=20": ["norm=bn model.depth=20", "norm=gn model.depth=20"]}
+FIGURE_BATCHES, FIGURE_SEEDS = (32, 2), (1, 2, 3)  # parity_figure.yaml's cells, in the order they train
+RECIPE = "recipe.json"
 TRAINED = 120  # seconds: a run that ended well after longer trained (a finished or held one exits at once)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: the preset, its overrides, the results root and the frozen checkout it trains from."""
+
+    experiment: str
+    overrides: str
+    runs: Path
+    worktree: Path
 
 
 def log(worker: int, message: str) -> None:
     print(f"=== {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} worker {worker}: {message}", flush=True)
 
 
-def partners(runs: Path, reference: Path) -> list[str]:
-    """The partner arms whose own gap closes >= 0.5 of the reference's, in the preset's order."""
+def screen_table(runs: Path, reference: Path) -> Optional[pd.DataFrame]:
     try:
-        table = screen.screen_table(screen.arm_runs(runs, reference))
+        return screen.screen_table(screen.arm_runs(runs, reference))
     except ValueError:  # no finished run yet
+        return None
+
+
+def partners(table: Optional[pd.DataFrame]) -> list[str]:
+    """The partner arms whose own gap closes >= 0.5 of the reference's, in the preset's order."""
+    if table is None:
         return []
     closes = table.set_index("arm")["closes"]  # NaN while a pair is unfinished: compares False
     return [arm for arm in COMBINATIONS if arm in closes.index and closes[arm] >= screen.CARRIES_PART]
 
 
-def run_list(runs: Path, reference: Path) -> list[str]:
-    combined = [f"{run} data.crop_fill=reflect" for arm in partners(runs, reference) for run in COMBINATIONS[arm]]
-    return combined + SCREEN
+def recorded_recipe(runs: Path, table: Optional[pd.DataFrame]) -> Optional[str]:
+    """The recipe recorded in runs/recipe.json; the first table that has one records it there."""
+    path = runs / RECIPE
+    if path.is_file():
+        return str(json.loads(path.read_text())["arm"])
+    arm = None if table is None else screen.recipe(table)
+    if arm is not None:
+        at_parity = table[table["reading"] == screen.AT_PARITY] if table is not None else None
+        atomic.write_json(path, {"arm": arm, "overrides": screen.recipe_overrides(arm),
+                                 "recorded_at": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
+                                 "at_parity": [] if at_parity is None else at_parity.to_dict("records")})
+    return arm
 
 
-def train(worker: int, overrides: str, runs: Path, worktree: Path) -> bool:
+def screen_jobs(args: argparse.Namespace, table: Optional[pd.DataFrame]) -> list[Job]:
+    combined = [f"{run} data.crop_fill=reflect" for arm in partners(table) for run in COMBINATIONS[arm]]
+    return [Job("parity_screen", f"data.batch_size=32 {run}", args.runs, args.train_from)
+            for run in combined + SCREEN]
+
+
+def figure_jobs(args: argparse.Namespace, recipe: Optional[str]) -> list[Job]:
+    if recipe is None or args.figure_runs is None:
+        return []
+    overrides = screen.recipe_overrides(recipe)
+    return [Job("parity_figure", f"seed={seed} data.batch_size={batch} {' '.join(overrides[kind])}",
+                args.figure_runs, args.figure_from)
+            for batch in FIGURE_BATCHES for seed in FIGURE_SEEDS for kind in ("bn", "gn")]
+
+
+def run_list(args: argparse.Namespace) -> list[Job]:
+    table = screen_table(args.runs, args.reference)
+    screen_list, figure_list = screen_jobs(args, table), figure_jobs(args, recorded_recipe(args.runs, table))
+    return figure_list + screen_list if args.first == "figure" else screen_list + figure_list
+
+
+def train(worker: int, job: Job) -> bool:
     """Train one run; True when it trained and ended well (the list is then recomputed)."""
     start = time.time()
-    log(worker, overrides)
-    command = [sys.executable, "-m", "normexp.cli.train", "experiment=parity_screen", "data.batch_size=32",
-               "runtime.threads=1", f"paths.results_root={runs}", *overrides.split()]
-    rc = subprocess.call(command, cwd=worktree, env=dict(os.environ, PYTHONPATH=str(worktree)))
-    log(worker, f"rc={rc} after {time.time() - start:.0f} s: {overrides}")
+    log(worker, f"{job.experiment}: {job.overrides}")
+    command = [sys.executable, "-m", "normexp.cli.train", f"experiment={job.experiment}", "runtime.threads=1",
+               f"paths.results_root={job.runs}", *job.overrides.split()]
+    rc = subprocess.call(command, cwd=job.worktree, env=dict(os.environ, PYTHONPATH=str(job.worktree)))
+    log(worker, f"rc={rc} after {time.time() - start:.0f} s: {job.experiment}: {job.overrides}")
     return rc == 0 and time.time() - start > TRAINED
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("worker", type=int)
-    parser.add_argument("--runs", type=Path, required=True, help="the screen's results root (absolute)")
-    parser.add_argument("--train-from", type=Path, required=True, help="the frozen worktree runs train from")
+    parser.add_argument("--runs", type=Path, required=True, help="the screen's results root")
+    parser.add_argument("--train-from", type=Path, required=True, help="the frozen worktree the screen trains from")
+    parser.add_argument("--figure-runs", type=Path, default=None, help="the figure's results root (none: no figure)")
+    parser.add_argument("--figure-from", type=Path, default=None, help="the frozen worktree the figure trains from")
+    parser.add_argument("--first", choices=("figure", "screen"), default="screen")
     parser.add_argument("--reference", type=Path, default=Path(__file__).parents[1] / "results" / "converged")
     parser.add_argument("--wait", type=int, default=None, help="a process to wait for first")
     args = parser.parse_args()
+    if (args.figure_runs is None) != (args.figure_from is None):
+        parser.error("--figure-runs and --figure-from go together")
+    for name in ("runs", "train_from", "figure_runs", "figure_from"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     while args.wait and Path(f"/proc/{args.wait}").exists():
         time.sleep(30)
     while True:
-        for overrides in run_list(args.runs, args.reference):
-            if train(args.worker, overrides, args.runs.resolve(), args.train_from.resolve()):
-                break  # it trained: recompute the list
+        for job in run_list(args):
+            if train(args.worker, job):
+                break  # it trained: recompute the lists
             time.sleep(5 * args.worker)
         else:
             log(args.worker, "nothing left to train")

@@ -1,5 +1,10 @@
-"""The parity screen's analysis on run records written through normexp.record (no training)."""
+"""The parity screen's analysis and its worker's lists on run records written through normexp.record
+(no training)."""
 
+import argparse
+import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -110,3 +115,58 @@ def test_the_table_and_figure_are_written(folders, tmp_path):
     screen.write(*folders, tmp_path / "out")
     assert (tmp_path / "out" / "tables" / "screen.md").read_text().count("\n") == 6
     assert (tmp_path / "out" / "figures" / "gap_by_arm.png").stat().st_size > 0
+
+
+def table_of(rows: list[tuple[str, float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"arm": arm, "gap BN - GN": gap, "reading": screen.AT_PARITY if abs(gap) <= 1.0 else "x"}
+                         for arm, gap in rows])
+
+
+def test_the_recipe_is_the_arm_at_parity_with_the_smaller_gap_then_fewer_arms_then_the_earlier_arm():
+    assert screen.recipe(table_of([("reference", 3.58), ("data.crop_fill=reflect", 1.97)])) is None
+    assert screen.recipe(table_of([("data.crop_fill=reflect, norm.groups=4", -0.4),
+                                   ("data.crop_fill=reflect, data.devices=1, optim.ref_batch_size=32", 0.6)])
+                         ) == "data.crop_fill=reflect, norm.groups=4"
+    assert screen.recipe(table_of([("data.crop_fill=reflect, model.depth=20", 0.8), ("norm.groups=2", 0.8)])
+                         ) == "norm.groups=2"
+    assert screen.recipe(table_of([("data.crop_fill=reflect, model.depth=20", 0.8),
+                                   ("data.crop_fill=reflect, norm.groups=2", 0.8)])
+                         ) == "data.crop_fill=reflect, norm.groups=2"
+
+
+def test_a_recipe_becomes_the_figure_runs_overrides():
+    assert screen.recipe_overrides("data.crop_fill=reflect, data.devices=1, optim.ref_batch_size=32") == {
+        "bn": ["norm=bn", "data.crop_fill=reflect", "data.devices=1", "optim.ref_batch_size=32"],
+        "gn": ["norm=gn", "data.crop_fill=reflect", "data.devices=1", "optim.ref_batch_size=32"]}
+    assert screen.recipe_overrides("data.crop_fill=reflect, norm.groups=4") == {
+        "bn": ["norm=bn", "data.crop_fill=reflect", "verdict.gn=gn4"],
+        "gn": ["norm=gn4", "data.crop_fill=reflect", "verdict.gn=gn4"]}
+
+
+def load_worker():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "screen_worker.py"
+    spec = importlib.util.spec_from_file_location("screen_worker", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses read their module's namespace
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_worker_trains_the_figure_once_a_recipe_is_recorded_and_the_first_recipe_stands(folders, tmp_path):
+    worker, (arms, reference) = load_worker(), folders
+    args = argparse.Namespace(runs=arms, reference=reference, train_from=tmp_path / "frozen", first="figure",
+                              figure_runs=tmp_path / "figure", figure_from=tmp_path / "frozen_figure")
+    jobs = worker.run_list(args)
+    assert {job.experiment for job in jobs} == {"parity_screen"} and not (arms / worker.RECIPE).exists()
+    write_run(arms, GN4, 83.8, crop_fill="reflect")  # gap 0.7 against reflection's BN 84.5: the recipe
+    jobs = worker.run_list(args)
+    assert [job.experiment for job in jobs[:12]] == ["parity_figure"] * 12 and jobs[12].experiment == "parity_screen"
+    assert jobs[0].overrides == "seed=1 data.batch_size=32 norm=bn data.crop_fill=reflect verdict.gn=gn4"
+    assert jobs[11].overrides == "seed=3 data.batch_size=2 norm=gn4 data.crop_fill=reflect verdict.gn=gn4"
+    assert jobs[0].runs == tmp_path / "figure" and jobs[0].worktree == tmp_path / "frozen_figure"
+    assert json.loads((arms / worker.RECIPE).read_text())["arm"] == "data.crop_fill=reflect, norm.groups=4"
+    write_run(arms, GN8, 84.4, crop_fill="reflect", depth=20)  # a later, smaller gap does not replace it
+    write_run(arms, BN, 84.5, crop_fill="reflect", depth=20)
+    assert worker.run_list(args)[0].overrides.endswith("norm=bn data.crop_fill=reflect verdict.gn=gn4")
+    assert worker.run_list(argparse.Namespace(**{**vars(args), "first": "screen"}))[0].experiment == "parity_screen"

@@ -28,6 +28,11 @@ CARRIES, CARRIES_PART, PARITY = 1.0, 0.5, 1.0
 GN_ONLY = ("norm.groups=", "norm.channels_per_group=")
 # Identity entries that are the same setting for both families or no setting at all
 NOT_A_CHANGE = {"data_digest", "numerics"}
+# The screen's arms in the presets' order, as the table names them (ties between recipes: fewer arms,
+# then the earlier arm; parity_combo.yaml)
+ARMS = ("data.crop_fill=reflect", "data.devices=1, optim.ref_batch_size=32", "norm.groups=4", "norm.groups=2",
+        "data.crop_fill=mean", "model.depth=20")
+AT_PARITY = "carries the gap, at parity"
 
 
 def family(ident: Mapping[str, Any]) -> str:
@@ -50,7 +55,7 @@ def bn_arm(arm: str) -> str:
 
 def _reading(gap: float, closed: float) -> str:
     if abs(gap) <= PARITY:
-        return "carries the gap, at parity"
+        return AT_PARITY
     if closed >= CARRIES:
         return "carries the gap"
     return "carries part" if closed >= CARRIES_PART else "does not carry it"
@@ -119,6 +124,37 @@ def screen_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     arms = table[table["arm"] != REFERENCE].sort_values("arm")
     return pd.concat([table[table["arm"] == REFERENCE], arms], ignore_index=True)
+
+
+def arms_of(arm: str) -> list[str]:
+    """The screen's arms (ARMS) that a table row's `arm` combines, in the presets' order."""
+    parts = set(arm.split(", "))
+    return [unit for unit in ARMS if set(unit.split(", ")) <= parts]
+
+
+def recipe(table: pd.DataFrame) -> Optional[str]:
+    """The arm read as at parity, by parity_combo.yaml's ties: the smaller gap (its size), then fewer
+    arms, then the earlier arm; None when no arm is at parity. Which of two readings came first is
+    the caller's to record (the first recipe stands)."""
+    rows = [row for _, row in table[table["reading"] == AT_PARITY].iterrows()]
+    if not rows:
+        return None
+    best = min(rows, key=lambda row: (abs(row["gap BN - GN"]), len(arms_of(row["arm"])),
+                                      [ARMS.index(unit) for unit in arms_of(row["arm"])]))
+    return str(best["arm"])
+
+
+def recipe_overrides(arm: str) -> dict[str, list[str]]:
+    """The command-line overrides that train `arm` as the BN and the GN run of parity_figure.yaml: a
+    change of GN's groups replaces GN (`norm=gnG`) and the verdict's challenger (`verdict.gn=gnG`)."""
+    common, gn = [], "gn"
+    for part in arm.split(", "):
+        if part.startswith("norm.groups="):
+            gn = "gn" + part.split("=", 1)[1]
+            common.append(f"verdict.gn={gn}")
+        elif part != REFERENCE:
+            common.append(part)
+    return {"bn": ["norm=bn", *common], "gn": [f"norm={gn}", *common]}
 
 
 def gap_figure(table: pd.DataFrame, path: Path) -> Path:
