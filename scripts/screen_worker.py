@@ -14,7 +14,8 @@ it, at 32 images per device first (seeds 1-3, BN then GN), then at 2, trained fr
 (parity_combo.yaml: the first recipe stands). --first says which list this worker trains first; it
 goes on to the other when its own is done.
 Finished runs are skipped, unfinished ones resume; a run the other worker holds is skipped by the
-trainer's lock. The lists are decided with this checkout's analysis; start it from a frozen checkout.
+trainer's lock. With nothing left, a worker waits while another run is training, then looks again.
+The lists are decided with this checkout's analysis; start it from a frozen checkout.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ COMBINATIONS = {"data.devices=1, optim.ref_batch_size=32": ["norm=bn data.device
                 "model.depth=20": ["norm=bn model.depth=20", "norm=gn model.depth=20"]}
 FIGURE_BATCHES, FIGURE_SEEDS = (32, 2), (1, 2, 3)  # parity_figure.yaml's cells, in the order they train
 RECIPE = "recipe.json"
+WAIT = 600  # seconds between lists when nothing is left to train but another run is training
 TRAINED = 120  # seconds: a run that ended well after longer trained (a finished or held one exits at once)
 
 
@@ -63,10 +65,14 @@ def log(worker: int, message: str) -> None:
     print(f"=== {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} worker {worker}: {message}", flush=True)
 
 
-def screen_table(runs: Path, reference: Path) -> Optional[pd.DataFrame]:
+def screen_table(worker: int, runs: Path, reference: Path) -> Optional[pd.DataFrame]:
+    """The screen's table; None before its first run finishes, or (logged) when the analysis refuses
+    the records: then only the screen's single arms are listed."""
     try:
         return screen.screen_table(screen.arm_runs(runs, reference))
-    except ValueError:  # no finished run yet
+    except ValueError as error:
+        if not str(error).startswith("no finished runs"):
+            log(worker, f"the screen's table is refused, so no combination or figure is listed: {error}")
         return None
 
 
@@ -81,15 +87,18 @@ def partners(table: Optional[pd.DataFrame]) -> list[str]:
 def recorded_recipe(runs: Path, table: Optional[pd.DataFrame]) -> Optional[str]:
     """The recipe recorded in runs/recipe.json; the first table that has one records it there."""
     path = runs / RECIPE
-    if path.is_file():
-        return str(json.loads(path.read_text())["arm"])
-    arm = None if table is None else screen.recipe(table)
-    if arm is not None:
-        at_parity = table[table["reading"] == screen.AT_PARITY] if table is not None else None
-        atomic.write_json(path, {"arm": arm, "overrides": screen.recipe_overrides(arm),
-                                 "recorded_at": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
-                                 "at_parity": [] if at_parity is None else at_parity.to_dict("records")})
-    return arm
+    arm = None if table is None or path.is_file() else screen.recipe(table)
+    if arm is not None and table is not None:
+        draft = runs / f".{RECIPE}.{os.getpid()}"
+        atomic.write_json(draft, {"arm": arm, "overrides": screen.recipe_overrides(arm),
+                                  "recorded_at": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
+                                  "at_parity": table[table["reading"] == screen.AT_PARITY].to_dict("records")})
+        try:
+            os.link(draft, path)  # fails if the other worker recorded one first: its recipe stands
+        except FileExistsError:
+            pass
+        draft.unlink()
+    return str(json.loads(path.read_text())["arm"]) if path.is_file() else None
 
 
 def screen_jobs(args: argparse.Namespace, table: Optional[pd.DataFrame]) -> list[Job]:
@@ -108,9 +117,20 @@ def figure_jobs(args: argparse.Namespace, recipe: Optional[str]) -> list[Job]:
 
 
 def run_list(args: argparse.Namespace) -> list[Job]:
-    table = screen_table(args.runs, args.reference)
+    table = screen_table(args.worker, args.runs, args.reference)
     screen_list, figure_list = screen_jobs(args, table), figure_jobs(args, recorded_recipe(args.runs, table))
     return figure_list + screen_list if args.first == "figure" else screen_list + figure_list
+
+
+def others_training() -> bool:
+    """Whether a training process other than this worker's is running (it may yet add a recipe)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"normexp.cli.train" in cmdline.read_bytes():
+                return True
+        except OSError:  # gone since the glob
+            continue
+    return False
 
 
 def train(worker: int, job: Job) -> bool:
@@ -153,8 +173,10 @@ def main() -> None:
                 break  # it trained: recompute the lists
             time.sleep(5 * args.worker)
         else:
-            log(args.worker, "nothing left to train")
-            return
+            if not others_training():
+                log(args.worker, "nothing left to train")
+                return
+            time.sleep(WAIT)  # the other worker's run may finish a pair: recompute the lists then
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import pytest
 
 from normexp import record
 from normexp.analysis import screen
+from normexp.compose import compose
+from normexp.config import validate
 
 
 def write_run(root: Path, norm: dict, acc: float, crop_fill: str | None = None, depth: int = 8,
@@ -124,9 +126,11 @@ def table_of(rows: list[tuple[str, float]]) -> pd.DataFrame:
 
 def test_the_recipe_is_the_arm_at_parity_with_the_smaller_gap_then_fewer_arms_then_the_earlier_arm():
     assert screen.recipe(table_of([("reference", 3.58), ("data.crop_fill=reflect", 1.97)])) is None
-    assert screen.recipe(table_of([("data.crop_fill=reflect, norm.groups=4", -0.4),
-                                   ("data.crop_fill=reflect, data.devices=1, optim.ref_batch_size=32", 0.6)])
-                         ) == "data.crop_fill=reflect, norm.groups=4"
+    assert screen.recipe(table_of([("data.crop_fill=reflect, norm.groups=4", -0.6),
+                                   ("data.crop_fill=reflect, data.devices=1, optim.ref_batch_size=32", 0.4)])
+                         ) == "data.crop_fill=reflect, data.devices=1, optim.ref_batch_size=32"
+    assert screen.recipe(table_of([("data.crop_fill=reflect, optim.lr=0.2", 0.1), ("norm.groups=4", 0.9)])
+                         ) == "norm.groups=4"  # a change outside the screen's arms is no recipe
     assert screen.recipe(table_of([("data.crop_fill=reflect, model.depth=20", 0.8), ("norm.groups=2", 0.8)])
                          ) == "norm.groups=2"
     assert screen.recipe(table_of([("data.crop_fill=reflect, model.depth=20", 0.8),
@@ -155,7 +159,7 @@ def load_worker():
 
 def test_the_worker_trains_the_figure_once_a_recipe_is_recorded_and_the_first_recipe_stands(folders, tmp_path):
     worker, (arms, reference) = load_worker(), folders
-    args = argparse.Namespace(runs=arms, reference=reference, train_from=tmp_path / "frozen", first="figure",
+    args = argparse.Namespace(worker=2, runs=arms, reference=reference, train_from=tmp_path / "frozen", first="figure",
                               figure_runs=tmp_path / "figure", figure_from=tmp_path / "frozen_figure")
     jobs = worker.run_list(args)
     assert {job.experiment for job in jobs} == {"parity_screen"} and not (arms / worker.RECIPE).exists()
@@ -170,3 +174,17 @@ def test_the_worker_trains_the_figure_once_a_recipe_is_recorded_and_the_first_re
     write_run(arms, BN, 84.5, crop_fill="reflect", depth=20)
     assert worker.run_list(args)[0].overrides.endswith("norm=bn data.crop_fill=reflect verdict.gn=gn4")
     assert worker.run_list(argparse.Namespace(**{**vars(args), "first": "screen"}))[0].experiment == "parity_screen"
+
+
+COMBINED = [f"{screen.ARMS[0]}, {partner}" for partner in screen.ARMS[1:] if partner != "data.crop_fill=mean"]
+
+
+@pytest.mark.parametrize("arm", [*screen.ARMS, *COMBINED])
+def test_each_possible_recipe_composes_into_the_figure_as_exactly_that_change(arm):
+    for kind, overrides in screen.recipe_overrides(arm).items():
+        figure = compose(["experiment=parity_figure", "seed=1", "data.batch_size=32", *overrides])
+        validate(figure)
+        base = compose(["experiment=converged", "seed=1", "data.batch_size=32", f"norm={kind}"])
+        changed = screen.change(record.identity(figure, "cifar"), record.identity(base, "cifar"))
+        assert changed == (screen.bn_arm(arm) if kind == "bn" else arm)
+        assert record.norm_tag(figure.norm) == figure.verdict.gn if kind == "gn" else figure.verdict.bn

@@ -132,11 +132,16 @@ def arms_of(arm: str) -> list[str]:
     return [unit for unit in ARMS if set(unit.split(", ")) <= parts]
 
 
+def _only_arms(arm: str) -> bool:
+    """Whether `arm` changes nothing but the screen's arms (a row changing anything else is no recipe)."""
+    return set(arm.split(", ")) == {part for unit in arms_of(arm) for part in unit.split(", ")}
+
+
 def recipe(table: pd.DataFrame) -> Optional[str]:
     """The arm read as at parity, by parity_combo.yaml's ties: the smaller gap (its size), then fewer
-    arms, then the earlier arm; None when no arm is at parity. Which of two readings came first is
-    the caller's to record (the first recipe stands)."""
-    rows = [row for _, row in table[table["reading"] == AT_PARITY].iterrows()]
+    arms, then the earlier arm; None when no arm made of the screen's arms only is at parity. Which
+    of two readings came first is the caller's to record (the first recipe stands)."""
+    rows = [row for _, row in table[table["reading"] == AT_PARITY].iterrows() if _only_arms(str(row["arm"]))]
     if not rows:
         return None
     best = min(rows, key=lambda row: (abs(row["gap BN - GN"]), len(arms_of(row["arm"])),
