@@ -70,9 +70,10 @@ def screen_table(worker: int, runs: Path, reference: Path) -> Optional[pd.DataFr
     the records: then only the screen's single arms are listed."""
     try:
         return screen.screen_table(screen.arm_runs(runs, reference))
+    except screen.NoFinishedRuns:
+        return None
     except ValueError as error:
-        if not str(error).startswith("no finished runs"):
-            log(worker, f"the screen's table is refused, so no combination or figure is listed: {error}")
+        log(worker, f"the screen's table is refused, so no combination or figure is listed: {error}")
         return None
 
 

@@ -28,11 +28,16 @@ CARRIES, CARRIES_PART, PARITY = 1.0, 0.5, 1.0
 GN_ONLY = ("norm.groups=", "norm.channels_per_group=")
 # Identity entries that are the same setting for both families or no setting at all
 NOT_A_CHANGE = {"data_digest", "numerics"}
+
 # The screen's arms in the presets' order, as the table names them (ties between recipes: fewer arms,
 # then the earlier arm; parity_combo.yaml)
 ARMS = ("data.crop_fill=reflect", "data.devices=1, optim.ref_batch_size=32", "norm.groups=4", "norm.groups=2",
         "data.crop_fill=mean", "model.depth=20")
 AT_PARITY = "carries the gap, at parity"
+
+
+class NoFinishedRuns(ValueError):
+    """The screen's folder has no finished run yet (nothing to read, not a refusal of its records)."""
 
 
 def family(ident: Mapping[str, Any]) -> str:
@@ -76,7 +81,7 @@ def arm_runs(screen: Path, reference: Path) -> pd.DataFrame:
     runs' seed and batch: arm, family, final accuracy, compute hours."""
     runs, ref = load_runs(screen).finished, load_runs(reference).finished
     if runs.empty:
-        raise ValueError(f"no finished runs in {screen}")
+        raise NoFinishedRuns(f"no finished runs in {screen}")
     rows = []
     for _, run in runs.iterrows():
         base = {kind: _reference_run(ref, run, kind, reference) for kind in ("bn", "gn")}
@@ -144,9 +149,12 @@ def recipe(table: pd.DataFrame) -> Optional[str]:
     rows = [row for _, row in table[table["reading"] == AT_PARITY].iterrows() if _only_arms(str(row["arm"]))]
     if not rows:
         return None
-    best = min(rows, key=lambda row: (abs(row["gap BN - GN"]), len(arms_of(row["arm"])),
-                                      [ARMS.index(unit) for unit in arms_of(row["arm"])]))
-    return str(best["arm"])
+
+    def order(row: pd.Series) -> tuple[float, int, list[int]]:
+        units = arms_of(str(row["arm"]))
+        return abs(row["gap BN - GN"]), len(units), [ARMS.index(unit) for unit in units]
+
+    return str(min(rows, key=order)["arm"])
 
 
 def recipe_overrides(arm: str) -> dict[str, list[str]]:
