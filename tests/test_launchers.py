@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from normexp import record
 from normexp.compose import compose
@@ -80,15 +81,18 @@ def test_submitit_sweep_killed_and_rerun_finishes_with_the_basic_launchers_recor
         assert record_numbers(directory) == record_numbers(reference / directory.name), directory.name
 
 
-def _launcher(name: str):
-    cfg = compose([f"hydra/launcher={name}"], hydra=True)
-    return cfg.hydra.launcher
+def _launcher(name: str) -> dict:
+    """The launcher's settings as written, interpolations unresolved (hydra.sweep.dir holds the time
+    of each compose, which two composes a second apart would read differently)."""
+    launcher = OmegaConf.to_container(compose([f"hydra/launcher={name}"], hydra=True).hydra.launcher, resolve=False)
+    assert isinstance(launcher, dict)
+    return launcher
 
 
 def test_slurm_and_its_local_rehearsal_share_everything_but_the_executor():
     slurm, local = _launcher("slurm"), _launcher("slurm_local")
-    assert slurm._target_.endswith("SlurmLauncher") and local._target_.endswith("LocalLauncher")
+    assert slurm["_target_"].endswith("SlurmLauncher") and local["_target_"].endswith("LocalLauncher")
     assert {k: v for k, v in local.items() if k != "_target_"} == {k: slurm[k] for k in local if k != "_target_"}
-    assert slurm.gpus_per_node == 1 and slurm.cpus_per_task >= 2 and slurm.mem_gb >= 8
-    assert 4 * 60 <= slurm.timeout_min <= 24 * 60  # several hours for a claim_gpu job, with margin
-    assert slurm.max_num_timeout >= 1 and slurm.array_parallelism <= 64  # timed-out jobs resume; bounded array
+    assert slurm["gpus_per_node"] == 1 and slurm["cpus_per_task"] >= 2 and slurm["mem_gb"] >= 8
+    assert 4 * 60 <= slurm["timeout_min"] <= 24 * 60  # several hours for a claim_gpu job, with margin
+    assert slurm["max_num_timeout"] >= 1 and slurm["array_parallelism"] <= 64  # timed-out jobs resume; bounded array
