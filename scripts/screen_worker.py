@@ -36,15 +36,6 @@ import pandas as pd
 from normexp.analysis import screen
 from normexp.files import atomic
 
-SCREEN = ["norm=gn data.crop_fill=reflect", "norm=bn data.crop_fill=reflect",
-          "norm=bn data.devices=1 optim.ref_batch_size=32", "norm=gn data.devices=1 optim.ref_batch_size=32",
-          "norm=gn4", "norm=gn2", "norm=bn data.crop_fill=mean", "norm=gn data.crop_fill=mean",
-          "norm=bn model.depth=20", "norm=gn model.depth=20"]
-# A partner arm, as the screen's table names it -> the runs it adds to reflection
-COMBINATIONS = {"data.devices=1, optim.ref_batch_size=32": ["norm=bn data.devices=1 optim.ref_batch_size=32",
-                                                            "norm=gn data.devices=1 optim.ref_batch_size=32"],
-                "norm.groups=4": ["norm=gn4"], "norm.groups=2": ["norm=gn2"],
-                "model.depth=20": ["norm=bn model.depth=20", "norm=gn model.depth=20"]}
 FIGURE_BATCHES, FIGURE_SEEDS = (32, 2), (1, 2, 3)  # parity_figure.yaml's cells, in the order they train
 RECIPE = "recipe.json"
 WAIT = 600  # seconds between lists when nothing is left to train but another run is training
@@ -77,12 +68,14 @@ def screen_table(worker: int, runs: Path, reference: Path) -> Optional[pd.DataFr
         return None
 
 
-def partners(table: Optional[pd.DataFrame]) -> list[str]:
-    """The partner arms whose own gap closes >= 0.5 of the reference's, in the preset's order."""
+def combinations(table: Optional[pd.DataFrame]) -> list[str]:
+    """Reflection combined with each partner arm whose own gap closes >= 0.5 of the reference's, in
+    the presets' order (parity_combo.yaml)."""
     if table is None:
         return []
     closes = table.set_index("arm")["closes"]  # NaN while a pair is unfinished: compares False
-    return [arm for arm in COMBINATIONS if arm in closes.index and closes[arm] >= screen.CARRIES_PART]
+    return [f"{screen.ARMS[0]}, {arm}" for arm in screen.PARTNERS
+            if arm in closes.index and closes[arm] >= screen.CARRIES_PART]
 
 
 def recorded_recipe(runs: Path, table: Optional[pd.DataFrame]) -> Optional[str]:
@@ -103,9 +96,10 @@ def recorded_recipe(runs: Path, table: Optional[pd.DataFrame]) -> Optional[str]:
 
 
 def screen_jobs(args: argparse.Namespace, table: Optional[pd.DataFrame]) -> list[Job]:
-    combined = [f"{run} data.crop_fill=reflect" for arm in partners(table) for run in COMBINATIONS[arm]]
-    return [Job("parity_screen", f"data.batch_size=32 {run}", args.runs, args.train_from)
-            for run in combined + SCREEN]
+    """The combinations' runs, then the screen's arms' runs, BN before GN."""
+    return [Job("parity_screen", f"data.batch_size=32 {' '.join(overrides)}", args.runs, args.train_from)
+            for arm in combinations(table) + list(screen.ARMS)
+            for overrides in screen.training_overrides(arm).values()]
 
 
 def figure_jobs(args: argparse.Namespace, recipe: Optional[str]) -> list[Job]:

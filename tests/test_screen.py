@@ -176,7 +176,7 @@ def test_the_worker_trains_the_figure_once_a_recipe_is_recorded_and_the_first_re
     assert worker.run_list(argparse.Namespace(**{**vars(args), "first": "screen"}))[0].experiment == "parity_screen"
 
 
-COMBINED = [f"{screen.ARMS[0]}, {partner}" for partner in screen.ARMS[1:] if partner != "data.crop_fill=mean"]
+COMBINED = [f"{screen.ARMS[0]}, {partner}" for partner in screen.PARTNERS]
 
 
 @pytest.mark.parametrize("arm", [*screen.ARMS, *COMBINED])
@@ -188,3 +188,20 @@ def test_each_possible_recipe_composes_into_the_figure_as_exactly_that_change(ar
         changed = screen.change(record.identity(figure, "cifar"), record.identity(base, "cifar"))
         assert changed == (screen.bn_arm(arm) if kind == "bn" else arm)
         assert record.norm_tag(figure.norm) == figure.verdict.gn if kind == "gn" else figure.verdict.bn
+
+
+def test_the_workers_screen_runs_change_converged_by_exactly_their_arm(tmp_path):
+    worker = load_worker()
+    table = pd.DataFrame({"arm": list(screen.PARTNERS), "closes": [0.5] * len(screen.PARTNERS)})
+    assert worker.combinations(table) == COMBINED
+    args = argparse.Namespace(runs=tmp_path, train_from=tmp_path)
+    changed = []
+    for job in worker.screen_jobs(args, table):
+        run = compose([f"experiment={job.experiment}", *job.overrides.split()])
+        validate(run)
+        kind = "bn" if run.norm.name == "bn" else "gn"
+        base = compose(["experiment=converged", "seed=0", "data.batch_size=32", f"norm={kind}"])
+        changed.append((kind, screen.change(record.identity(run, "cifar"), record.identity(base, "cifar"))))
+    gn_only = [arm for arm in [*COMBINED, *screen.ARMS] if "norm.groups=" in arm]
+    assert changed == [(kind, arm) for arm in [*COMBINED, *screen.ARMS] for kind in ("bn", "gn")
+                       if kind == "gn" or arm not in gn_only]

@@ -33,6 +33,9 @@ NOT_A_CHANGE = {"data_digest", "numerics"}
 # then the earlier arm; parity_combo.yaml)
 ARMS = ("data.crop_fill=reflect", "data.devices=1, optim.ref_batch_size=32", "norm.groups=4", "norm.groups=2",
         "data.crop_fill=mean", "model.depth=20")
+# parity_combo.yaml's partners: the later arms that combine with reflection (ARMS[0]); mean fill replaces
+# reflection's padding instead
+PARTNERS = tuple(arm for arm in ARMS[1:] if arm != "data.crop_fill=mean")
 AT_PARITY = "carries the gap, at parity"
 
 
@@ -157,17 +160,32 @@ def recipe(table: pd.DataFrame) -> Optional[str]:
     return str(min(rows, key=order)["arm"])
 
 
+def _overrides(arm: str) -> tuple[Optional[str], list[str]]:
+    """`arm`'s GN if it changes GN's groups (`gnG`, else None) and its other changes as overrides."""
+    groups, common = None, []
+    for part in arm.split(", "):
+        if part.startswith("norm.groups="):
+            groups = "gn" + part.split("=", 1)[1]
+        elif part != REFERENCE:
+            common.append(part)
+    return groups, common
+
+
+def training_overrides(arm: str) -> dict[str, list[str]]:
+    """The command-line overrides of `arm`'s screen runs per family: a change of GN's groups trains GN
+    only (`norm=gnG`; its BN is borrowed, `bn_arm`)."""
+    groups, common = _overrides(arm)
+    runs = {"gn": [f"norm={groups or 'gn'}", *common]}
+    return runs if groups else {"bn": ["norm=bn", *common], **runs}
+
+
 def recipe_overrides(arm: str) -> dict[str, list[str]]:
     """The command-line overrides that train `arm` as the BN and the GN run of parity_figure.yaml: a
     change of GN's groups replaces GN (`norm=gnG`) and the verdict's challenger (`verdict.gn=gnG`)."""
-    common, gn = [], "gn"
-    for part in arm.split(", "):
-        if part.startswith("norm.groups="):
-            gn = "gn" + part.split("=", 1)[1]
-            common.append(f"verdict.gn={gn}")
-        elif part != REFERENCE:
-            common.append(part)
-    return {"bn": ["norm=bn", *common], "gn": [f"norm={gn}", *common]}
+    groups, common = _overrides(arm)
+    if groups:
+        common.append(f"verdict.gn={groups}")
+    return {"bn": ["norm=bn", *common], "gn": [f"norm={groups or 'gn'}", *common]}
 
 
 def gap_figure(table: pd.DataFrame, path: Path) -> Path:
