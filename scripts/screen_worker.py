@@ -9,10 +9,10 @@ The screen's list: reflection combined with each screen arm whose own gap closes
 from WORKTREE with `experiment=parity_screen` plus each run's overrides (a combination adds
 data.crop_fill=reflect: the same run identity as parity_combo's).
 The figure's list, once the screen has a recipe (an arm at parity): parity_figure.yaml's 12 runs under
-it, at 32 images per device first (seeds 1-3, BN then GN), then at 2, trained from --figure-from into
---figure-runs. The first table that has a recipe records it in DIR/recipe.json; later ones keep it
-(parity_combo.yaml: the first recipe stands). --first says which list this worker trains first; it
-goes on to the other when its own is done.
+it, at 32 images per device first (seeds 1-3, BN then GN, one job each), then at 2 (seeds 1-3 packed,
+one job per norm), trained from --figure-from into --figure-runs. The first table that has a recipe
+records it in DIR/recipe.json; later ones keep it (parity_combo.yaml: the first recipe stands).
+--first says which list this worker trains first; it goes on to the other when its own is done.
 Finished runs are skipped, unfinished ones resume; a run the other worker holds is skipped by the
 trainer's lock. With nothing left, a worker waits while another run is training, then looks again.
 The lists are decided with this checkout's analysis; start it from a frozen checkout.
@@ -37,6 +37,9 @@ from normexp.analysis import screen
 from normexp.files import atomic
 
 FIGURE_BATCHES, FIGURE_SEEDS = (32, 2), (1, 2, 3)  # parity_figure.yaml's cells, in the order they train
+# Batches whose seeds train packed as one job: a step of at most 4 images packs on CPU (harness.pack_limit);
+# at 2 images per step an eager step of 3 packed seeds takes about 3/4 of 3 seeds' alone (results/parity_figure/bench)
+FIGURE_PACKED = (2,)
 RECIPE = "recipe.json"
 WAIT = 600  # seconds between lists when nothing is left to train but another run is training
 TRAINED = 120  # seconds: a run that ended well after longer trained (a finished or held one exits at once)
@@ -44,7 +47,8 @@ TRAINED = 120  # seconds: a run that ended well after longer trained (a finished
 
 @dataclass(frozen=True)
 class Job:
-    """One run: the preset, its overrides, the results root and the frozen checkout it trains from."""
+    """One job (one run, or packed seeds): the preset, its overrides, the results root and the frozen
+    checkout it trains from."""
 
     experiment: str
     overrides: str
@@ -103,12 +107,15 @@ def screen_jobs(args: argparse.Namespace, table: Optional[pd.DataFrame]) -> list
 
 
 def figure_jobs(args: argparse.Namespace, recipe: Optional[str]) -> list[Job]:
+    """parity_figure's runs under `recipe`, one job per seed, or per norm where its seeds pack."""
     if recipe is None or args.figure_runs is None:
         return []
     overrides = screen.recipe_overrides(recipe)
+    seeds = {batch: [f"[{','.join(map(str, FIGURE_SEEDS))}]"] if batch in FIGURE_PACKED else FIGURE_SEEDS
+             for batch in FIGURE_BATCHES}
     return [Job("parity_figure", f"seed={seed} data.batch_size={batch} {' '.join(overrides[kind])}",
                 args.figure_runs, args.figure_from)
-            for batch in FIGURE_BATCHES for seed in FIGURE_SEEDS for kind in ("bn", "gn")]
+            for batch in FIGURE_BATCHES for seed in seeds[batch] for kind in ("bn", "gn")]
 
 
 def run_list(args: argparse.Namespace) -> list[Job]:

@@ -165,9 +165,10 @@ def test_the_worker_trains_the_figure_once_a_recipe_is_recorded_and_the_first_re
     assert {job.experiment for job in jobs} == {"parity_screen"} and not (arms / worker.RECIPE).exists()
     write_run(arms, GN4, 83.8, crop_fill="reflect")  # gap 0.7 against reflection's BN 84.5: the recipe
     jobs = worker.run_list(args)
-    assert [job.experiment for job in jobs[:12]] == ["parity_figure"] * 12 and jobs[12].experiment == "parity_screen"
+    assert [job.experiment for job in jobs[:8]] == ["parity_figure"] * 8 and jobs[8].experiment == "parity_screen"
     assert jobs[0].overrides == "seed=1 data.batch_size=32 norm=bn data.crop_fill=reflect verdict.gn=gn4"
-    assert jobs[11].overrides == "seed=3 data.batch_size=2 norm=gn4 data.crop_fill=reflect verdict.gn=gn4"
+    assert jobs[5].overrides == "seed=3 data.batch_size=32 norm=gn4 data.crop_fill=reflect verdict.gn=gn4"
+    assert jobs[7].overrides == "seed=[1,2,3] data.batch_size=2 norm=gn4 data.crop_fill=reflect verdict.gn=gn4"
     assert jobs[0].runs == tmp_path / "figure" and jobs[0].worktree == tmp_path / "frozen_figure"
     assert json.loads((arms / worker.RECIPE).read_text())["arm"] == "data.crop_fill=reflect, norm.groups=4"
     write_run(arms, GN8, 84.4, crop_fill="reflect", depth=20)  # a later, smaller gap does not replace it
