@@ -2,15 +2,15 @@
 
 Usage: python scripts/screen_worker.py WORKER --runs DIR --train-from WORKTREE
            [--figure-runs DIR --figure-from WORKTREE [--first figure|screen]] [--wait PID]
-Waits for PID (a run already training on this core) to exit, then trains, one run at a time, the
-first run of its list that is not finished, and recomputes the list after each run it trained.
+Waits for PID (a run already training on this core) to exit, then trains, one job at a time, the
+first job of its list that is not finished, and recomputes the list after each job it trained.
 The screen's list: reflection combined with each screen arm whose own gap closes >= 0.5
 (conf/experiment/parity_combo.yaml), then the screen's arms in order (parity_screen.yaml); they train
 from WORKTREE with `experiment=parity_screen` plus each run's overrides (a combination adds
 data.crop_fill=reflect: the same run identity as parity_combo's).
 The figure's list, once the screen has a recipe (an arm at parity): parity_figure.yaml's 12 runs under
-it, at 32 images per device first (seeds 1-3, BN then GN, one job each), then at 2 (seeds 1-3 packed,
-one job per norm), trained from --figure-from into --figure-runs. The first table that has a recipe
+it, at 32 images per device first, then at 2 (seeds 1-3, BN then GN; one job per seed, or per norm
+where a CPU step packs the seeds), trained from --figure-from into --figure-runs. The first table that has a recipe
 records it in DIR/recipe.json; later ones keep it (parity_combo.yaml: the first recipe stands).
 --first says which list this worker trains first; it goes on to the other when its own is done.
 Finished runs are skipped, unfinished ones resume; a run the other worker holds is skipped by the
@@ -37,12 +37,9 @@ from normexp.analysis import screen
 from normexp.files import atomic
 
 FIGURE_BATCHES, FIGURE_SEEDS = (32, 2), (1, 2, 3)  # parity_figure.yaml's cells, in the order they train
-# Batches whose seeds train packed as one job: a step of at most 4 images packs on CPU (harness.pack_limit);
-# at 2 images per step an eager step of 3 packed seeds takes about 3/4 of 3 seeds' alone (results/parity_figure/bench)
-FIGURE_PACKED = (2,)
 RECIPE = "recipe.json"
 WAIT = 600  # seconds between lists when nothing is left to train but another run is training
-TRAINED = 120  # seconds: a run that ended well after longer trained (a finished or held one exits at once)
+TRAINED = 120  # seconds: a job that ran longer trained (a finished or held one exits at once)
 
 
 @dataclass(frozen=True)
@@ -106,16 +103,29 @@ def screen_jobs(args: argparse.Namespace, table: Optional[pd.DataFrame]) -> list
             for overrides in screen.training_overrides(arm).values()]
 
 
+def figure_seeds(batch: int, overrides: list[str]) -> list[str]:
+    """The `seed=` values of the figure's jobs at `batch`: its seeds packed as one job where a CPU step
+    packs them (harness.trains_packed: at 2 images per step an eager step of 3 packed seeds takes about
+    3/4 of 3 alone, results/parity_figure/bench), else one job per seed (the other worker can take one)."""
+    import torch
+
+    from normexp.compose import compose
+    from normexp.train.harness import trains_packed
+
+    cfg = compose(["experiment=parity_figure", f"data.batch_size={batch}", *overrides])
+    if trains_packed(cfg, torch.device("cpu"), len(FIGURE_SEEDS)):
+        return [f"[{','.join(map(str, FIGURE_SEEDS))}]"]
+    return [str(seed) for seed in FIGURE_SEEDS]
+
+
 def figure_jobs(args: argparse.Namespace, recipe: Optional[str]) -> list[Job]:
-    """parity_figure's runs under `recipe`, one job per seed, or per norm where its seeds pack."""
+    """parity_figure's runs under `recipe`: per batch (FIGURE_BATCHES' order), its seeds' jobs, BN then GN."""
     if recipe is None or args.figure_runs is None:
         return []
     overrides = screen.recipe_overrides(recipe)
-    seeds = {batch: [f"[{','.join(map(str, FIGURE_SEEDS))}]"] if batch in FIGURE_PACKED else FIGURE_SEEDS
-             for batch in FIGURE_BATCHES}
     return [Job("parity_figure", f"seed={seed} data.batch_size={batch} {' '.join(overrides[kind])}",
                 args.figure_runs, args.figure_from)
-            for batch in FIGURE_BATCHES for seed in seeds[batch] for kind in ("bn", "gn")]
+            for batch in FIGURE_BATCHES for seed in figure_seeds(batch, overrides["bn"]) for kind in ("bn", "gn")]
 
 
 def run_list(args: argparse.Namespace) -> list[Job]:
@@ -136,14 +146,15 @@ def others_training() -> bool:
 
 
 def train(worker: int, job: Job) -> bool:
-    """Train one run; True when it trained and ended well (the list is then recomputed)."""
+    """Train one job (a run, or packed seeds); True when it ran longer than TRAINED: it trained (if it
+    failed, or the other worker held some of its seeds, the recomputed list shows what is left)."""
     start = time.time()
     log(worker, f"{job.experiment}: {job.overrides}")
     command = [sys.executable, "-m", "normexp.cli.train", f"experiment={job.experiment}", "runtime.threads=1",
                f"paths.results_root={job.runs}", *job.overrides.split()]
     rc = subprocess.call(command, cwd=job.worktree, env=dict(os.environ, PYTHONPATH=str(job.worktree)))
     log(worker, f"rc={rc} after {time.time() - start:.0f} s: {job.experiment}: {job.overrides}")
-    return rc == 0 and time.time() - start > TRAINED
+    return time.time() - start > TRAINED
 
 
 def parse_args() -> argparse.Namespace:

@@ -145,6 +145,8 @@ def test_a_recipe_becomes_the_figure_runs_overrides():
     assert screen.recipe_overrides("data.crop_fill=reflect, norm.groups=4") == {
         "bn": ["norm=bn", "data.crop_fill=reflect", "verdict.gn=gn4"],
         "gn": ["norm=gn4", "data.crop_fill=reflect", "verdict.gn=gn4"]}
+    with pytest.raises(ValueError, match="channels_per_group"):  # no arm of the screen's; not a run's override
+        screen.recipe_overrides("norm.channels_per_group=4")
 
 
 def load_worker():
@@ -165,10 +167,9 @@ def test_the_worker_trains_the_figure_once_a_recipe_is_recorded_and_the_first_re
     assert {job.experiment for job in jobs} == {"parity_screen"} and not (arms / worker.RECIPE).exists()
     write_run(arms, GN4, 83.8, crop_fill="reflect")  # gap 0.7 against reflection's BN 84.5: the recipe
     jobs = worker.run_list(args)
-    assert [job.experiment for job in jobs[:8]] == ["parity_figure"] * 8 and jobs[8].experiment == "parity_screen"
+    assert [job.experiment for job in jobs[:12]] == ["parity_figure"] * 12 and jobs[12].experiment == "parity_screen"
     assert jobs[0].overrides == "seed=1 data.batch_size=32 norm=bn data.crop_fill=reflect verdict.gn=gn4"
-    assert jobs[5].overrides == "seed=3 data.batch_size=32 norm=gn4 data.crop_fill=reflect verdict.gn=gn4"
-    assert jobs[7].overrides == "seed=[1,2,3] data.batch_size=2 norm=gn4 data.crop_fill=reflect verdict.gn=gn4"
+    assert jobs[11].overrides == "seed=3 data.batch_size=2 norm=gn4 data.crop_fill=reflect verdict.gn=gn4"
     assert jobs[0].runs == tmp_path / "figure" and jobs[0].worktree == tmp_path / "frozen_figure"
     assert json.loads((arms / worker.RECIPE).read_text())["arm"] == "data.crop_fill=reflect, norm.groups=4"
     write_run(arms, GN8, 84.4, crop_fill="reflect", depth=20)  # a later, smaller gap does not replace it
@@ -193,8 +194,13 @@ def test_each_possible_recipe_composes_into_the_figure_as_exactly_that_change(ar
 
 def test_the_workers_screen_runs_change_converged_by_exactly_their_arm(tmp_path):
     worker = load_worker()
+    assert screen.PARTNERS == ("data.devices=1, optim.ref_batch_size=32", "norm.groups=4", "norm.groups=2",
+                               "model.depth=20")  # parity_combo.yaml's, in its order
     table = pd.DataFrame({"arm": list(screen.PARTNERS), "closes": [0.5] * len(screen.PARTNERS)})
     assert worker.combinations(table) == COMBINED
+    table["closes"] = [0.49, float("nan"), 0.5, 3.0]  # below 0.5 or unfinished: not combined
+    assert worker.combinations(table) == [COMBINED[2], COMBINED[3]]
+    table["closes"] = [0.5] * len(screen.PARTNERS)
     args = argparse.Namespace(runs=tmp_path, train_from=tmp_path)
     changed = []
     for job in worker.screen_jobs(args, table):
@@ -206,3 +212,21 @@ def test_the_workers_screen_runs_change_converged_by_exactly_their_arm(tmp_path)
     gn_only = [arm for arm in [*COMBINED, *screen.ARMS] if "norm.groups=" in arm]
     assert changed == [(kind, arm) for arm in [*COMBINED, *screen.ARMS] for kind in ("bn", "gn")
                        if kind == "gn" or arm not in gn_only]
+
+
+def test_the_workers_figure_jobs_are_the_presets_twelve_runs_packed_where_a_cpu_step_packs(tmp_path):
+    worker = load_worker()
+    args = argparse.Namespace(figure_runs=tmp_path, figure_from=tmp_path)
+    jobs = worker.figure_jobs(args, "data.crop_fill=reflect, data.devices=1, optim.ref_batch_size=32")
+    cells, per_job = set(), []
+    for job in jobs:
+        run = compose([f"experiment={job.experiment}", *job.overrides.split()])
+        validate(run)
+        seeds = list(run.seed) if not isinstance(run.seed, int) else [run.seed]
+        per_job.append((run.data.batch_size, len(seeds)))
+        cells |= {(record.norm_tag(run.norm), run.data.batch_size, seed) for seed in seeds}
+    assert per_job == [(32, 1)] * 6 + [(2, 3)] * 2  # 2 images per step packs on CPU, 32 does not
+    preset = compose(["experiment=parity_figure"])
+    assert cells == {(norm, batch, seed) for norm in ("bn", "gn8") for batch in (2, 32) for seed in preset.seed}
+    eight_devices = worker.figure_jobs(args, "data.crop_fill=reflect")  # 16 images per step: no packing
+    assert [job.overrides.split()[0] for job in eight_devices] == [f"seed={s}" for s in (1, 1, 2, 2, 3, 3)] * 2

@@ -160,12 +160,14 @@ def recipe(table: pd.DataFrame) -> Optional[str]:
     return str(min(rows, key=order)["arm"])
 
 
-def _overrides(arm: str) -> tuple[Optional[str], list[str]]:
+def _split_arm(arm: str) -> tuple[Optional[str], list[str]]:
     """`arm`'s GN if it changes GN's groups (`gnG`, else None) and its other changes as overrides."""
     groups, common = None, []
     for part in arm.split(", "):
         if part.startswith("norm.groups="):
             groups = "gn" + part.split("=", 1)[1]
+        elif part.startswith(GN_ONLY):
+            raise ValueError(f"{part}: only norm.groups= becomes a run's overrides")
         elif part != REFERENCE:
             common.append(part)
     return groups, common
@@ -174,7 +176,7 @@ def _overrides(arm: str) -> tuple[Optional[str], list[str]]:
 def training_overrides(arm: str) -> dict[str, list[str]]:
     """The command-line overrides of `arm`'s screen runs per family: a change of GN's groups trains GN
     only (`norm=gnG`; its BN is borrowed, `bn_arm`)."""
-    groups, common = _overrides(arm)
+    groups, common = _split_arm(arm)
     runs = {"gn": [f"norm={groups or 'gn'}", *common]}
     return runs if groups else {"bn": ["norm=bn", *common], **runs}
 
@@ -182,7 +184,7 @@ def training_overrides(arm: str) -> dict[str, list[str]]:
 def recipe_overrides(arm: str) -> dict[str, list[str]]:
     """The command-line overrides that train `arm` as the BN and the GN run of parity_figure.yaml: a
     change of GN's groups replaces GN (`norm=gnG`) and the verdict's challenger (`verdict.gn=gnG`)."""
-    groups, common = _overrides(arm)
+    groups, common = _split_arm(arm)
     if groups:
         common.append(f"verdict.gn={groups}")
     return {"bn": ["norm=bn", *common], "gn": [f"norm={groups or 'gn'}", *common]}
