@@ -20,6 +20,7 @@ normexp-analyze "$results/bf16_check" --vary trainer.precision
 normexp-analyze "$results/converged_bf16"
 normexp-analyze "$results/converged"
 normexp-analyze "$results/converged_200"
+normexp-analyze "$results/parity_figure"
 normexp-analyze "$results/budget" "$results/claim" "$results/converged" "$results/converged_200" --vary trainer.epochs --vary numerics \
   --set require_parity=true --set max_parity_gap=1.0 --out "$results/converged/by_budget"
 python scripts/parity_screen.py --screen "$results/parity_screen" --reference "$results/converged" >/dev/null
