@@ -100,7 +100,7 @@ def _panels(table: pd.DataFrame, x: str, y: pd.Series, colour_by: str, style_by:
                  if len(rows := panel[(panel[colour_by] == v) & (panel["style"] == s)])}
         xs = dodged({key: list(rows[x]) for key, rows in lines.items()}, log)
         for (value, style), rows in lines.items():
-            ax.errorbar(xs[(value, style)], rows["y"], yerr=rows["acc_std"].where(rows["n"] > 1), capsize=2,
+            ax.errorbar(xs[(value, style)], rows["y"], yerr=rows["acc_std"], capsize=2,
                         markersize=5, linestyle=styles[style][0], fillstyle=styles[style][1], **looks[value])
         ax.set(title=norm, xlabel=labels["x"] + (", log scale" if log else ""))
         ax.grid(alpha=0.3)
