@@ -12,6 +12,7 @@ import pytest
 
 from normexp import record
 from normexp.analysis.collect import load_runs
+from normexp.analysis.pipeline import write_table
 from normexp.analysis.tables import (
     accuracy_table,
     compare_sweeps,
@@ -88,6 +89,9 @@ def test_tables_keep_unfinished_failed_and_diverged_runs_out_of_statistics(tmp_p
     row, = table.to_dict("records")  # one run has no spread: its std is missing, not 0
     assert math.isnan(row.pop("acc_std"))
     assert row == {"norm": "bn", "batch_size": 2, "acc_mean": 50.0, "n": 1, "median5_mean": 45.0}  # median of 40, 50
+    write_table(table, tmp_path, "accuracy")
+    assert (tmp_path / "accuracy.md").read_text().splitlines()[2].split("|")[4].strip() == "-"
+    assert (tmp_path / "accuracy.csv").read_text().splitlines()[1].split(",")[3] == ""
 
 
 def test_the_runs_table_shows_each_lr_to_its_digits_and_where_a_run_diverged(tmp_path):
