@@ -178,6 +178,9 @@ def test_the_small_batch_half_names_every_missing_cell_at_once():
     """Two seeds at the reference batch and no small batch yet: both gaps are named."""
     reason = verdict(sweep(bn_drops, lambda b: 70.0, batches=(32,), seeds=2), CRITERIA)["reason"]
     assert "only 2 finished bn run(s) at batch 32" in reason and "no batch size below reference batch 32" in reason
+    both, _ = load_criteria({"require_parity": True})  # both parts miss the same cells at 32
+    with_parity = verdict(sweep(bn_drops, lambda b: 70.0, batches=(32,), seeds=2), both)["reason"]
+    assert with_parity.count("only 2 finished bn run(s) at batch 32; the criteria need 3 or more seeds") == 1
 
 
 @pytest.mark.parametrize("runs, reason", [

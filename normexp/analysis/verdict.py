@@ -148,23 +148,28 @@ def verdict(runs: pd.DataFrame, criteria: Criteria) -> dict[str, Any]:
     if not missing[PARITY]:
         result["checks"][PARITY] = _parity_check(groups, c)
     required = {SMALL_BATCH: c.require_small_batch, PARITY: c.require_parity}
+    problems = {part: missing[part] + _no_spread(result["checks"], names) for part, names in PARTS.items()}
     for part, names in PARTS.items():
-        result["parts"][part] = _judge_part(result["checks"], names, missing[part], required[part])
+        result["parts"][part] = _judge_part(result["checks"], names, problems[part], required[part])
     required_parts = [p for p in result["parts"].values() if p["required"]]
     failed = any(not p["undecided"] and not p["holds"] for p in required_parts)
     result["undecided"] = not failed and any(p["undecided"] for p in required_parts)
     result["holds"] = not failed and not result["undecided"]
-    result["reason"] = "; ".join(dict.fromkeys(p["reason"] for p in required_parts if p["undecided"])) or None
+    unique = dict.fromkeys(problem for part in PARTS if required[part] for problem in problems[part])
+    result["reason"] = "; ".join(unique) or None  # a cell that both parts lack, named once
     return _plain(result)
+
+
+def _no_spread(checks: dict[str, dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """The problem of checks `names` left without a bound (e.g. seeds that all scored the same)."""
+    undefined = [n for n in names if n in checks and not _defined(checks[n])]
+    return [f"no spread between seeds, so no bound for {', '.join(undefined)}"] if undefined else []
 
 
 def _judge_part(checks: dict[str, dict[str, Any]], names: Sequence[str], problems: list[str],
                 required: bool) -> dict[str, Any]:
     """A part's outcome from its checks `names` and what its data lack (`problems`); a part that is not
     required is reported, not assessed: none of its checks holds or fails (their `holds` set to None)."""
-    undefined = [n for n in names if n in checks and not _defined(checks[n])]
-    if undefined:  # e.g. seeds that all scored the same: no spread, no bound
-        problems = [*problems, f"no spread between seeds, so no bound for {', '.join(undefined)}"]
     undecided = bool(problems)
     holds = not undecided and all(checks[n]["holds"] for n in names)
     if not required:
