@@ -13,8 +13,8 @@ from normexp.criteria import Criteria
 
 def accuracy_table(runs: pd.DataFrame, axes: Sequence[str] = ()) -> pd.DataFrame:
     """Final test accuracy mean, std (missing for a single run) and n per norm x batch size (x each
-    further swept setting in `axes`), and the mean of each run's median over its last 5 evaluated epochs (the GN paper's
-    metric) where the runs carry it."""
+    further swept setting in `axes`), and the mean of each run's median over its last 5 evaluated
+    epochs (the GN paper's metric) where the runs carry it."""
     grouped = runs.groupby(["norm", "batch_size", *axes])
     table = grouped["final_test_acc"].agg(acc_mean="mean", acc_std="std", n="count").reset_index()
     if "median5_test_acc" in runs:
