@@ -6,7 +6,7 @@ reference at the smallest batch, or 4 below it at the second-smallest batch only
 normexp.analysis.verdict with today's criteria (conf/verdict/default.yaml, plus --set overrides).
 The rates size the criteria's comments.
 
-Usage: python scripts/verdict_power.py [--sd 1.0] [--sd-at 2=0.6,32=0.1] [--seeds 3]
+Usage: python scripts/verdict_power.py [--sd 1.0] [--sd-at 2=0.6,32=0.1] [--gn-sd-at 32=0.4] [--seeds 3]
                                        [--batches 2,4,8,16,32,64] [--gn-loss 3.0] [--sweeps 2000]
                                        [--set gn_loss_margin=3.5 ...]
 """
@@ -23,10 +23,10 @@ from normexp.analysis.verdict import verdict
 from normexp.criteria import load_criteria
 
 
-def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: dict[int, float],
+def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: dict[str, dict[int, float]],
               rng: np.random.Generator) -> pd.DataFrame:
-    """Seeds drawn around each cell's mean with its batch's per-seed SD."""
-    rows = [(tag, b, s, means[b] + rng.normal(0, sd[b]), 5) for tag, means in (("bn", bn), ("gn8", gn))
+    """Seeds drawn around each cell's mean with its norm's per-seed SD at its batch (`sd[tag][batch]`)."""
+    rows = [(tag, b, s, means[b] + rng.normal(0, sd[tag][b]), 5) for tag, means in (("bn", bn), ("gn8", gn))
             for b in means for s in range(seeds)]
     return pd.DataFrame(rows, columns=["norm", "batch_size", "seed", "final_test_acc", "epochs"])
 
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--sd", type=float, default=1.0, help="per-seed SD in points")
     parser.add_argument("--sd-at", default="", metavar="BATCH=SD,...",
                         help="per-seed SD at these batch sizes (others: --sd), e.g. 2=0.6,32=0.1")
+    parser.add_argument("--gn-sd-at", default="", metavar="BATCH=SD,...",
+                        help="GN's per-seed SD at these batch sizes (others: BN's, from --sd-at and --sd)")
     parser.add_argument("--gn-loss", type=float, default=3.0,
                         help="the loss at the smallest batch that GN's check must find (points)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -50,7 +52,9 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     small, ref = min(batches), criteria.reference_batch
     at = dict(item.split("=") for item in args.sd_at.split(",") if item)
-    sd = {b: float(at.get(str(b), args.sd)) for b in batches}
+    bn_sd = {b: float(at.get(str(b), args.sd)) for b in batches}
+    gn_at = dict(item.split("=") for item in args.gn_sd_at.split(",") if item)
+    sd = {"bn": bn_sd, "gn8": {b: float(gn_at.get(str(b), bn_sd[b])) for b in batches}}
     loss = args.gn_loss
     bn = {b: 70.0 - 8.0 * (b == small) for b in batches}
     below = [b for b in batches if b < ref]

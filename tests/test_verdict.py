@@ -1,10 +1,12 @@
 """The claim verdict: error rates on simulated sweeps, undecided cases, honest wording, criteria
 loading. No training and no torch."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -293,3 +295,15 @@ def test_a_gn_loss_between_the_ends_fails_on_the_committed_claim():
     check = verdict(runs, CRITERIA)["checks"]["gn_holds"]
     assert check["lower_bound_by_batch"][2] > -CRITERIA.gn_loss_margin  # what the old rule looked at
     assert not check["holds"] and check["batch_size"] == 4 and check["change"] == pytest.approx(-4.0)
+
+
+def test_the_power_simulation_draws_each_norm_with_its_own_seed_spread():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "verdict_power.py"
+    spec = importlib.util.spec_from_file_location("verdict_power", path)
+    assert spec is not None and spec.loader is not None
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    sweep = power.simulated({32: 70.0}, {32: 69.0}, 5, {"bn": {32: 0.0}, "gn8": {32: 1.0}}, np.random.default_rng(0))
+    accuracy = sweep.groupby("norm")["final_test_acc"]
+    assert (accuracy.std().loc["bn"], accuracy.mean().loc["bn"]) == (0.0, 70.0)
+    assert accuracy.std().loc["gn8"] > 0.2
