@@ -31,6 +31,14 @@ def simulated(bn: dict[int, float], gn: dict[int, float], seeds: int, sd: dict[s
     return pd.DataFrame(rows, columns=["norm", "batch_size", "seed", "final_test_acc", "epochs"])
 
 
+def per_batch(parser: argparse.ArgumentParser, flag: str, text: str) -> dict[int, float]:
+    """`BATCH=SD,...` as {batch: SD}; anything else exits 2 naming the flag."""
+    try:
+        return {int(b): float(v) for b, v in (item.split("=") for item in text.split(",") if item)}
+    except ValueError:
+        parser.error(f"{flag} takes BATCH=SD pairs separated by commas, e.g. 2=0.6,32=0.1; got {text!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd", type=float, default=1.0, help="per-seed SD in points")
@@ -51,10 +59,9 @@ def main() -> None:
                                  **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}})
     batches = [int(b) for b in args.batches.split(",")]
     small, ref = min(batches), criteria.reference_batch
-    at = dict(item.split("=") for item in args.sd_at.split(",") if item)
-    bn_sd = {b: float(at.get(str(b), args.sd)) for b in batches}
-    gn_at = dict(item.split("=") for item in args.gn_sd_at.split(",") if item)
-    sd = {"bn": bn_sd, "gn8": {b: float(gn_at.get(str(b), bn_sd[b])) for b in batches}}
+    at, gn_at = per_batch(parser, "--sd-at", args.sd_at), per_batch(parser, "--gn-sd-at", args.gn_sd_at)
+    bn_sd = {b: at.get(b, args.sd) for b in batches}
+    sd = {"bn": bn_sd, "gn8": {b: gn_at.get(b, bn_sd[b]) for b in batches}}
     loss = args.gn_loss
     bn = {b: 70.0 - 8.0 * (b == small) for b in batches}
     below = [b for b in batches if b < ref]

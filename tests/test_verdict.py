@@ -307,3 +307,9 @@ def test_the_power_simulation_draws_each_norm_with_its_own_seed_spread():
     accuracy = sweep.groupby("norm")["final_test_acc"]
     assert (accuracy.std().loc["bn"], accuracy.mean().loc["bn"]) == (0.0, 70.0)
     assert accuracy.std().loc["gn8"] > 0.2
+
+
+def test_the_power_simulation_refuses_a_malformed_spread_naming_the_flag():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "verdict_power.py"
+    done = subprocess.run([sys.executable, str(script), "--gn-sd-at", "32:0.4"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--gn-sd-at takes BATCH=SD pairs" in done.stderr
